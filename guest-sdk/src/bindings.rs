@@ -1,0 +1,13 @@
+//! Bindings generated from `wit/` for the `stage` world. Stage authors use the
+//! re-exports at the crate root instead.
+#![allow(missing_docs, clippy::all)]
+
+wit_bindgen::generate!({
+    world: "stage",
+    path: "../wit",
+    pub_export_macro: true,
+    export_macro_name: "export",
+    default_bindings_module: "::outpost_guest::bindings",
+    runtime_path: "::outpost_guest::__private::wit_bindgen::rt",
+    generate_all,
+});

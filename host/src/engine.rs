@@ -1,0 +1,155 @@
+//! The one wasmtime [`Engine`] a host runs everything on, how it allocates
+//! instances, and the ticker that drives epoch deadlines.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the ticker advances the engine's epoch; deadlines are counted in
+/// these ticks, so a timeout fires at most one tick late.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// How instances get their memories and tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Allocator {
+    /// Slots reserved up front and reused, with copy-on-write memory images:
+    /// instantiation is a few microseconds.
+    Pooling,
+    /// Every instance maps its own memory; the choice where the address space
+    /// cannot hold the pool's reservation (39-bit boards).
+    OnDemand,
+}
+
+/// What the host wants of its engine.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// `None`: try pooling, fall back to on-demand if the pool cannot be
+    /// reserved.
+    pub allocator: Option<Allocator>,
+    /// Instances the pool holds at once (across all stages and pipelines).
+    pub pool_instances: u32,
+    /// The largest linear memory any stage may be configured with.
+    pub max_memory_bytes: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            allocator: None,
+            pool_instances: 128,
+            max_memory_bytes: 1 << 30,
+        }
+    }
+}
+
+/// An engine, its allocator, and its epoch ticker.
+pub struct Runtime {
+    engine: Engine,
+    allocator: Allocator,
+    ticker: Option<Ticker>,
+}
+
+/// Why the engine could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot create the WebAssembly engine: {0}")]
+pub struct EngineError(String);
+
+impl EngineError {
+    pub(crate) fn new(message: String) -> Self {
+        Self(message)
+    }
+}
+
+impl Runtime {
+    /// Builds the engine. With no allocator chosen, a pooling engine is tried
+    /// first and on-demand allocation is used if the pool's address-space
+    /// reservation fails.
+    pub fn new(options: &EngineOptions) -> Result<Self, EngineError> {
+        let (engine, allocator) = match options.allocator {
+            Some(kind) => (build(options, kind)?, kind),
+            None => match build(options, Allocator::Pooling) {
+                Ok(engine) => (engine, Allocator::Pooling),
+                Err(_) => (build(options, Allocator::OnDemand)?, Allocator::OnDemand),
+            },
+        };
+        let ticker = Some(Ticker::start(&engine)?);
+        Ok(Self {
+            engine,
+            allocator,
+            ticker,
+        })
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The allocator in use.
+    pub fn allocator(&self) -> Allocator {
+        self.allocator
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(ticker) = self.ticker.take() {
+            ticker.stop();
+        }
+    }
+}
+
+fn build(options: &EngineOptions, allocator: Allocator) -> Result<Engine, EngineError> {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    if allocator == Allocator::Pooling {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(options.pool_instances);
+        pool.total_core_instances(options.pool_instances * 4);
+        pool.total_memories(options.pool_instances * 2);
+        pool.total_tables(options.pool_instances * 4);
+        pool.max_memory_size(options.max_memory_bytes);
+        pool.max_memories_per_component(4);
+        pool.max_tables_per_component(8);
+        pool.max_core_instances_per_component(16);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    Engine::new(&config).map_err(|e| EngineError(format!("{e:#}")))
+}
+
+/// One thread for the whole host that advances the epoch every
+/// [`EPOCH_TICK`]; stores turn that into per-call deadlines.
+struct Ticker {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl Ticker {
+    fn start(engine: &Engine) -> Result<Self, EngineError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let weak = engine.weak();
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("outpost-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            // Without a ticker no deadline could fire: refuse to run at all.
+            .map_err(|e| EngineError(format!("cannot start the epoch ticker thread: {e}")))?;
+        Ok(Self { stop, thread })
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}

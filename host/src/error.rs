@@ -1,0 +1,177 @@
+//! The ways loading or running a pipeline can fail.
+
+use crate::bindings::ErrorKind;
+use std::fmt;
+use std::path::PathBuf;
+
+/// A failure of one stage while a pipeline runs. Every variant names the
+/// pipeline and the stage; the host discards the instance that failed (except
+/// after [`StageError::Reported`], where the stage itself is sound) and keeps
+/// serving.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StageError {
+    /// The stage returned an error of its own.
+    #[error("pipeline '{pipeline}', stage '{stage}': {kind}: {message}")]
+    Reported {
+        /// The pipeline's name.
+        pipeline: String,
+        /// The stage's name.
+        stage: String,
+        /// What kind of error the stage reported.
+        kind: ErrorKind,
+        /// The stage's message, with the backend's own words appended when
+        /// inference failed.
+        message: String,
+    },
+    /// The stage trapped: a panic, an out-of-bounds access, a stack overflow.
+    #[error("pipeline '{pipeline}', stage '{stage}' trapped: {trap}")]
+    Trap {
+        /// The pipeline's name.
+        pipeline: String,
+        /// The stage's name.
+        stage: String,
+        /// The trap code or message.
+        trap: String,
+        /// The Wasm backtrace, when one was captured.
+        backtrace: Option<String>,
+    },
+    /// The stage ran past its wall-clock deadline.
+    #[error(
+        "pipeline '{pipeline}', stage '{stage}' timed out after {limit_ms} ms (limits.timeout_ms)"
+    )]
+    Timeout {
+        /// The pipeline's name.
+        pipeline: String,
+        /// The stage's name.
+        stage: String,
+        /// The deadline.
+        limit_ms: u64,
+    },
+    /// The stage tried to grow its memory past its limit.
+    #[error(
+        "pipeline '{pipeline}', stage '{stage}' exceeded its memory limit of {limit_mib} MiB (limits.memory_mib)"
+    )]
+    MemoryLimit {
+        /// The pipeline's name.
+        pipeline: String,
+        /// The stage's name.
+        stage: String,
+        /// The limit.
+        limit_mib: u64,
+    },
+    /// The stage returned tensors that are not what it declared, or whose
+    /// bytes do not match their shape.
+    #[error("pipeline '{pipeline}', stage '{stage}' returned a bad output: {message}")]
+    BadOutput {
+        /// The pipeline's name.
+        pipeline: String,
+        /// The stage's name.
+        stage: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// A fresh instance of the stage could not be created.
+    #[error("pipeline '{pipeline}', stage '{stage}' could not be instantiated: {message}")]
+    Instantiate {
+        /// The pipeline's name.
+        pipeline: String,
+        /// The stage's name.
+        stage: String,
+        /// Why.
+        message: String,
+    },
+}
+
+impl StageError {
+    /// The Wasm backtrace of a trap, for `-v` output.
+    pub fn backtrace(&self) -> Option<&str> {
+        match self {
+            StageError::Trap { backtrace, .. } => backtrace.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ErrorKind::InvalidConfig => "invalid config",
+            ErrorKind::InvalidInput => "invalid input",
+            ErrorKind::Inference => "inference failed",
+            ErrorKind::Internal => "internal error",
+        })
+    }
+}
+
+/// A pipeline that cannot be loaded: the file, a model, a component, or a
+/// stage's declared tensors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    /// A file could not be read.
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The pipeline file is not valid TOML or does not follow the schema.
+    #[error("{}: {message}", path.display())]
+    Syntax {
+        /// The pipeline file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// The pipeline file parses but says something impossible.
+    #[error("{}: {message}", path.display())]
+    Invalid {
+        /// The pipeline file.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// A model could not be loaded by its backend.
+    #[error("model '{model}' ({}): {message}", path.display())]
+    Model {
+        /// The model's name in the pipeline.
+        model: String,
+        /// Its file.
+        path: PathBuf,
+        /// Why it could not be loaded.
+        message: String,
+    },
+    /// A stage's component could not be compiled or linked.
+    #[error("stage '{stage}' ({}): {message}", path.display())]
+    Component {
+        /// The stage's name.
+        stage: String,
+        /// Its component file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// A stage failed while the pipeline was being prepared (in `init` or
+    /// `describe`).
+    #[error(transparent)]
+    Stage(#[from] StageError),
+}
+
+/// A request that did not complete.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The request's tensors are not what the pipeline takes.
+    #[error("pipeline '{pipeline}': bad request: {message}")]
+    Input {
+        /// The pipeline's name.
+        pipeline: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// A stage failed.
+    #[error(transparent)]
+    Stage(#[from] StageError),
+}

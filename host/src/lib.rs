@@ -1,0 +1,28 @@
+//! The Outpost host: runs pipelines of sandboxed WebAssembly stages whose
+//! inference goes through wasi-nn to backends the host owns.
+//!
+//! ```no_run
+//! use outpost_host::{EngineOptions, Host, Tensor};
+//!
+//! let host = Host::new(&EngineOptions::default())?;
+//! let pipeline = host.load_pipeline("host/pipelines/demo/intent.toml".as_ref())?;
+//! let outputs = pipeline.run(vec![Tensor::text("text", "stop the conveyor")])?;
+//! println!("{}", outputs[0].to_json());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod bindings;
+pub mod compat;
+pub mod engine;
+pub mod error;
+pub mod pipeline;
+pub mod stage;
+pub mod tensor;
+
+pub use bindings::{Dim, ElementType, Tensor, TensorSpec};
+pub use engine::{Allocator, EngineOptions, Runtime};
+pub use error::{PipelineError, RunError, StageError};
+pub use pipeline::{Host, Pipeline};

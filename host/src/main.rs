@@ -1,0 +1,298 @@
+//! `outpost`: the command-line face of the Outpost host.
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use outpost_host::backend::tract::TractGraph;
+use outpost_host::{ElementType, EngineOptions, Host, Pipeline, RunError, Tensor};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Outpost runs pipelines of sandboxed WebAssembly stages on edge devices.
+/// Stages call models through wasi-nn; the host preloads the models and runs
+/// them with tract.
+#[derive(Parser)]
+#[command(name = "outpost", version, about, long_about = None)]
+struct Cli {
+    /// Print more: Wasm backtraces of stages that trap.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline on one or more requests and print the results as JSON.
+    ///
+    /// Each --input or --input-file is one request. Text goes to a pipeline
+    /// input that takes utf8; a file goes as raw bytes (u8), as text (utf8),
+    /// or, ending in .json, as tensors: {"name": {"dims": [..], "type": "f32",
+    /// "data": [..]}, ...}.
+    ///
+    /// Example: outpost run host/pipelines/demo/intent.toml --input "stop the conveyor"
+    Run {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// Text for the pipeline's input, as [NAME=]TEXT. Repeat for more requests.
+        #[arg(short, long, value_name = "[NAME=]TEXT")]
+        input: Vec<String>,
+        /// A file for the pipeline's input, as [NAME=]PATH. Repeat for more requests.
+        #[arg(short = 'f', long, value_name = "[NAME=]PATH")]
+        input_file: Vec<String>,
+    },
+    /// Load a pipeline and show its models, stages and the tensors between them.
+    Inspect {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+    },
+    /// Run a wasi-nn program built for wasm32-wasip1 (the witx `wasi_ephemeral_nn`
+    /// ABI) against preloaded models, which it loads by name.
+    ///
+    /// Example: outpost exec prog.wasm --model intent=intent.onnx -- 101 2644 102
+    Exec {
+        /// The program (a core module with `_start`).
+        program: PathBuf,
+        /// A model to preload, as NAME=PATH (ONNX, run by tract). Repeatable.
+        #[arg(short, long, value_name = "NAME=PATH")]
+        model: Vec<String>,
+        /// Wall-clock limit in milliseconds.
+        #[arg(long, default_value_t = 60_000)]
+        timeout_ms: u64,
+        /// Arguments passed to the program.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let verbose = cli.verbose;
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            if verbose
+                && let Some(trace) = error.downcast_ref::<RunError>().and_then(|e| match e {
+                    RunError::Stage(s) => s.backtrace(),
+                    _ => None,
+                })
+            {
+                eprintln!("wasm backtrace:\n{trace}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run {
+            pipeline,
+            input,
+            input_file,
+        } => {
+            run(&pipeline, &input, &input_file)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inspect { pipeline } => {
+            let host = host()?;
+            let pipeline = load(&host, &pipeline)?;
+            println!("{}", serde_json::to_string_pretty(&inspect(&pipeline))?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Exec {
+            program,
+            model,
+            timeout_ms,
+            args,
+        } => {
+            let host = host()?;
+            let models = model
+                .iter()
+                .map(|m| preload(m))
+                .collect::<Result<Vec<_>>>()?;
+            let code = outpost_host::compat::exec(
+                host.runtime(),
+                &program,
+                &models,
+                &args,
+                Duration::from_millis(timeout_ms),
+            )?;
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+        }
+    }
+}
+
+fn host() -> Result<Host> {
+    Ok(Host::new(&EngineOptions::default())?)
+}
+
+fn load(host: &Host, path: &Path) -> Result<Pipeline> {
+    host.load_pipeline(path).map_err(anyhow::Error::from)
+}
+
+fn preload(arg: &str) -> Result<(String, Arc<TractGraph>)> {
+    let Some((name, path)) = arg.split_once('=') else {
+        bail!("--model {arg}: expected NAME=PATH, e.g. --model intent=intent.onnx");
+    };
+    let bytes =
+        std::fs::read(path).with_context(|| format!("model '{name}': cannot read {path}"))?;
+    let graph =
+        TractGraph::load(name, &bytes).with_context(|| format!("model '{name}' ({path})"))?;
+    Ok((name.to_owned(), Arc::new(graph)))
+}
+
+fn run(path: &Path, texts: &[String], files: &[String]) -> Result<()> {
+    if texts.is_empty() && files.is_empty() {
+        bail!("nothing to run: give at least one --input TEXT or --input-file PATH");
+    }
+    let host = host()?;
+    let pipeline = load(&host, path)?;
+    let mut requests = Vec::new();
+    for text in texts {
+        let (name, value) = target(&pipeline, text)?;
+        requests.push((
+            Value::String(value.to_owned()),
+            text_request(&pipeline, name, value)?,
+        ));
+    }
+    for file in files {
+        let (name, value) = target(&pipeline, file)?;
+        requests.push((
+            Value::String(value.to_owned()),
+            file_request(&pipeline, name, Path::new(value))?,
+        ));
+    }
+    let mut results = Vec::with_capacity(requests.len());
+    for (label, inputs) in requests {
+        let start = Instant::now();
+        let outputs = pipeline.run(inputs)?;
+        let elapsed = start.elapsed();
+        let outputs: serde_json::Map<String, Value> = outputs
+            .iter()
+            .map(|t| (t.name.clone(), t.to_json()))
+            .collect();
+        results.push(json!({ "input": label, "outputs": outputs, "latency_ms": elapsed.as_secs_f64() * 1e3 }));
+    }
+    let report = json!({ "pipeline": pipeline.name(), "results": results });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+/// Splits `[NAME=]VALUE`; without a name, the pipeline must have one input.
+fn target<'a>(pipeline: &'a Pipeline, arg: &'a str) -> Result<(&'a str, &'a str)> {
+    if let Some((name, value)) = arg.split_once('=')
+        && pipeline.inputs().iter().any(|(n, _)| n == name)
+    {
+        return Ok((name, value));
+    }
+    match pipeline.inputs() {
+        [(only, _)] => Ok((only.as_str(), arg)),
+        inputs => bail!(
+            "pipeline '{}' takes several inputs ({}); write NAME=VALUE",
+            pipeline.name(),
+            inputs
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+fn declared_type(pipeline: &Pipeline, name: &str) -> Option<ElementType> {
+    pipeline
+        .inputs()
+        .iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, spec)| spec.as_ref()?.element_type)
+}
+
+fn text_request(pipeline: &Pipeline, name: &str, text: &str) -> Result<Vec<Tensor>> {
+    match declared_type(pipeline, name) {
+        Some(ElementType::Utf8) | None => Ok(vec![Tensor::text(name, text)]),
+        Some(other) => bail!(
+            "pipeline input '{name}' takes {other}, not text; give it with --input-file (raw bytes, or tensors in .json)"
+        ),
+    }
+}
+
+fn file_request(pipeline: &Pipeline, name: &str, path: &Path) -> Result<Vec<Tensor>> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read input file {}", path.display()))?;
+    if path.extension().is_some_and(|e| e == "json") {
+        let value: Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        return outpost_host::tensor::tensors_from_json(&value)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()));
+    }
+    match declared_type(pipeline, name) {
+        Some(ElementType::Utf8) => {
+            let text = String::from_utf8(bytes)
+                .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
+            Ok(vec![Tensor::text(name, &text)])
+        }
+        _ => Ok(vec![Tensor::bytes(name, bytes)]),
+    }
+}
+
+fn inspect(pipeline: &Pipeline) -> Value {
+    let specs = |specs: &[outpost_host::TensorSpec]| -> Vec<Value> {
+        specs
+            .iter()
+            .map(|s| json!({ "name": s.name, "shape": s.shape_string() }))
+            .collect()
+    };
+    let models: Vec<Value> = pipeline
+        .models()
+        .iter()
+        .map(|m| {
+            json!({
+                "name": m.name,
+                "path": m.path.display().to_string(),
+                "backend": format!("{:?}", m.backend).to_lowercase(),
+                "inputs": specs(&m.signature().inputs),
+                "outputs": specs(&m.signature().outputs),
+            })
+        })
+        .collect();
+    let stages: Vec<Value> = pipeline
+        .stages()
+        .iter()
+        .map(|s| {
+            let info = s.stage().info();
+            let pairs = |it: Vec<(&str, &str)>| -> Vec<Value> {
+                it.into_iter().map(|(stage, pipe)| json!({ "stage": stage, "pipeline": pipe })).collect()
+            };
+            json!({
+                "name": s.stage().name(),
+                "component": s.component().display().to_string(),
+                "plugin": { "name": info.name, "version": info.version, "description": info.description },
+                "declared_inputs": specs(&info.inputs),
+                "declared_outputs": specs(&info.outputs),
+                "inputs": pairs(s.input_names().collect()),
+                "outputs": pairs(s.output_names().collect()),
+                "models": s.models(),
+                "limits": {
+                    "memory_mib": s.stage().limits().memory_bytes >> 20,
+                    "timeout_ms": s.stage().limits().timeout.as_millis() as u64,
+                },
+            })
+        })
+        .collect();
+    json!({
+        "pipeline": pipeline.name(),
+        "version": pipeline.version(),
+        "description": pipeline.description(),
+        "inputs": pipeline.inputs().iter().map(|(n, s)| json!({
+            "name": n,
+            "shape": s.as_ref().map(|s| s.shape_string()),
+        })).collect::<Vec<_>>(),
+        "outputs": pipeline.outputs(),
+        "models": models,
+        "stages": stages,
+    })
+}

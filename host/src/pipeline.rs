@@ -1,0 +1,610 @@
+//! Pipelines: models preloaded once, stages in order, tensors flowing between
+//! them by name.
+
+pub mod spec;
+
+use crate::backend::ModelSignature;
+use crate::backend::tract::TractGraph;
+use crate::bindings::{Config, File, Tensor, TensorSpec};
+use crate::engine::{EngineError, EngineOptions, Runtime};
+use crate::error::{PipelineError, RunError};
+use crate::stage::{LoadedStage, StageHost, StageLimits, StageLoadError, StageSetup, stage_linker};
+use spec::{BackendName, PipelineSpec, StageSpec};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::{Component, Linker};
+
+/// A host: one engine and linker, any number of pipelines.
+pub struct Host {
+    runtime: Runtime,
+    linker: Linker<StageHost>,
+}
+
+impl Host {
+    /// Builds the engine and the linker stages are instantiated with.
+    pub fn new(options: &EngineOptions) -> Result<Self, EngineError> {
+        let runtime = Runtime::new(options)?;
+        let linker =
+            stage_linker(runtime.engine()).map_err(|e| EngineError::new(format!("{e:#}")))?;
+        Ok(Self { runtime, linker })
+    }
+
+    /// The engine and its allocator.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// Reads, checks and prepares the pipeline in `path`: every model is
+    /// loaded and optimised, every component compiled and initialised once,
+    /// and the tensors each stage takes are checked against what earlier
+    /// stages return.
+    pub fn load_pipeline(&self, path: &Path) -> Result<Pipeline, PipelineError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PipelineError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let spec: PipelineSpec = toml::from_str(&text).map_err(|e| PipelineError::Syntax {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        Loader {
+            host: self,
+            path,
+            dir: path.parent().unwrap_or(Path::new(".")),
+        }
+        .load(spec)
+    }
+}
+
+/// A model the pipeline preloaded.
+pub struct LoadedModel {
+    /// Its name in the pipeline.
+    pub name: String,
+    /// Its file.
+    pub path: PathBuf,
+    /// The backend running it.
+    pub backend: BackendName,
+    graph: Arc<TractGraph>,
+}
+
+impl LoadedModel {
+    /// Its inputs and outputs.
+    pub fn signature(&self) -> &ModelSignature {
+        self.graph.signature()
+    }
+}
+
+/// A stage in its pipeline: the stage, and how its tensors are named in the
+/// pipeline.
+pub struct PipelineStage {
+    stage: LoadedStage,
+    /// `(stage-side, pipeline-side, moved)`: `moved` when no later stage or
+    /// pipeline output needs the tensor, so it is handed over, not copied.
+    inputs: Vec<(String, String, bool)>,
+    /// `(stage-side, pipeline-side)`.
+    outputs: Vec<(String, String)>,
+    component: PathBuf,
+    models: Vec<String>,
+}
+
+impl PipelineStage {
+    /// The stage.
+    pub fn stage(&self) -> &LoadedStage {
+        &self.stage
+    }
+    /// Its component file.
+    pub fn component(&self) -> &Path {
+        &self.component
+    }
+    /// The models it may load.
+    pub fn models(&self) -> &[String] {
+        &self.models
+    }
+    /// `(stage-side, pipeline-side)` names of the tensors it takes.
+    pub fn input_names(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.inputs.iter().map(|(a, b, _)| (a.as_str(), b.as_str()))
+    }
+    /// `(stage-side, pipeline-side)` names of the tensors it gives.
+    pub fn output_names(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.outputs.iter().map(|(a, b)| (a.as_str(), b.as_str()))
+    }
+}
+
+/// A loaded pipeline, ready for requests. Requests may run concurrently.
+pub struct Pipeline {
+    name: String,
+    version: Option<String>,
+    description: Option<String>,
+    inputs: Vec<(String, Option<TensorSpec>)>,
+    outputs: Vec<String>,
+    models: Vec<LoadedModel>,
+    stages: Vec<PipelineStage>,
+}
+
+impl Pipeline {
+    /// The pipeline's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Its version, if the file gives one.
+    pub fn version(&self) -> Option<&str> {
+        self.version.as_deref()
+    }
+    /// Its description, if the file gives one.
+    pub fn description(&self) -> Option<&str> {
+        self.description.as_deref()
+    }
+    /// The tensors a request brings, with what the first stage that takes
+    /// each one declared for it.
+    pub fn inputs(&self) -> &[(String, Option<TensorSpec>)] {
+        &self.inputs
+    }
+    /// The tensors a request returns.
+    pub fn outputs(&self) -> &[String] {
+        &self.outputs
+    }
+    /// The preloaded models.
+    pub fn models(&self) -> &[LoadedModel] {
+        &self.models
+    }
+    /// The stages, in order.
+    pub fn stages(&self) -> &[PipelineStage] {
+        &self.stages
+    }
+
+    /// Runs one request.
+    pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RunError> {
+        let bad = |message: String| RunError::Input {
+            pipeline: self.name.clone(),
+            message,
+        };
+        let mut env: HashMap<String, Tensor> = HashMap::new();
+        for tensor in inputs {
+            if !self.inputs.iter().any(|(n, _)| n == &tensor.name) {
+                return Err(bad(format!(
+                    "unexpected input '{}'; the pipeline takes: {}",
+                    tensor.name,
+                    self.input_names()
+                )));
+            }
+            tensor.check_layout().map_err(bad)?;
+            env.insert(tensor.name.clone(), tensor);
+        }
+        for (name, _) in &self.inputs {
+            if !env.contains_key(name) {
+                return Err(bad(format!(
+                    "missing input '{name}'; the pipeline takes: {}",
+                    self.input_names()
+                )));
+            }
+        }
+        for step in &self.stages {
+            let mut given = Vec::with_capacity(step.inputs.len());
+            for (stage_name, pipe_name, moved) in &step.inputs {
+                let tensor = if *moved {
+                    env.remove(pipe_name)
+                } else {
+                    env.get(pipe_name).cloned()
+                };
+                // Present by construction: the loader checked every input is
+                // produced earlier, and a stage's outputs were checked.
+                let Some(mut tensor) = tensor else {
+                    return Err(bad(format!(
+                        "tensor '{pipe_name}' was not produced before stage '{}'",
+                        step.stage.name()
+                    )));
+                };
+                tensor.name.clone_from(stage_name);
+                given.push(tensor);
+            }
+            for mut tensor in step.stage.run(given)? {
+                if let Some((_, pipe_name)) = step.outputs.iter().find(|(s, _)| s == &tensor.name) {
+                    tensor.name.clone_from(pipe_name);
+                    env.insert(pipe_name.clone(), tensor);
+                }
+            }
+        }
+        let mut outputs = Vec::with_capacity(self.outputs.len());
+        for name in &self.outputs {
+            match env.remove(name) {
+                Some(t) => outputs.push(t),
+                None => return Err(bad(format!("output '{name}' was not produced"))),
+            }
+        }
+        Ok(outputs)
+    }
+
+    fn input_names(&self) -> String {
+        self.inputs
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+struct Loader<'a> {
+    host: &'a Host,
+    path: &'a Path,
+    dir: &'a Path,
+}
+
+/// What is known about a tensor available in the pipeline: who made it and
+/// what they declared.
+struct Available {
+    producer: Option<String>,
+    spec: Option<TensorSpec>,
+}
+
+impl Loader<'_> {
+    fn invalid(&self, message: String) -> PipelineError {
+        PipelineError::Invalid {
+            path: self.path.to_owned(),
+            message,
+        }
+    }
+
+    fn read(&self, relative: &Path) -> Result<(PathBuf, Vec<u8>), PipelineError> {
+        let path = self.dir.join(relative);
+        let bytes = std::fs::read(&path).map_err(|source| PipelineError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Ok((path, bytes))
+    }
+
+    fn load(&self, spec: PipelineSpec) -> Result<Pipeline, PipelineError> {
+        if spec.pipeline.inputs.is_empty() {
+            return Err(self.invalid("[pipeline] inputs is empty; name the tensors a request brings, e.g. inputs = [\"text\"]".into()));
+        }
+        if spec.stages.is_empty() {
+            return Err(self.invalid("the pipeline has no [[stages]]".into()));
+        }
+        let models = spec
+            .models
+            .iter()
+            .map(|(name, model)| {
+                let (path, bytes) = self.read(&model.path)?;
+                let graph = match model.backend {
+                    BackendName::Tract => {
+                        TractGraph::load(name, &bytes).map_err(|e| PipelineError::Model {
+                            model: name.clone(),
+                            path: path.clone(),
+                            message: e.to_string(),
+                        })?
+                    }
+                };
+                Ok(LoadedModel {
+                    name: name.clone(),
+                    path,
+                    backend: model.backend,
+                    graph: Arc::new(graph),
+                })
+            })
+            .collect::<Result<Vec<_>, PipelineError>>()?;
+
+        let mut available: HashMap<String, Available> = spec
+            .pipeline
+            .inputs
+            .iter()
+            .map(|n| {
+                (
+                    n.clone(),
+                    Available {
+                        producer: None,
+                        spec: None,
+                    },
+                )
+            })
+            .collect();
+        let mut input_specs: HashMap<String, TensorSpec> = HashMap::new();
+        let mut stages: Vec<PipelineStage> = Vec::with_capacity(spec.stages.len());
+        for stage_spec in &spec.stages {
+            if stages.iter().any(|s| s.stage.name() == stage_spec.name) {
+                return Err(self.invalid(format!(
+                    "two stages are named '{}'; stage names must be unique",
+                    stage_spec.name
+                )));
+            }
+            let stage = self.load_stage(&spec.pipeline.name, stage_spec, &models)?;
+            stages.push(self.connect(
+                stage_spec,
+                stage,
+                &models,
+                &mut available,
+                &mut input_specs,
+            )?);
+        }
+
+        let outputs = match &spec.pipeline.outputs {
+            Some(names) => {
+                for name in names {
+                    if !available.contains_key(name) {
+                        return Err(self.invalid(format!(
+                            "[pipeline] outputs names '{name}', which no stage produces; available: {}",
+                            sorted_names(&available)
+                        )));
+                    }
+                }
+                names.clone()
+            }
+            None => stages
+                .last()
+                .map(|s| s.outputs.iter().map(|(_, p)| p.clone()).collect())
+                .unwrap_or_default(),
+        };
+        mark_moves(&mut stages, &outputs);
+        let inputs = spec
+            .pipeline
+            .inputs
+            .iter()
+            .map(|n| (n.clone(), input_specs.remove(n)))
+            .collect();
+        Ok(Pipeline {
+            name: spec.pipeline.name,
+            version: spec.pipeline.version,
+            description: spec.pipeline.description,
+            inputs,
+            outputs,
+            models,
+            stages,
+        })
+    }
+
+    fn load_stage(
+        &self,
+        pipeline: &str,
+        spec: &StageSpec,
+        models: &[LoadedModel],
+    ) -> Result<LoadedStage, PipelineError> {
+        let mut granted = Vec::with_capacity(spec.models.len());
+        for name in &spec.models {
+            let model = models.iter().find(|m| &m.name == name).ok_or_else(|| {
+                self.invalid(format!(
+                    "stage '{}' lists model '{name}', but there is no [models.{name}]; defined models: {}",
+                    spec.name,
+                    list_or_none(models.iter().map(|m| m.name.as_str()))
+                ))
+            })?;
+            granted.push((name.clone(), model.graph.clone()));
+        }
+        let mut files = Vec::with_capacity(spec.files.len());
+        for (name, relative) in &spec.files {
+            let (_, data) = self.read(relative)?;
+            files.push(File {
+                name: name.clone(),
+                data,
+            });
+        }
+        let mut entries = Vec::with_capacity(spec.config.len());
+        for (key, value) in &spec.config {
+            let json = serde_json::to_string(value).map_err(|e| {
+                self.invalid(format!("stage '{}' config key '{key}': {e}", spec.name))
+            })?;
+            entries.push((key.clone(), json));
+        }
+        let defaults = StageLimits::default();
+        let limits = StageLimits {
+            memory_bytes: spec
+                .limits
+                .memory_mib
+                .map_or(defaults.memory_bytes, |m| (m as usize) << 20),
+            timeout: spec
+                .limits
+                .timeout_ms
+                .map_or(defaults.timeout, Duration::from_millis),
+        };
+        let component_path = self.dir.join(&spec.component);
+        let component_error = |message: String| PipelineError::Component {
+            stage: spec.name.clone(),
+            path: component_path.clone(),
+            message,
+        };
+        let bytes = std::fs::read(&component_path).map_err(|e| {
+            component_error(format!(
+                "cannot read the component: {e}; build the plugins with `cargo plugins` first"
+            ))
+        })?;
+        let component = Component::new(self.host.runtime.engine(), &bytes)
+            .map_err(|e| component_error(format!("not a valid component: {e:#}")))?;
+        let setup = StageSetup {
+            pipeline: pipeline.to_owned(),
+            name: spec.name.clone(),
+            config: Config { entries, files },
+            models: granted,
+            limits,
+        };
+        LoadedStage::new(&self.host.linker, &component, setup).map_err(|e| match e {
+            StageLoadError::Link(message) => component_error(format!(
+                "does not implement the outpost:plugin `stage` world, or imports more than the host provides: {message}"
+            )),
+            StageLoadError::Stage(e) => PipelineError::Stage(e),
+        })
+    }
+
+    /// Wires a stage's inputs to tensors available so far and checks the
+    /// declared types; records its outputs as available.
+    fn connect(
+        &self,
+        spec: &StageSpec,
+        stage: LoadedStage,
+        models: &[LoadedModel],
+        available: &mut HashMap<String, Available>,
+        input_specs: &mut HashMap<String, TensorSpec>,
+    ) -> Result<PipelineStage, PipelineError> {
+        let (declared_inputs, declared_outputs) = effective_specs(&stage, spec, models);
+        let name = &spec.name;
+        let describe = |specs: &[TensorSpec]| list_or_none(specs.iter().map(|s| s.name.as_str()));
+
+        let input_pairs = if matches!(&spec.inputs, spec::TensorMap::Names(n) if n.is_empty()) {
+            declared_inputs
+                .iter()
+                .filter(|s| !s.is_wildcard())
+                .map(|s| (s.name.clone(), s.name.clone()))
+                .collect()
+        } else {
+            spec.inputs.pairs()
+        };
+        let open_inputs = declared_inputs.iter().any(TensorSpec::is_wildcard);
+        for (stage_side, pipe_side) in &input_pairs {
+            let Some(source) = available.get(pipe_side) else {
+                return Err(self.invalid(format!(
+                    "stage '{name}' takes '{pipe_side}', which is neither a pipeline input nor produced by an earlier stage; available: {}",
+                    sorted_names(available)
+                )));
+            };
+            let consumer = declared_inputs.iter().find(|s| &s.name == stage_side);
+            match (consumer, &source.spec) {
+                (None, _) if !open_inputs => {
+                    return Err(self.invalid(format!(
+                        "stage '{name}' has no input '{stage_side}'; it declares: {}",
+                        describe(&declared_inputs)
+                    )));
+                }
+                (Some(want), Some(have)) => {
+                    if let Some(why) = have.incompatibility(want) {
+                        return Err(self.invalid(format!(
+                            "stage '{name}' input '{stage_side}' expects {}, but {} gives '{pipe_side}' as {}: {why}",
+                            want.shape_string(),
+                            source.producer.as_deref().map_or("the pipeline".to_owned(), |p| format!("stage '{p}'")),
+                            have.shape_string()
+                        )));
+                    }
+                }
+                (Some(want), None) if source.producer.is_none() => {
+                    input_specs
+                        .entry(pipe_side.clone())
+                        .or_insert_with(|| want.clone());
+                }
+                _ => {}
+            }
+        }
+        for want in declared_inputs.iter().filter(|s| !s.is_wildcard()) {
+            if !input_pairs.iter().any(|(s, _)| s == &want.name) {
+                return Err(self.invalid(format!(
+                    "stage '{name}' needs input '{}' ({}), which its inputs do not give; add it to the stage's `inputs`",
+                    want.name,
+                    want.shape_string()
+                )));
+            }
+        }
+
+        let open_outputs = declared_outputs.iter().any(TensorSpec::is_wildcard);
+        let output_pairs = match &spec.outputs {
+            Some(map) => map.pairs(),
+            None => declared_outputs
+                .iter()
+                .filter(|s| !s.is_wildcard())
+                .map(|s| (s.name.clone(), s.name.clone()))
+                .collect(),
+        };
+        for (stage_side, pipe_side) in &output_pairs {
+            let declared = declared_outputs.iter().find(|s| &s.name == stage_side);
+            if declared.is_none() && !open_outputs {
+                return Err(self.invalid(format!(
+                    "stage '{name}' has no output '{stage_side}'; it declares: {}",
+                    describe(&declared_outputs)
+                )));
+            }
+            available.insert(
+                pipe_side.clone(),
+                Available {
+                    producer: Some(name.clone()),
+                    spec: declared.cloned(),
+                },
+            );
+        }
+        Ok(PipelineStage {
+            inputs: input_pairs
+                .into_iter()
+                .map(|(a, b)| (a, b, false))
+                .collect(),
+            outputs: output_pairs,
+            component: self.dir.join(&spec.component),
+            models: spec.models.clone(),
+            stage,
+        })
+    }
+}
+
+/// What a stage takes and gives: its own declaration, except that a stage
+/// declaring "any tensors" (`*`) and given exactly one model takes and gives
+/// what that model does.
+fn effective_specs(
+    stage: &LoadedStage,
+    spec: &StageSpec,
+    models: &[LoadedModel],
+) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
+    let info = stage.info();
+    let model = match spec.models.as_slice() {
+        [only] => models.iter().find(|m| &m.name == only),
+        _ => None,
+    };
+    let resolve = |declared: &[TensorSpec], from_model: &[TensorSpec]| -> Vec<TensorSpec> {
+        match model {
+            Some(_) if declared.iter().any(TensorSpec::is_wildcard) => {
+                let named: Vec<TensorSpec> = declared
+                    .iter()
+                    .filter(|s| !s.is_wildcard())
+                    .cloned()
+                    .collect();
+                let extra = from_model
+                    .iter()
+                    .filter(|m| !named.iter().any(|s| s.name == m.name))
+                    .cloned();
+                named.iter().cloned().chain(extra).collect()
+            }
+            // Named but untyped declarations take the model's types.
+            Some(_) => declared
+                .iter()
+                .map(|s| match from_model.iter().find(|m| m.name == s.name) {
+                    Some(m) if s.element_type.is_none() && s.dims.is_none() => m.clone(),
+                    _ => s.clone(),
+                })
+                .collect(),
+            None => declared.to_vec(),
+        }
+    };
+    match model {
+        Some(m) => (
+            resolve(&info.inputs, &m.signature().inputs),
+            resolve(&info.outputs, &m.signature().outputs),
+        ),
+        None => (info.inputs.clone(), info.outputs.clone()),
+    }
+}
+
+/// A stage input is moved out of the request's tensors when no later stage
+/// and no pipeline output uses it.
+fn mark_moves(stages: &mut [PipelineStage], outputs: &[String]) {
+    let mut needed_later: Vec<String> = outputs.to_vec();
+    for stage in stages.iter_mut().rev() {
+        // Walking backwards in time: the stage's outputs come after its
+        // inputs. An output re-using a name starts a new tensor, so later
+        // needs of that name are not needs of the older one.
+        for (_, pipe_side) in &stage.outputs {
+            needed_later.retain(|n| n != pipe_side);
+        }
+        for (_, pipe_side, moved) in stage.inputs.iter_mut().rev() {
+            *moved = !needed_later.contains(pipe_side);
+            needed_later.push(pipe_side.clone());
+        }
+    }
+}
+
+fn sorted_names(available: &HashMap<String, Available>) -> String {
+    let mut names: Vec<&str> = available.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    list_or_none(names.into_iter())
+}
+
+fn list_or_none<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let names: Vec<&str> = names.collect();
+    if names.is_empty() {
+        "(none)".to_owned()
+    } else {
+        names.join(", ")
+    }
+}

@@ -1,0 +1,138 @@
+//! The pipeline file: TOML, parsed strictly. See `README.md` for the schema.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// A whole pipeline file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSpec {
+    /// The `[pipeline]` table.
+    pub pipeline: PipelineMeta,
+    /// `[models.NAME]` tables, by name.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelSpec>,
+    /// `[[stages]]`, in order.
+    pub stages: Vec<StageSpec>,
+}
+
+/// The `[pipeline]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineMeta {
+    /// The pipeline's name.
+    pub name: String,
+    /// Its version.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// One line on what it does.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Names of the tensors a request brings.
+    pub inputs: Vec<String>,
+    /// Names of the tensors a request returns; all tensors the last stage
+    /// returns when unset.
+    #[serde(default)]
+    pub outputs: Option<Vec<String>>,
+}
+
+/// A `[models.NAME]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// The model file, relative to the pipeline file.
+    pub path: PathBuf,
+    /// Which backend runs it.
+    #[serde(default)]
+    pub backend: BackendName,
+    /// How the file is encoded.
+    #[serde(default)]
+    pub encoding: Encoding,
+}
+
+/// The backends a model can name.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendName {
+    /// tract-onnx, in-process, pure Rust.
+    #[default]
+    Tract,
+}
+
+/// Model encodings.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Encoding {
+    /// ONNX protobuf.
+    #[default]
+    Onnx,
+}
+
+/// One `[[stages]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageSpec {
+    /// Unique within the pipeline.
+    pub name: String,
+    /// The component file, relative to the pipeline file.
+    pub component: PathBuf,
+    /// Tensors the stage receives: a list of names, or a table
+    /// `{ stage_name = "pipeline_name" }` to rename on the way in.
+    #[serde(default)]
+    pub inputs: TensorMap,
+    /// Tensors of the stage's output that the pipeline keeps: a list, or a
+    /// table `{ stage_name = "pipeline_name" }`. All declared outputs, under
+    /// their own names, when unset.
+    #[serde(default)]
+    pub outputs: Option<TensorMap>,
+    /// Models the stage may load by name.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Passed to the stage's `init`.
+    #[serde(default)]
+    pub config: toml::Table,
+    /// Files passed to the stage's `init`, by name; paths relative to the
+    /// pipeline file.
+    #[serde(default)]
+    pub files: BTreeMap<String, PathBuf>,
+    /// Per-call limits.
+    #[serde(default)]
+    pub limits: LimitsSpec,
+}
+
+/// Tensor names as a list (same name on both sides) or a rename table.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum TensorMap {
+    /// `["a", "b"]`.
+    Names(Vec<String>),
+    /// `{ stage_name = "pipeline_name" }`.
+    Renamed(BTreeMap<String, String>),
+}
+
+impl Default for TensorMap {
+    fn default() -> Self {
+        TensorMap::Names(Vec::new())
+    }
+}
+
+impl TensorMap {
+    /// `(stage-side name, pipeline-side name)` pairs.
+    pub fn pairs(&self) -> Vec<(String, String)> {
+        match self {
+            TensorMap::Names(names) => names.iter().map(|n| (n.clone(), n.clone())).collect(),
+            TensorMap::Renamed(map) => map.iter().map(|(a, b)| (a.clone(), b.clone())).collect(),
+        }
+    }
+}
+
+/// A stage's `[stages.limits]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+    /// Largest linear memory, MiB.
+    pub memory_mib: Option<u64>,
+    /// Deadline of one call, milliseconds.
+    pub timeout_ms: Option<u64>,
+}

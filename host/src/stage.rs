@@ -1,0 +1,359 @@
+//! One stage of a pipeline: its compiled component, the instances that serve
+//! it, and the limits armed around every call.
+
+use crate::backend::Diagnostics;
+use crate::backend::granted_models;
+use crate::backend::tract::TractGraph;
+use crate::bindings::{self, Config, ErrorKind, GuestError, StageInfo, Tensor};
+use crate::engine::EPOCH_TICK;
+use crate::error::StageError;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Engine, ResourceLimiter, Store, Trap, WasmBacktrace};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_nn::wit::{WasiNnCtx, WasiNnView};
+
+/// Limits armed on every call into a stage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StageLimits {
+    /// Largest linear memory, in bytes.
+    pub memory_bytes: usize,
+    /// Wall-clock deadline of one call.
+    pub timeout: Duration,
+}
+
+impl Default for StageLimits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 256 << 20,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Idle instances kept per stage; more concurrent requests instantiate fresh
+/// ones, which are dropped afterwards.
+const MAX_IDLE_INSTANCES: usize = 4;
+
+/// The state of one stage instance's store.
+pub struct StageHost {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    nn: WasiNnCtx,
+    limiter: StageLimiter,
+    diagnostics: Diagnostics,
+}
+
+impl WasiView for StageHost {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Memory and table limits, remembering whether a limit was what failed.
+struct StageLimiter {
+    memory_bytes: usize,
+    hit_memory_limit: bool,
+}
+
+/// Table elements a stage may have; Rust components use a few hundred.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+impl ResourceLimiter for StageLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            self.hit_memory_limit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+/// Links WASI (nothing granted) and wasi-nn for stage components. Built once
+/// per engine and shared by every stage.
+pub fn stage_linker(engine: &Engine) -> wasmtime::Result<Linker<StageHost>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    wasmtime_wasi_nn::wit::add_to_linker(&mut linker, |h: &mut StageHost| {
+        WasiNnView::new(&mut h.table, &mut h.nn)
+    })?;
+    Ok(linker)
+}
+
+/// A stage ready to serve: compiled, linked, configured, described.
+pub struct LoadedStage {
+    pipeline: String,
+    name: String,
+    engine: Engine,
+    pre: bindings::StagePre<StageHost>,
+    config: Config,
+    models: Vec<(String, Arc<TractGraph>)>,
+    limits: StageLimits,
+    info: StageInfo,
+    idle: Mutex<Vec<Instance>>,
+}
+
+struct Instance {
+    store: Store<StageHost>,
+    stage: bindings::Stage,
+}
+
+/// Everything needed to bring a stage up, apart from the engine and linker.
+pub struct StageSetup {
+    /// The pipeline's name, for messages.
+    pub pipeline: String,
+    /// The stage's name.
+    pub name: String,
+    /// Its configuration: the `config` table as JSON texts, and its files.
+    pub config: Config,
+    /// The models it may load, by the names the pipeline gives them.
+    pub models: Vec<(String, Arc<TractGraph>)>,
+    /// Its limits.
+    pub limits: StageLimits,
+}
+
+impl LoadedStage {
+    /// Links `component`, creates a first instance, runs its `init` and
+    /// `describe`, and keeps the instance for the first request.
+    pub fn new(
+        linker: &Linker<StageHost>,
+        component: &Component,
+        setup: StageSetup,
+    ) -> Result<Self, StageLoadError> {
+        let pre = linker
+            .instantiate_pre(component)
+            .and_then(bindings::StagePre::new)
+            .map_err(|e| StageLoadError::Link(format!("{e:#}")))?;
+        let mut stage = Self {
+            pipeline: setup.pipeline,
+            name: setup.name,
+            engine: linker.engine().clone(),
+            pre,
+            config: setup.config,
+            models: setup.models,
+            limits: setup.limits,
+            info: StageInfo {
+                name: String::new(),
+                version: String::new(),
+                description: String::new(),
+                inputs: Vec::new(),
+                outputs: Vec::new(),
+            },
+            idle: Mutex::new(Vec::new()),
+        };
+        let mut instance = stage.instantiate().map_err(StageLoadError::Stage)?;
+        stage.arm(&mut instance.store);
+        stage.info = instance
+            .stage
+            .call_describe(&mut instance.store)
+            .map_err(|e| StageLoadError::Stage(stage.classify(e, &instance.store)))?;
+        stage.release(instance);
+        Ok(stage)
+    }
+
+    /// The stage's name in the pipeline.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What the stage said about itself.
+    pub fn info(&self) -> &StageInfo {
+        &self.info
+    }
+
+    /// Its limits.
+    pub fn limits(&self) -> &StageLimits {
+        &self.limits
+    }
+
+    /// Runs one request through the stage. Outputs are checked against what
+    /// the stage declared. An instance that trapped or hit a limit is dropped;
+    /// the next request gets a fresh one.
+    pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, StageError> {
+        let mut instance = match self.idle.lock().ok().and_then(|mut idle| idle.pop()) {
+            Some(instance) => instance,
+            None => self.instantiate()?,
+        };
+        self.arm(&mut instance.store);
+        let result = instance.stage.call_run(&mut instance.store, &inputs);
+        match result {
+            Ok(Ok(outputs)) => {
+                self.release(instance);
+                self.check_outputs(&outputs)?;
+                Ok(outputs)
+            }
+            Ok(Err(reported)) => {
+                let error = self.reported(reported, &instance.store);
+                self.release(instance);
+                Err(error)
+            }
+            Err(e) => Err(self.classify(e, &instance.store)),
+        }
+    }
+
+    /// A fresh instance with `init` done.
+    fn instantiate(&self) -> Result<Instance, StageError> {
+        let diagnostics = Diagnostics::default();
+        let host = StageHost {
+            // Nothing granted: no files, environment, arguments, sockets or stdio.
+            wasi: WasiCtxBuilder::new().build(),
+            table: ResourceTable::new(),
+            // No backends: guests cannot load model bytes of their own, only
+            // the models granted to them, by name.
+            nn: WasiNnCtx::new(Vec::new(), granted_models(&self.models, &diagnostics)),
+            limiter: StageLimiter {
+                memory_bytes: self.limits.memory_bytes,
+                hit_memory_limit: false,
+            },
+            diagnostics,
+        };
+        let mut store = Store::new(&self.engine, host);
+        store.limiter(|h| &mut h.limiter);
+        self.arm(&mut store);
+        let stage =
+            self.pre
+                .instantiate(&mut store)
+                .map_err(|e| match self.classify(e, &store) {
+                    StageError::Trap { trap, .. } => StageError::Instantiate {
+                        pipeline: self.pipeline.clone(),
+                        stage: self.name.clone(),
+                        message: trap,
+                    },
+                    other => other,
+                })?;
+        match stage.call_init(&mut store, &self.config) {
+            Ok(Ok(())) => Ok(Instance { store, stage }),
+            Ok(Err(reported)) => Err(self.reported(reported, &store)),
+            Err(e) => Err(self.classify(e, &store)),
+        }
+    }
+
+    /// Re-arms the per-call limits.
+    fn arm(&self, store: &mut Store<StageHost>) {
+        let ticks = self
+            .limits
+            .timeout
+            .as_millis()
+            .div_ceil(EPOCH_TICK.as_millis())
+            .max(1);
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        store.epoch_deadline_trap();
+        store.data_mut().limiter.hit_memory_limit = false;
+        store.data().diagnostics.take();
+    }
+
+    fn release(&self, instance: Instance) {
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < MAX_IDLE_INSTANCES
+        {
+            idle.push(instance);
+        }
+    }
+
+    fn reported(&self, error: GuestError, store: &Store<StageHost>) -> StageError {
+        let mut message = error.message;
+        if error.kind == ErrorKind::Inference
+            && let Some(detail) = store.data().diagnostics.take()
+        {
+            message = format!("{message}; the backend said: {detail}");
+        }
+        StageError::Reported {
+            pipeline: self.pipeline.clone(),
+            stage: self.name.clone(),
+            kind: error.kind,
+            message,
+        }
+    }
+
+    fn classify(&self, error: wasmtime::Error, store: &Store<StageHost>) -> StageError {
+        let (pipeline, stage) = (self.pipeline.clone(), self.name.clone());
+        if store.data().limiter.hit_memory_limit {
+            return StageError::MemoryLimit {
+                pipeline,
+                stage,
+                limit_mib: (self.limits.memory_bytes >> 20) as u64,
+            };
+        }
+        if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+            return StageError::Timeout {
+                pipeline,
+                stage,
+                limit_ms: u64::try_from(self.limits.timeout.as_millis()).unwrap_or(u64::MAX),
+            };
+        }
+        let backtrace = error
+            .downcast_ref::<WasmBacktrace>()
+            .map(|bt| bt.to_string());
+        let trap = match error.downcast_ref::<Trap>() {
+            Some(code) => code.to_string(),
+            None => format!("{error:#}"),
+        };
+        StageError::Trap {
+            pipeline,
+            stage,
+            trap,
+            backtrace,
+        }
+    }
+
+    fn check_outputs(&self, outputs: &[Tensor]) -> Result<(), StageError> {
+        let bad = |message: String| StageError::BadOutput {
+            pipeline: self.pipeline.clone(),
+            stage: self.name.clone(),
+            message,
+        };
+        let open = self.info.outputs.iter().any(|s| s.is_wildcard());
+        for tensor in outputs {
+            tensor.check_layout().map_err(bad)?;
+            match self.info.outputs.iter().find(|s| s.name == tensor.name) {
+                Some(spec) => spec.check(tensor).map_err(bad)?,
+                None if open => {}
+                None => {
+                    return Err(bad(format!(
+                        "tensor '{}' was not declared; the stage declares: {}",
+                        tensor.name,
+                        self.info
+                            .outputs
+                            .iter()
+                            .map(|s| s.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+            }
+        }
+        for spec in self.info.outputs.iter().filter(|s| !s.is_wildcard()) {
+            if !outputs.iter().any(|t| t.name == spec.name) {
+                return Err(bad(format!("declared output '{}' is missing", spec.name)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a stage could not be brought up.
+#[derive(Debug)]
+pub enum StageLoadError {
+    /// The component does not fit the `stage` world or its imports.
+    Link(String),
+    /// The first instance failed in `init` or `describe`.
+    Stage(StageError),
+}

@@ -1,0 +1,37 @@
+//! Greedy longest-match-first WordPiece.
+
+use crate::vocab::Vocab;
+
+/// The ids of the pieces `word` splits into, or `[UNK]` alone when some part
+/// of it matches nothing or it is longer than the vocabulary allows.
+pub fn pieces(word: &str, vocab: &Vocab) -> Vec<i64> {
+    let boundaries: Vec<usize> = word
+        .char_indices()
+        .map(|(i, _)| i)
+        .chain([word.len()])
+        .collect();
+    if boundaries.len() - 1 > vocab.max_chars_per_word {
+        return vec![vocab.unk];
+    }
+    let mut ids = Vec::new();
+    let mut candidate = String::with_capacity(word.len() + vocab.continuation_prefix.len());
+    let mut start = 0;
+    while start + 1 < boundaries.len() {
+        let found = (start + 1..boundaries.len()).rev().find_map(|end| {
+            candidate.clear();
+            if start > 0 {
+                candidate.push_str(&vocab.continuation_prefix);
+            }
+            candidate.push_str(&word[boundaries[start]..boundaries[end]]);
+            vocab.ids.get(&candidate).map(|&id| (id, end))
+        });
+        match found {
+            Some((id, end)) => {
+                ids.push(id);
+                start = end;
+            }
+            None => return vec![vocab.unk],
+        }
+    }
+    ids
+}

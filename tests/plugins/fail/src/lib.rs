@@ -1,0 +1,56 @@
+//! A test stage that misbehaves on purpose. Config `mode` picks how:
+//! - `"error"`: `run` returns a stage error;
+//! - `"panic"`: `run` panics (a trap);
+//! - `"bad-length"`: returns a tensor whose bytes do not match its dims;
+//! - `"bad-type"`: returns i64 where it declared f32;
+//! - `"ok"`: passes `x` through, so a pipeline around it works.
+//!
+//! Input and output: `x`, f32 [n].
+
+use outpost_guest::{
+    Config, Dim, ElementType, Inputs, Stage, StageError, StageInfo, Tensor, TensorSpec,
+};
+
+struct Fail {
+    mode: String,
+}
+
+impl Stage for Fail {
+    fn init(config: &Config) -> Result<Self, StageError> {
+        let mode: String = config.require("mode")?;
+        if mode == "init-error" {
+            return Err(StageError::invalid_config(
+                "init-error mode: refusing to start",
+            ));
+        }
+        Ok(Fail { mode })
+    }
+
+    fn describe(&self) -> StageInfo {
+        let x = || TensorSpec::new("x", ElementType::F32).dims([Dim::sym("n")]);
+        StageInfo::new("fail", "0.1.0", "fails on purpose")
+            .input(x())
+            .output(x())
+    }
+
+    fn run(&mut self, mut inputs: Inputs) -> Result<Vec<Tensor>, StageError> {
+        let x = inputs.take("x")?;
+        match self.mode.as_str() {
+            "error" => Err(StageError::invalid_input(
+                "asked to fail (mode = \"error\")",
+            )),
+            "panic" => panic!("asked to panic (mode = \"panic\")"),
+            "bad-length" => Ok(vec![Tensor {
+                data: vec![0; 3],
+                ..x
+            }]),
+            "bad-type" => {
+                let values = vec![1i64; x.dims.iter().product::<u32>() as usize];
+                Ok(vec![Tensor::from_i64("x", x.dims.clone(), &values)?])
+            }
+            _ => Ok(vec![x]),
+        }
+    }
+}
+
+outpost_guest::export_stage!(Fail);
