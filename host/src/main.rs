@@ -160,7 +160,12 @@ fn run(path: &Path, texts: &[String], files: &[String]) -> Result<()> {
         ));
     }
     for file in files {
-        let (name, value) = target(&pipeline, file)?;
+        // A .json file names its own tensors.
+        let (name, value) = if file.ends_with(".json") {
+            ("", file.as_str())
+        } else {
+            target(&pipeline, file)?
+        };
         requests.push((
             Value::String(value.to_owned()),
             file_request(&pipeline, name, Path::new(value))?,

@@ -1,1 +1,11 @@
+//! End-to-end tests: the real `outpost` binary and host library running real
+//! components built from `plugins/` and `tests/plugins/`, real models.
+#![allow(clippy::unwrap_used)]
 
+mod compat;
+mod demo;
+mod image;
+mod minilm;
+mod model_inputs;
+mod pipeline_errors;
+mod stage_errors;

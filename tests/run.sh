@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs every test from a fresh clone on Debian with Rust (rustup):
+# installs the wasm targets and the pinned Python reference tools, fetches the
+# MiniLM models (pinned, sha256-checked), builds the plugins and the host once
+# (one profile), then runs formatting, lint and all tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "toolchain targets"
+rustup target add wasm32-wasip2 wasm32-wasip1
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+step "python reference environment (target/py)"
+if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+    fi
+fi
+[ -x target/py/bin/python ] || python3 -m venv target/py
+target/py/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+
+step "models"
+target/py/bin/python host/pipelines/minilm/fetch_models.py
+
+step "plugins"
+cargo plugins
+cargo plugins-wasip1
+
+step "format and lint"
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+cargo clippy --target wasm32-wasip2 -p outpost-guest -p bert-tokenizer -p infer -p mean-pool \
+    -p classify -p image-normalize -p fail -- -D warnings
+cargo clippy --target wasm32-wasip1 -p wasi-nn-classic -- -D warnings
+
+step "build the host"
+cargo build -p outpost-host --bins
+
+step "tests"
+export OUTPOST_PYTHON="$PWD/target/py/bin/python"
+cargo test --workspace --exclude wasi-nn-classic
