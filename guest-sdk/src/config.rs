@@ -66,3 +66,57 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Config;
+    use crate::RawConfig;
+
+    fn config() -> Config {
+        Config::new(RawConfig {
+            entries: vec![
+                ("top_k".into(), "3".into()),
+                ("labels".into(), r#"["a","b"]"#.into()),
+            ],
+            files: vec![crate::bindings::outpost::plugin::types::File {
+                name: "vocab".into(),
+                data: b"x".to_vec(),
+            }],
+        })
+    }
+
+    #[test]
+    fn typed_values_defaults_and_files() {
+        let c = config();
+        assert_eq!(c.get::<u32>("top_k").unwrap(), Some(3));
+        assert_eq!(c.require::<Vec<String>>("labels").unwrap(), ["a", "b"]);
+        assert_eq!(c.get_or("missing", 7u8).unwrap(), 7);
+        assert_eq!(c.file("vocab"), Some(&b"x"[..]));
+        assert_eq!(c.file("other"), None);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let c = config();
+        assert!(
+            c.get::<String>("top_k")
+                .err()
+                .unwrap()
+                .message
+                .contains("config key 'top_k'")
+        );
+        assert!(
+            c.require::<u8>("model")
+                .err()
+                .unwrap()
+                .message
+                .contains("'model' is required")
+        );
+        let e = c.deny_unknown(&["top_k"]).err().unwrap();
+        assert!(
+            e.message.contains("unknown config key 'labels'") && e.message.contains("top_k"),
+            "{}",
+            e.message
+        );
+    }
+}

@@ -93,10 +93,10 @@ macro_rules! export_stage {
                 ) -> ::core::result::Result<::std::vec::Vec<$crate::Tensor>, $crate::StageError>
                 {
                     $crate::__private::run(&OUTPOST_STAGE, inputs)
-        }
+                }
             }
 
-            $crate::bindings::export!(OutpostStageExport with_types_in $crate::bindings);
+    $crate::bindings::export!(OutpostStageExport with_types_in $crate::bindings);
         };
     };
 }

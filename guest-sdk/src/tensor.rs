@@ -203,3 +203,62 @@ pub(crate) fn element_count(dims: &[u32]) -> Option<usize> {
     dims.iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d as usize))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{ElementType, ErrorKind, Tensor};
+
+    #[test]
+    fn values_round_trip_through_bytes() {
+        let t = Tensor::from_f32("x", vec![2, 2], &[1.0, -2.5, 3.25, 0.0]).unwrap();
+        assert_eq!(t.data.len(), 16);
+        assert_eq!(t.to_f32().unwrap(), [1.0, -2.5, 3.25, 0.0]);
+        let t = Tensor::from_i64("ids", vec![3], &[101, -1, 102]).unwrap();
+        assert_eq!(t.to_i64().unwrap(), [101, -1, 102]);
+    }
+
+    #[test]
+    fn a_count_that_does_not_fit_the_dims_is_refused() {
+        let error = Tensor::from_f32("x", vec![2, 2], &[1.0]).err().unwrap();
+        assert!(
+            error.message.contains("hold 4 elements but 1"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn reading_checks_type_and_length() {
+        let t = Tensor::from_f32("x", vec![1], &[1.0]).unwrap();
+        let error = t.to_i64().err().unwrap();
+        assert_eq!(error.kind, ErrorKind::InvalidInput);
+        assert!(
+            error.message.contains("holds f32 elements, expected i64"),
+            "{}",
+            error.message
+        );
+        let short = Tensor {
+            data: vec![0; 3],
+            ..t
+        };
+        assert!(
+            short
+                .to_f32()
+                .err()
+                .unwrap()
+                .message
+                .contains("needs 4 bytes but it holds 3")
+        );
+    }
+
+    #[test]
+    fn text_tensors() {
+        let t = Tensor::from_text("text", "héllo");
+        assert_eq!(
+            (t.dims.as_slice(), t.element_type),
+            (&[6u32][..], ElementType::Utf8)
+        );
+        assert_eq!(t.text().unwrap(), "héllo");
+        assert!(t.expect_rank(2).is_err());
+    }
+}

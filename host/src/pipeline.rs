@@ -74,6 +74,12 @@ impl LoadedModel {
     pub fn signature(&self) -> &ModelSignature {
         self.graph.signature()
     }
+
+    /// The loaded model itself, to call without a stage (benchmarks compare
+    /// against this).
+    pub fn graph(&self) -> &Arc<TractGraph> {
+        &self.graph
+    }
 }
 
 /// A stage in its pipeline: the stage, and how its tensors are named in the

@@ -307,3 +307,78 @@ impl TensorSpec {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trip_of_every_numeric_type() {
+        for (ty, data) in [
+            ("f32", json!([1.5, -2.0])),
+            ("f64", json!([1.5, -2.0])),
+            ("i32", json!([7, -8])),
+            ("i64", json!([7, -8])),
+            ("u8", json!([0, 255])),
+            ("f16", json!([15360, 0])),
+        ] {
+            let value = json!({ "dims": [2], "type": ty, "data": data });
+            let tensor = Tensor::from_json("t", &value).unwrap();
+            assert_eq!(tensor.to_json(), value, "{ty}");
+        }
+    }
+
+    #[test]
+    fn json_errors_name_the_tensor_and_the_problem() {
+        let err = |v: Value| Tensor::from_json("ids", &v).unwrap_err();
+        assert!(err(json!({"dims": [2], "type": "i64", "data": [1]})).contains("carries 8 bytes"));
+        assert!(
+            err(json!({"dims": [1], "type": "u8", "data": [256]}))
+                .contains("data[0] = 256 is not a valid u8")
+        );
+        assert!(
+            err(json!({"dims": [1], "type": "i64", "data": [1], "shape": 1}))
+                .contains("unknown key 'shape'")
+        );
+        assert!(err(json!({"type": "i64", "data": []})).contains("missing key 'dims'"));
+        assert!(err(json!(3)).contains("'ids'"));
+    }
+
+    #[test]
+    fn specs_say_why_they_do_not_fit() {
+        let spec = |ty, dims: Vec<Dim>| TensorSpec {
+            name: "x".into(),
+            element_type: ty,
+            dims: Some(dims),
+        };
+        let f32_bs = spec(
+            Some(ElementType::F32),
+            vec![Dim::Symbol("b".into()), Dim::Fixed(384)],
+        );
+        let i64_bs = spec(
+            Some(ElementType::I64),
+            vec![Dim::Symbol("b".into()), Dim::Fixed(384)],
+        );
+        let f32_b3 = spec(
+            Some(ElementType::F32),
+            vec![Dim::Symbol("b".into()), Dim::Fixed(3)],
+        );
+        let any = TensorSpec {
+            name: "x".into(),
+            element_type: None,
+            dims: None,
+        };
+        assert_eq!(f32_bs.incompatibility(&f32_bs), None);
+        assert_eq!(f32_bs.incompatibility(&any), None);
+        assert_eq!(
+            f32_bs.incompatibility(&i64_bs).as_deref(),
+            Some("element type f32 is not i64")
+        );
+        assert_eq!(
+            f32_bs.incompatibility(&f32_b3).as_deref(),
+            Some("dimension 1 is 384, not 3")
+        );
+        assert_eq!(f32_bs.shape_string(), "f32[b, 384]");
+        assert_eq!(any.shape_string(), "any[..]");
+    }
+}

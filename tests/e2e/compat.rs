@@ -8,7 +8,13 @@ use serde_json::json;
 fn stop_the_conveyor_ids() -> Vec<i64> {
     let vocab = std::fs::read_to_string(demo_dir().join("vocab.txt")).unwrap();
     let id = |w: &str| vocab.lines().position(|l| l == w).unwrap() as i64;
-    vec![id("[CLS]"), id("stop"), id("the"), id("conveyor"), id("[SEP]")]
+    vec![
+        id("[CLS]"),
+        id("stop"),
+        id("the"),
+        id("conveyor"),
+        id("[SEP]"),
+    ]
 }
 
 #[test]
@@ -16,7 +22,14 @@ fn witx_program_matches_the_component_pipeline() {
     let ids = stop_the_conveyor_ids();
     let model = format!("intent={}", demo_dir().join("intent.onnx").display());
     let program = classic_program();
-    let mut args = vec!["exec".to_owned(), program.display().to_string(), "--model".into(), model, "--".into(), "intent".into()];
+    let mut args = vec![
+        "exec".to_owned(),
+        program.display().to_string(),
+        "--model".into(),
+        model,
+        "--".into(),
+        "intent".into(),
+    ];
     args.extend(ids.iter().map(i64::to_string));
     let run = outpost(&args);
     assert!(run.ok, "{}", run.stderr);
@@ -46,11 +59,19 @@ config = { model = "intent" }
         "attention_mask": { "dims": [1, n], "type": "i64", "data": vec![1; ids.len()] },
     });
     let input = scratch.write("request.json", request.to_string());
-    let run = outpost(&["run".as_ref(), pipeline.as_os_str(), "--input-file".as_ref(), input.as_os_str()]);
+    let run = outpost(&[
+        "run".as_ref(),
+        pipeline.as_os_str(),
+        "--input-file".as_ref(),
+        input.as_os_str(),
+    ]);
     assert!(run.ok, "{}", run.stderr);
     let component = tensor_values(&run.json()["results"][0]["outputs"]["logits"]);
     for (a, b) in classic.iter().zip(&component) {
-        assert!((a - b).abs() < 1e-5, "witx {classic:?} vs component {component:?}");
+        assert!(
+            (a - b).abs() < 1e-5,
+            "witx {classic:?} vs component {component:?}"
+        );
     }
 }
 
@@ -58,7 +79,16 @@ config = { model = "intent" }
 fn witx_program_asking_for_an_unknown_model_fails_cleanly() {
     let model = format!("intent={}", demo_dir().join("intent.onnx").display());
     let program = classic_program();
-    let run = outpost(&["exec", program.to_str().unwrap(), "--model", &model, "--", "no-such-model", "1", "2"]);
+    let run = outpost(&[
+        "exec",
+        program.to_str().unwrap(),
+        "--model",
+        &model,
+        "--",
+        "no-such-model",
+        "1",
+        "2",
+    ]);
     assert!(!run.ok);
     assert!(run.stderr.contains("no-such-model"), "{}", run.stderr);
 }

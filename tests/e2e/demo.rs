@@ -11,7 +11,10 @@ fn demo_classifies_device_commands() {
         ("how much battery is left?", "status_report"),
         ("Return HOME now!", "return_home"),
     ];
-    let mut args = vec!["run".to_owned(), "host/pipelines/demo/intent.toml".to_owned()];
+    let mut args = vec![
+        "run".to_owned(),
+        "host/pipelines/demo/intent.toml".to_owned(),
+    ];
     for (text, _) in &cases {
         args.push("--input".into());
         args.push((*text).to_owned());
@@ -25,10 +28,17 @@ fn demo_classifies_device_commands() {
     for ((text, expected), result) in cases.iter().zip(results) {
         assert_eq!(result["input"], *text);
         let labels = result["outputs"]["labels"].as_str().unwrap();
-        assert_eq!(labels.split('\t').next(), Some(*expected), "{text}: {labels}");
+        assert_eq!(
+            labels.split('\t').next(),
+            Some(*expected),
+            "{text}: {labels}"
+        );
         let scores = tensor_values(&result["outputs"]["scores"]);
         assert_eq!(scores.len(), 3);
-        assert!(scores[0] > 0.5 && scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+        assert!(
+            scores[0] > 0.5 && scores.windows(2).all(|w| w[0] >= w[1]),
+            "{scores:?}"
+        );
     }
 }
 
@@ -37,10 +47,18 @@ fn inspect_shows_stages_models_and_shapes() {
     let run = outpost(&["inspect", "host/pipelines/demo/intent.toml"]);
     assert!(run.ok, "{}", run.stderr);
     let info = run.json();
-    let stages: Vec<&str> = info["stages"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    let stages: Vec<&str> = info["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
     assert_eq!(stages, ["tokenize", "infer", "classify"]);
     assert_eq!(info["models"][0]["name"], "intent");
-    assert_eq!(info["models"][0]["inputs"][0]["shape"], "i64[batch, sequence]");
+    assert_eq!(
+        info["models"][0]["inputs"][0]["shape"],
+        "i64[batch, sequence]"
+    );
     assert_eq!(info["models"][0]["outputs"][0]["shape"], "f32[batch, 8]");
     assert_eq!(info["stages"][0]["plugin"]["name"], "bert-tokenizer");
     assert_eq!(info["inputs"][0]["shape"], "utf8[bytes]");
@@ -54,5 +72,9 @@ fn help_explains_the_commands() {
         assert!(run.stdout.contains(command), "{}", run.stdout);
     }
     let run = outpost(&["run", "--help"]);
-    assert!(run.stdout.contains("--input") && run.stdout.contains("Example"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("--input") && run.stdout.contains("Example"),
+        "{}",
+        run.stdout
+    );
 }

@@ -31,7 +31,10 @@ config = {{ width = 4, height = 2, mean = [0.5, 0.5, 0.5], std = [0.5, 0.25, 1.0
 }
 
 fn f32s(t: &Tensor) -> Vec<f32> {
-    t.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    t.data
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 #[test]
@@ -50,7 +53,10 @@ fn png_becomes_a_normalised_nchw_tensor() {
     assert!(v[..8].iter().all(|r| (r - 1.0).abs() < 1e-6), "{v:?}");
     // G: leftmost column is red (0) -> (0 - .5)/.25 = -2; rightmost white -> 2.
     let g = &v[8..16];
-    assert!((g[0] + 2.0).abs() < 1e-6 && (g[3] - 2.0).abs() < 1e-6, "{g:?}");
+    assert!(
+        (g[0] + 2.0).abs() < 1e-6 && (g[3] - 2.0).abs() < 1e-6,
+        "{g:?}"
+    );
     // Bilinear: inner columns lie between, increasing left to right.
     assert!(g[0] < g[1] && g[1] < g[2] && g[2] < g[3], "{g:?}");
 
@@ -58,7 +64,10 @@ fn png_becomes_a_normalised_nchw_tensor() {
     let gray = png(1, 1, png::ColorType::Grayscale, &[0]);
     let out = pipeline.run(vec![Tensor::bytes("image", gray)]).unwrap();
     let v = f32s(&out[0]);
-    assert!((v[0] + 1.0).abs() < 1e-6 && (v[8] + 2.0).abs() < 1e-6 && (v[16] + 0.5).abs() < 1e-6, "{v:?}");
+    assert!(
+        (v[0] + 1.0).abs() < 1e-6 && (v[8] + 2.0).abs() < 1e-6 && (v[16] + 0.5).abs() < 1e-6,
+        "{v:?}"
+    );
 }
 
 #[test]

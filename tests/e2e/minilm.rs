@@ -40,7 +40,12 @@ fn embed_with_onnxruntime(model: &str, output: &str, sentences: &[&str]) -> Vec<
     let model = fetched(model);
     let tokenizer = fetched("tokenizer.json");
     let out = reference(
-        &["embed", model.to_str().unwrap(), tokenizer.to_str().unwrap(), output],
+        &[
+            "embed",
+            model.to_str().unwrap(),
+            tokenizer.to_str().unwrap(),
+            output,
+        ],
         &json!(sentences),
     );
     serde_json::from_value(out).unwrap()
@@ -51,13 +56,20 @@ fn check_against_onnxruntime(pipeline: &str, model: &str, output: &str) {
     let theirs = embed_with_onnxruntime(model, output, &SENTENCES);
     for ((sentence, a), b) in SENTENCES.iter().zip(&ours).zip(&theirs) {
         let c = cosine(a, b);
-        assert!(c >= 0.9999, "{pipeline}: {sentence:?}: cosine {c} with ONNX Runtime");
+        assert!(
+            c >= 0.9999,
+            "{pipeline}: {sentence:?}: cosine {c} with ONNX Runtime"
+        );
     }
     // Paraphrases are closer than unrelated sentences.
     let same = cosine(&ours[0], &ours[1]);
     for unrelated in [2, 4, 5, 6] {
         let other = cosine(&ours[0], &ours[unrelated]);
-        assert!(same > other, "{pipeline}: paraphrase {same} <= unrelated {other} ({})", SENTENCES[unrelated]);
+        assert!(
+            same > other,
+            "{pipeline}: paraphrase {same} <= unrelated {other} ({})",
+            SENTENCES[unrelated]
+        );
     }
 }
 
@@ -68,7 +80,11 @@ fn minilm_l3_matches_onnxruntime() {
 
 #[test]
 fn minilm_l6_int8_matches_onnxruntime() {
-    check_against_onnxruntime("minilm-l6-int8.toml", "minilm-l6-int8.onnx", "last_hidden_state");
+    check_against_onnxruntime(
+        "minilm-l6-int8.toml",
+        "minilm-l6-int8.onnx",
+        "last_hidden_state",
+    );
 }
 
 #[test]
@@ -96,11 +112,19 @@ files = {{ tokenizer = "{}" }}
 "#,
         tokenizer.display()
     ));
-    let expected = reference(&["tokenize", tokenizer.to_str().unwrap()], &json!(sentences));
+    let expected = reference(
+        &["tokenize", tokenizer.to_str().unwrap()],
+        &json!(sentences),
+    );
     for (sentence, expected) in sentences.iter().zip(expected.as_array().unwrap()) {
         // Newlines would separate batch rows, so the text goes in as JSON.
         let input = scratch.write("text.json", json!({ "text": sentence }).to_string());
-        let run = outpost(&["run".as_ref(), pipeline.as_os_str(), "-f".as_ref(), input.as_os_str()]);
+        let run = outpost(&[
+            "run".as_ref(),
+            pipeline.as_os_str(),
+            "-f".as_ref(),
+            input.as_os_str(),
+        ]);
         assert!(run.ok, "{}", run.stderr);
         let ids = &run.json()["results"][0]["outputs"]["input_ids"]["data"];
         let ids: Vec<i64> = serde_json::from_value(ids.clone()).unwrap();
@@ -112,9 +136,17 @@ files = {{ tokenizer = "{}" }}
 #[test]
 fn a_batch_of_lines_embeds_each_line() {
     let scratch = Scratch::new();
-    let input = scratch.write("batch.txt", "A man is eating food.\nA monkey is playing drums.\n");
+    let input = scratch.write(
+        "batch.txt",
+        "A man is eating food.\nA monkey is playing drums.\n",
+    );
     let path = repo().join("host/pipelines/minilm/minilm-l3.toml");
-    let run = outpost(&["run".as_ref(), path.as_os_str(), "-f".as_ref(), input.as_os_str()]);
+    let run = outpost(&[
+        "run".as_ref(),
+        path.as_os_str(),
+        "-f".as_ref(),
+        input.as_os_str(),
+    ]);
     assert!(run.ok, "{}", run.stderr);
     let t = &run.json()["results"][0]["outputs"]["sentence_embedding"];
     assert_eq!(t["dims"], json!([2, 384]));

@@ -39,7 +39,10 @@ fn inspect(toml: &str) -> Run {
 }
 
 fn broken(from: &str, to: &str) -> Run {
-    assert!(GOOD.contains(from), "test bug: {from:?} not in the good pipeline");
+    assert!(
+        GOOD.contains(from),
+        "test bug: {from:?} not in the good pipeline"
+    );
     inspect(&GOOD.replacen(from, to, 1))
 }
 
@@ -51,10 +54,15 @@ fn the_unbroken_pipeline_loads() {
 
 #[test]
 fn unknown_keys_are_named_with_their_line() {
-    broken("inputs = [\"text\"]\n\n[models", "inptus = [\"text\"]\n\n[models")
-        .expect_error(&["pipeline.toml", "unknown field `inptus`", "line"]);
-    broken("[models.intent]\n", "[models.intent]\nformat = \"onnx\"\n").expect_error(&["unknown field `format`"]);
-    broken("name = \"tokenize\"\n", "name = \"tokenize\"\nconfg = {}\n").expect_error(&["unknown field `confg`"]);
+    broken(
+        "inputs = [\"text\"]\n\n[models",
+        "inptus = [\"text\"]\n\n[models",
+    )
+    .expect_error(&["pipeline.toml", "unknown field `inptus`", "line"]);
+    broken("[models.intent]\n", "[models.intent]\nformat = \"onnx\"\n")
+        .expect_error(&["unknown field `format`"]);
+    broken("name = \"tokenize\"\n", "name = \"tokenize\"\nconfg = {}\n")
+        .expect_error(&["unknown field `confg`"]);
 }
 
 #[test]
@@ -64,8 +72,11 @@ fn bad_toml_syntax_is_located() {
 
 #[test]
 fn unknown_backend_is_refused() {
-    broken("path = \"{demo}/intent.onnx\"", "path = \"{demo}/intent.onnx\"\nbackend = \"openvino\"")
-        .expect_error(&["unknown variant `openvino`", "tract"]);
+    broken(
+        "path = \"{demo}/intent.onnx\"",
+        "path = \"{demo}/intent.onnx\"\nbackend = \"openvino\"",
+    )
+    .expect_error(&["unknown variant `openvino`", "tract"]);
 }
 
 #[test]
@@ -75,19 +86,35 @@ fn missing_model_file_names_the_file() {
 
 #[test]
 fn model_that_is_not_onnx_names_the_model() {
-    broken("{demo}/intent.onnx", "{demo}/labels.txt").expect_error(&["model 'intent'", "labels.txt", "ONNX"]);
+    broken("{demo}/intent.onnx", "{demo}/labels.txt").expect_error(&[
+        "model 'intent'",
+        "labels.txt",
+        "ONNX",
+    ]);
 }
 
 #[test]
 fn stage_using_an_undefined_model() {
-    broken("models = [\"intent\"]", "models = [\"intnet\"]")
-        .expect_error(&["stage 'infer'", "'intnet'", "[models.intnet]", "defined models: intent"]);
+    broken("models = [\"intent\"]", "models = [\"intnet\"]").expect_error(&[
+        "stage 'infer'",
+        "'intnet'",
+        "[models.intnet]",
+        "defined models: intent",
+    ]);
 }
 
 #[test]
 fn stage_input_nobody_produces() {
-    broken("inputs = [\"input_ids\", \"attention_mask\"]", "inputs = [\"input_ids\", \"attention_masks\"]")
-        .expect_error(&["stage 'infer'", "'attention_masks'", "available:", "attention_mask"]);
+    broken(
+        "inputs = [\"input_ids\", \"attention_mask\"]",
+        "inputs = [\"input_ids\", \"attention_masks\"]",
+    )
+    .expect_error(&[
+        "stage 'infer'",
+        "'attention_masks'",
+        "available:",
+        "attention_mask",
+    ]);
 }
 
 #[test]
@@ -97,35 +124,61 @@ fn stage_inputs_that_do_not_match_the_previous_outputs_by_type() {
         "files = { labels = \"{demo}/labels.txt\" }",
         "files = { labels = \"{demo}/labels.txt\" }\ninputs = { logits = \"input_ids\" }",
     )
-    .expect_error(&["stage 'classify'", "'logits'", "f32[batch, 8]", "stage 'tokenize'", "i64", "element type"]);
+    .expect_error(&[
+        "stage 'classify'",
+        "'logits'",
+        "f32[batch, 8]",
+        "stage 'tokenize'",
+        "i64",
+        "element type",
+    ]);
 }
 
 #[test]
 fn model_input_left_unconnected() {
-    broken("inputs = [\"input_ids\", \"attention_mask\"]\nconfig", "inputs = [\"input_ids\"]\nconfig")
-        .expect_error(&["stage 'infer'", "needs input 'attention_mask'", "i64[batch, sequence]"]);
+    broken(
+        "inputs = [\"input_ids\", \"attention_mask\"]\nconfig",
+        "inputs = [\"input_ids\"]\nconfig",
+    )
+    .expect_error(&[
+        "stage 'infer'",
+        "needs input 'attention_mask'",
+        "i64[batch, sequence]",
+    ]);
 }
 
 #[test]
 fn stage_output_it_does_not_declare() {
-    broken("outputs = [\"input_ids\", \"attention_mask\"]", "outputs = [\"input_ids\", \"attention_mask\", \"embeddings\"]")
-        .expect_error(&["stage 'tokenize'", "no output 'embeddings'", "token_type_ids"]);
+    broken(
+        "outputs = [\"input_ids\", \"attention_mask\"]",
+        "outputs = [\"input_ids\", \"attention_mask\", \"embeddings\"]",
+    )
+    .expect_error(&[
+        "stage 'tokenize'",
+        "no output 'embeddings'",
+        "token_type_ids",
+    ]);
 }
 
 #[test]
 fn duplicate_stage_names() {
-    broken("name = \"classify\"", "name = \"tokenize\"").expect_error(&["two stages are named 'tokenize'"]);
+    broken("name = \"classify\"", "name = \"tokenize\"")
+        .expect_error(&["two stages are named 'tokenize'"]);
 }
 
 #[test]
 fn missing_component_says_how_to_build_it() {
-    broken("{plugins}/infer.wasm", "{plugins}/inference.wasm")
-        .expect_error(&["stage 'infer'", "inference.wasm", "cargo plugins"]);
+    broken("{plugins}/infer.wasm", "{plugins}/inference.wasm").expect_error(&[
+        "stage 'infer'",
+        "inference.wasm",
+        "cargo plugins",
+    ]);
 }
 
 #[test]
 fn file_that_is_not_a_component() {
-    broken("{plugins}/infer.wasm", "{demo}/intent.onnx").expect_error(&["stage 'infer'", "not a valid component"]);
+    broken("{plugins}/infer.wasm", "{demo}/intent.onnx")
+        .expect_error(&["stage 'infer'", "not a valid component"]);
 }
 
 #[test]
@@ -133,8 +186,10 @@ fn component_that_is_not_a_stage() {
     let scratch = Scratch::new();
     // A valid component exporting nothing of the stage world.
     let empty = scratch.write("empty.wasm", b"\0asm\x0d\0\x01\0");
-    broken("{plugins}/infer.wasm", &empty.display().to_string())
-        .expect_error(&["stage 'infer'", "does not implement the outpost:plugin `stage` world"]);
+    broken("{plugins}/infer.wasm", &empty.display().to_string()).expect_error(&[
+        "stage 'infer'",
+        "does not implement the outpost:plugin `stage` world",
+    ]);
 }
 
 #[test]
@@ -144,27 +199,42 @@ fn missing_stage_file() {
 
 #[test]
 fn stage_rejecting_its_config_names_the_stage_and_key() {
-    broken("files = { labels = \"{demo}/labels.txt\" }", "files = { labels = \"{demo}/labels.txt\" }\nconfig = { top_k = 0 }")
-        .expect_error(&["stage 'classify'", "invalid config", "top_k = 0"]);
-    broken("config = { model = \"intent\" }", "config = { model = \"intent\", modle = 1 }")
-        .expect_error(&["stage 'infer'", "unknown config key 'modle'"]);
-    broken("config = { model = \"intent\" }", "config = { model = 7 }").expect_error(&["stage 'infer'", "'model'"]);
+    broken(
+        "files = { labels = \"{demo}/labels.txt\" }",
+        "files = { labels = \"{demo}/labels.txt\" }\nconfig = { top_k = 0 }",
+    )
+    .expect_error(&["stage 'classify'", "invalid config", "top_k = 0"]);
+    broken(
+        "config = { model = \"intent\" }",
+        "config = { model = \"intent\", modle = 1 }",
+    )
+    .expect_error(&["stage 'infer'", "unknown config key 'modle'"]);
+    broken("config = { model = \"intent\" }", "config = { model = 7 }")
+        .expect_error(&["stage 'infer'", "'model'"]);
 }
 
 #[test]
 fn model_the_stage_was_not_granted() {
     // The stage asks wasi-nn for "intent" but the pipeline grants it nothing.
-    broken("models = [\"intent\"]\n", "").expect_error(&["stage 'infer'", "load-by-name", "NotFound"]);
+    broken("models = [\"intent\"]\n", "").expect_error(&[
+        "stage 'infer'",
+        "load-by-name",
+        "NotFound",
+    ]);
 }
 
 #[test]
 fn pipeline_output_nobody_produces() {
-    broken("inputs = [\"text\"]\n", "inputs = [\"text\"]\noutputs = [\"label\"]\n")
-        .expect_error(&["outputs names 'label'", "available:", "labels"]);
+    broken(
+        "inputs = [\"text\"]\n",
+        "inputs = [\"text\"]\noutputs = [\"label\"]\n",
+    )
+    .expect_error(&["outputs names 'label'", "available:", "labels"]);
 }
 
 #[test]
 fn pipeline_without_inputs_or_stages() {
     broken("inputs = [\"text\"]", "inputs = []").expect_error(&["inputs is empty"]);
-    inspect("stages = []\n[pipeline]\nname = \"x\"\ninputs = [\"text\"]\n").expect_error(&["no [[stages]]"]);
+    inspect("stages = []\n[pipeline]\nname = \"x\"\ninputs = [\"text\"]\n")
+        .expect_error(&["no [[stages]]"]);
 }

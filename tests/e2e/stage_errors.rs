@@ -35,11 +35,28 @@ fn each_failure_is_typed_and_the_next_request_is_served() {
     let host = Host::new(&EngineOptions::default()).unwrap();
     let ok = host.load_pipeline(&fail_pipeline(&scratch, "ok")).unwrap();
 
-    let cases: [(&str, fn(&StageError) -> bool, &str); 4] = [
-        ("error", |e| matches!(e, StageError::Reported { .. }), "asked to fail"),
-        ("panic", |e| matches!(e, StageError::Trap { .. }), "unreachable"),
-        ("bad-length", |e| matches!(e, StageError::BadOutput { .. }), "carries 3 bytes"),
-        ("bad-type", |e| matches!(e, StageError::BadOutput { .. }), "element type i64 is not f32"),
+    type IsExpected = fn(&StageError) -> bool;
+    let cases: [(&str, IsExpected, &str); 4] = [
+        (
+            "error",
+            |e| matches!(e, StageError::Reported { .. }),
+            "asked to fail",
+        ),
+        (
+            "panic",
+            |e| matches!(e, StageError::Trap { .. }),
+            "unreachable",
+        ),
+        (
+            "bad-length",
+            |e| matches!(e, StageError::BadOutput { .. }),
+            "carries 3 bytes",
+        ),
+        (
+            "bad-type",
+            |e| matches!(e, StageError::BadOutput { .. }),
+            "element type i64 is not f32",
+        ),
     ];
     for (mode, is_expected, words) in cases {
         let pipeline = host.load_pipeline(&fail_pipeline(&scratch, mode)).unwrap();
@@ -50,7 +67,10 @@ fn each_failure_is_typed_and_the_next_request_is_served() {
             };
             assert!(is_expected(&error), "mode {mode}: {error:?}");
             let message = error.to_string();
-            assert!(message.contains("pipeline 'failing', stage 'misbehave'"), "{message}");
+            assert!(
+                message.contains("pipeline 'failing', stage 'misbehave'"),
+                "{message}"
+            );
             assert!(message.contains(words), "mode {mode}: {message}");
             // Another pipeline in the same host is unaffected.
             let out = ok.run(vec![x(&[3.0])]).unwrap();
@@ -63,8 +83,12 @@ fn each_failure_is_typed_and_the_next_request_is_served() {
 fn a_trap_keeps_its_backtrace() {
     let scratch = Scratch::new();
     let host = Host::new(&EngineOptions::default()).unwrap();
-    let pipeline = host.load_pipeline(&fail_pipeline(&scratch, "panic")).unwrap();
-    let Err(RunError::Stage(error)) = pipeline.run(vec![x(&[1.0])]) else { panic!("expected a trap") };
+    let pipeline = host
+        .load_pipeline(&fail_pipeline(&scratch, "panic"))
+        .unwrap();
+    let Err(RunError::Stage(error)) = pipeline.run(vec![x(&[1.0])]) else {
+        panic!("expected a trap")
+    };
     let trace = error.backtrace().expect("a wasm backtrace");
     assert!(trace.contains("fail"), "{trace}");
 }
@@ -73,18 +97,35 @@ fn a_trap_keeps_its_backtrace() {
 fn the_cli_prints_one_line_and_the_backtrace_under_verbose() {
     let scratch = Scratch::new();
     let path = fail_pipeline(&scratch, "panic");
-    let input = scratch.write("x.json", r#"{"x": {"dims": [1], "type": "f32", "data": [1.0]}}"#);
-    let run = outpost(&["run".as_ref(), path.as_os_str(), "-f".as_ref(), input.as_os_str()]);
+    let input = scratch.write(
+        "x.json",
+        r#"{"x": {"dims": [1], "type": "f32", "data": [1.0]}}"#,
+    );
+    let run = outpost(&[
+        "run".as_ref(),
+        path.as_os_str(),
+        "-f".as_ref(),
+        input.as_os_str(),
+    ]);
     run.expect_error(&["stage 'misbehave' trapped"]);
     assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
-    let run = outpost(&["-v".as_ref(), "run".as_ref(), path.as_os_str(), "-f".as_ref(), input.as_os_str()]);
+    let run = outpost(&[
+        "-v".as_ref(),
+        "run".as_ref(),
+        path.as_os_str(),
+        "-f".as_ref(),
+        input.as_os_str(),
+    ]);
     run.expect_error(&["wasm backtrace"]);
 }
 
 #[test]
 fn a_stage_failing_in_init_stops_the_load() {
     let scratch = Scratch::new();
-    let run = outpost(&["inspect".as_ref(), fail_pipeline(&scratch, "init-error").as_os_str()]);
+    let run = outpost(&[
+        "inspect".as_ref(),
+        fail_pipeline(&scratch, "init-error").as_os_str(),
+    ]);
     run.expect_error(&["stage 'misbehave'", "invalid config", "refusing to start"]);
 }
 

@@ -13,7 +13,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The repository root.
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 /// The cargo target directory.
@@ -22,7 +25,11 @@ pub fn target_dir() -> PathBuf {
 }
 
 fn must_exist(path: PathBuf, how: &str) -> PathBuf {
-    assert!(path.exists(), "{} is missing: {how} (or run tests/run.sh, which does everything)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: {how} (or run tests/run.sh, which does everything)",
+        path.display()
+    );
     path
 }
 
@@ -31,13 +38,18 @@ pub fn outpost_bin() -> PathBuf {
     // target/<profile>/deps/e2e-<hash> -> target/<profile>/outpost
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap();
-    must_exist(profile_dir.join("outpost"), "build it with `cargo build -p outpost-host`")
+    must_exist(
+        profile_dir.join("outpost"),
+        "build it with `cargo build -p outpost-host`",
+    )
 }
 
 /// A stage component built by `cargo plugins`, e.g. `plugin("mean_pool")`.
 pub fn plugin(name: &str) -> PathBuf {
     must_exist(
-        target_dir().join("wasm32-wasip2/plugin").join(format!("{name}.wasm")),
+        target_dir()
+            .join("wasm32-wasip2/plugin")
+            .join(format!("{name}.wasm")),
         "build the plugins with `cargo plugins`",
     )
 }
@@ -66,8 +78,12 @@ pub fn fetched(name: &str) -> PathBuf {
 /// The Python with numpy, onnxruntime and tokenizers (`OUTPOST_PYTHON`, else
 /// the venv `tests/run.sh` makes in target/py).
 pub fn python() -> PathBuf {
-    let path = std::env::var_os("OUTPOST_PYTHON").map_or_else(|| target_dir().join("py/bin/python"), PathBuf::from);
-    must_exist(path, "create it with `python3 -m venv target/py && target/py/bin/pip install -r tests/requirements.txt`")
+    let path = std::env::var_os("OUTPOST_PYTHON")
+        .map_or_else(|| target_dir().join("py/bin/python"), PathBuf::from);
+    must_exist(
+        path,
+        "create it with `python3 -m venv target/py && target/py/bin/pip install -r tests/requirements.txt`",
+    )
 }
 
 /// Runs `tests/support/reference.py` with `args`, feeding `stdin_json`.
@@ -80,9 +96,17 @@ pub fn reference(args: &[&str], stdin_json: &Value) -> Value {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), stdin_json.to_string().as_bytes()).unwrap();
+    std::io::Write::write_all(
+        child.stdin.as_mut().unwrap(),
+        stdin_json.to_string().as_bytes(),
+    )
+    .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "reference.py {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "reference.py {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -99,22 +123,38 @@ pub struct Run {
 impl Run {
     /// Stdout as JSON; panics with both streams if it is not.
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
     }
 
     /// Asserts the run failed and its stderr mentions every one of `needles`.
     pub fn expect_error(&self, needles: &[&str]) {
-        assert!(!self.ok, "expected failure, but it succeeded:\n{}", self.stdout);
+        assert!(
+            !self.ok,
+            "expected failure, but it succeeded:\n{}",
+            self.stdout
+        );
         for needle in needles {
-            assert!(self.stderr.contains(needle), "stderr lacks {needle:?}:\n{}", self.stderr);
+            assert!(
+                self.stderr.contains(needle),
+                "stderr lacks {needle:?}:\n{}",
+                self.stderr
+            );
         }
     }
 }
 
 /// Runs `outpost` with `args` from the repository root.
 pub fn outpost<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Run {
-    let out: Output = Command::new(outpost_bin()).args(args).current_dir(repo()).output().unwrap();
+    let out: Output = Command::new(outpost_bin())
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap();
     Run {
         ok: out.status.success(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -131,7 +171,9 @@ impl Scratch {
     /// A new, empty directory.
     pub fn new() -> Self {
         let n = SCRATCH.fetch_add(1, Ordering::Relaxed);
-        let dir = target_dir().join("e2e-scratch").join(format!("{}-{n}", std::process::id()));
+        let dir = target_dir()
+            .join("e2e-scratch")
+            .join(format!("{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)
@@ -153,7 +195,13 @@ impl Scratch {
     /// are replaced by the plugin and demo directories.
     pub fn pipeline(&self, toml: &str) -> PathBuf {
         let toml = toml
-            .replace("{plugins}", &target_dir().join("wasm32-wasip2/plugin").display().to_string())
+            .replace(
+                "{plugins}",
+                &target_dir()
+                    .join("wasm32-wasip2/plugin")
+                    .display()
+                    .to_string(),
+            )
             .replace("{demo}", &demo_dir().display().to_string());
         self.write("pipeline.toml", toml)
     }
@@ -181,5 +229,10 @@ pub fn cosine(a: &[f64], b: &[f64]) -> f64 {
 
 /// The numbers in a tensor as printed by `outpost run`.
 pub fn tensor_values(tensor: &Value) -> Vec<f64> {
-    tensor["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()
+    tensor["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect()
 }

@@ -136,3 +136,41 @@ pub struct LimitsSpec {
     /// Deadline of one call, milliseconds.
     pub timeout_ms: Option<u64>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensor_maps_are_lists_or_rename_tables() {
+        let stage: StageSpec = toml::from_str(
+            r#"
+name = "s"
+component = "s.wasm"
+inputs = ["a", "b"]
+outputs = { hidden = "token_embeddings" }
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            stage.inputs.pairs(),
+            [("a".into(), "a".into()), ("b".into(), "b".into())]
+        );
+        assert_eq!(
+            stage.outputs.unwrap().pairs(),
+            [("hidden".to_owned(), "token_embeddings".to_owned())]
+        );
+        assert_eq!(stage.limits.timeout_ms, None);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let error = toml::from_str::<LimitsSpec>("memory_mb = 3")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("unknown field `memory_mb`") && error.contains("memory_mib"),
+            "{error}"
+        );
+    }
+}

@@ -112,3 +112,34 @@ fn is_cjk(c: char) -> bool {
         | 0xF900..=0xFAFF
         | 0x2F800..=0x2FA1F)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Options, words};
+
+    #[test]
+    fn splits_punctuation_and_lowercases() {
+        assert_eq!(
+            words("Hello, World!", &Options::default()),
+            ["hello", ",", "world", "!"]
+        );
+    }
+
+    #[test]
+    fn strips_accents_when_lowercasing() {
+        assert_eq!(words("Café naïve", &Options::default()), ["cafe", "naive"]);
+        let keep = Options {
+            lowercase: false,
+            ..Options::default()
+        };
+        assert_eq!(words("Café", &keep), ["Café"]);
+    }
+
+    #[test]
+    fn spaces_out_cjk_and_drops_control_characters() {
+        assert_eq!(
+            words("東京\u{7}x\tY", &Options::default()),
+            ["東", "京", "x", "y"]
+        );
+    }
+}

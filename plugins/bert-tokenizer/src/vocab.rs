@@ -117,3 +117,30 @@ impl Vocab {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Vocab;
+
+    #[test]
+    fn reads_tokenizer_json_with_its_normalizer() {
+        let json = br###"{
+            "normalizer": {"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true,
+                           "strip_accents": false, "lowercase": true},
+            "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+                      "max_input_chars_per_word": 50,
+                      "vocab": {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "hi": 4}}
+        }"###;
+        let (vocab, options) = Vocab::from_tokenizer_json(json).unwrap();
+        assert_eq!((vocab.cls, vocab.sep, vocab.pad, vocab.unk), (2, 3, 0, 1));
+        assert_eq!(vocab.max_chars_per_word, 50);
+        assert_eq!(options.strip_accents, Some(false));
+    }
+
+    #[test]
+    fn refuses_other_models() {
+        let json = br#"{"model": {"type": "BPE", "vocab": {}}}"#;
+        let error = Vocab::from_tokenizer_json(json).err().unwrap();
+        assert!(error.message.contains("BPE"), "{}", error.message);
+    }
+}

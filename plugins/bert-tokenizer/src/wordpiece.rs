@@ -35,3 +35,40 @@ pub fn pieces(word: &str, vocab: &Vocab) -> Vec<i64> {
     }
     ids
 }
+
+#[cfg(test)]
+mod tests {
+    use super::pieces;
+    use crate::vocab::Vocab;
+
+    fn vocab() -> Vocab {
+        let txt = "[PAD]\n[UNK]\n[CLS]\n[SEP]\nun\n##aff\n##able\naff\n##a\nhello\n";
+        Vocab::from_vocab_txt(txt.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn greedy_longest_match_first() {
+        let v = vocab();
+        assert_eq!(pieces("unaffable", &v), [4, 5, 6]);
+        assert_eq!(pieces("hello", &v), [9]);
+    }
+
+    #[test]
+    fn a_word_with_an_unmatched_piece_is_one_unk() {
+        let v = vocab();
+        assert_eq!(pieces("unaffablex", &v), [v.unk]);
+        assert_eq!(pieces("zzz", &v), [v.unk]);
+    }
+
+    #[test]
+    fn overlong_words_are_unk() {
+        let v = vocab();
+        assert_eq!(pieces(&"a".repeat(101), &v), [v.unk]);
+    }
+
+    #[test]
+    fn a_vocabulary_without_specials_is_refused() {
+        let error = Vocab::from_vocab_txt(b"[PAD]\nhello\n").err().unwrap();
+        assert!(error.message.contains("[UNK]"), "{}", error.message);
+    }
+}
