@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n== %s\n' "$*"; }
+step() { printf '\n== %s (at %ds)\n' "$*" "$SECONDS"; }
 
 step "toolchain targets"
 rustup target add wasm32-wasip2 wasm32-wasip1
@@ -41,3 +41,4 @@ cargo build -p outpost-host --bins
 step "tests"
 export OUTPOST_PYTHON="$PWD/target/py/bin/python"
 cargo test --workspace --exclude wasi-nn-classic
+step "done"

@@ -3,7 +3,7 @@
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use outpost_host::backend::tract::TractGraph;
-use outpost_host::{ElementType, EngineOptions, Host, Pipeline, RunError, Tensor};
+use outpost_host::{Allocator, ElementType, EngineOptions, Host, Pipeline, RunError, Tensor};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,6 +19,10 @@ struct Cli {
     /// Print more: Wasm backtraces of stages that trap.
     #[arg(short, long, global = true)]
     verbose: bool,
+    /// How instances get memory: `pooling` (fast, reserves address space up
+    /// front), `on-demand`, or `auto` (pooling where the address space allows).
+    #[arg(long, global = true, default_value = "auto", value_parser = ["auto", "pooling", "on-demand"])]
+    allocator: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -88,19 +92,28 @@ fn main() -> ExitCode {
 }
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let options = EngineOptions {
+        allocator: match cli.allocator.as_str() {
+            "pooling" => Some(Allocator::Pooling),
+            "on-demand" => Some(Allocator::OnDemand),
+            _ => None,
+        },
+        ..EngineOptions::default()
+    };
+    let host = || -> Result<Host> { Ok(Host::new(&options)?) };
     match cli.command {
         Command::Run {
             pipeline,
             input,
             input_file,
         } => {
-            run(&pipeline, &input, &input_file)?;
+            run(&host()?, &pipeline, &input, &input_file)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Inspect { pipeline } => {
             let host = host()?;
             let pipeline = load(&host, &pipeline)?;
-            println!("{}", serde_json::to_string_pretty(&inspect(&pipeline))?);
+            println!("{}", json_text(&inspect(&pipeline)));
             Ok(ExitCode::SUCCESS)
         }
         Command::Exec {
@@ -126,10 +139,6 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn host() -> Result<Host> {
-    Ok(Host::new(&EngineOptions::default())?)
-}
-
 fn load(host: &Host, path: &Path) -> Result<Pipeline> {
     host.load_pipeline(path).map_err(anyhow::Error::from)
 }
@@ -145,12 +154,11 @@ fn preload(arg: &str) -> Result<(String, Arc<TractGraph>)> {
     Ok((name.to_owned(), Arc::new(graph)))
 }
 
-fn run(path: &Path, texts: &[String], files: &[String]) -> Result<()> {
+fn run(host: &Host, path: &Path, texts: &[String], files: &[String]) -> Result<()> {
     if texts.is_empty() && files.is_empty() {
         bail!("nothing to run: give at least one --input TEXT or --input-file PATH");
     }
-    let host = host()?;
-    let pipeline = load(&host, path)?;
+    let pipeline = load(host, path)?;
     let mut requests = Vec::new();
     for text in texts {
         let (name, value) = target(&pipeline, text)?;
@@ -183,7 +191,7 @@ fn run(path: &Path, texts: &[String], files: &[String]) -> Result<()> {
         results.push(json!({ "input": label, "outputs": outputs, "latency_ms": elapsed.as_secs_f64() * 1e3 }));
     }
     let report = json!({ "pipeline": pipeline.name(), "results": results });
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    println!("{}", json_text(&report));
     Ok(())
 }
 
@@ -259,6 +267,7 @@ fn inspect(pipeline: &Pipeline) -> Value {
                 "name": m.name,
                 "path": m.path.display().to_string(),
                 "backend": format!("{:?}", m.backend).to_lowercase(),
+                "digest": m.digest.to_string(),
                 "inputs": specs(&m.signature().inputs),
                 "outputs": specs(&m.signature().outputs),
             })
@@ -275,6 +284,7 @@ fn inspect(pipeline: &Pipeline) -> Value {
             json!({
                 "name": s.stage().name(),
                 "component": s.component().display().to_string(),
+                "digest": s.component_digest().to_string(),
                 "plugin": { "name": info.name, "version": info.version, "description": info.description },
                 "declared_inputs": specs(&info.inputs),
                 "declared_outputs": specs(&info.outputs),
@@ -300,4 +310,43 @@ fn inspect(pipeline: &Pipeline) -> Value {
         "models": models,
         "stages": stages,
     })
+}
+
+/// Indented JSON, except that arrays of plain values (tensor data, shapes)
+/// stay on one line: a 384-float embedding is one line, not 384.
+fn json_text(value: &Value) -> String {
+    fn write(out: &mut String, value: &Value, indent: usize) {
+        let pad = |n: usize| "  ".repeat(n);
+        match value {
+            Value::Array(items) if items.iter().all(|v| !v.is_array() && !v.is_object()) => {
+                out.push_str(&Value::Array(items.clone()).to_string());
+            }
+            Value::Array(items) => {
+                out.push_str("[\n");
+                for (i, item) in items.iter().enumerate() {
+                    out.push_str(&pad(indent + 1));
+                    write(out, item, indent + 1);
+                    out.push_str(if i + 1 < items.len() { ",\n" } else { "\n" });
+                }
+                out.push_str(&pad(indent));
+                out.push(']');
+            }
+            Value::Object(map) if !map.is_empty() => {
+                out.push_str("{\n");
+                for (i, (key, item)) in map.iter().enumerate() {
+                    out.push_str(&pad(indent + 1));
+                    out.push_str(&Value::String(key.clone()).to_string());
+                    out.push_str(": ");
+                    write(out, item, indent + 1);
+                    out.push_str(if i + 1 < map.len() { ",\n" } else { "\n" });
+                }
+                out.push_str(&pad(indent));
+                out.push('}');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut out = String::new();
+    write(&mut out, value, 0);
+    out
 }

@@ -9,6 +9,7 @@ use crate::bindings::{Config, File, Tensor, TensorSpec};
 use crate::engine::{EngineError, EngineOptions, Runtime};
 use crate::error::{PipelineError, RunError};
 use crate::stage::{LoadedStage, StageHost, StageLimits, StageLoadError, StageSetup, stage_linker};
+use outpost_signing::Digest;
 use spec::{BackendName, PipelineSpec, StageSpec};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -66,6 +67,8 @@ pub struct LoadedModel {
     pub path: PathBuf,
     /// The backend running it.
     pub backend: BackendName,
+    /// The sha256 of its file.
+    pub digest: Digest,
     graph: Arc<TractGraph>,
 }
 
@@ -92,6 +95,7 @@ pub struct PipelineStage {
     /// `(stage-side, pipeline-side)`.
     outputs: Vec<(String, String)>,
     component: PathBuf,
+    component_digest: Digest,
     models: Vec<String>,
 }
 
@@ -103,6 +107,10 @@ impl PipelineStage {
     /// Its component file.
     pub fn component(&self) -> &Path {
         &self.component
+    }
+    /// The sha256 of its component file.
+    pub fn component_digest(&self) -> Digest {
+        self.component_digest
     }
     /// The models it may load.
     pub fn models(&self) -> &[String] {
@@ -286,6 +294,7 @@ impl Loader<'_> {
                     name: name.clone(),
                     path,
                     backend: model.backend,
+                    digest: Digest::of(&bytes),
                     graph: Arc::new(graph),
                 })
             })
@@ -314,10 +323,11 @@ impl Loader<'_> {
                     stage_spec.name
                 )));
             }
-            let stage = self.load_stage(&spec.pipeline.name, stage_spec, &models)?;
+            let (stage, digest) = self.load_stage(&spec.pipeline.name, stage_spec, &models)?;
             stages.push(self.connect(
                 stage_spec,
                 stage,
+                digest,
                 &models,
                 &mut available,
                 &mut input_specs,
@@ -364,7 +374,7 @@ impl Loader<'_> {
         pipeline: &str,
         spec: &StageSpec,
         models: &[LoadedModel],
-    ) -> Result<LoadedStage, PipelineError> {
+    ) -> Result<(LoadedStage, Digest), PipelineError> {
         let mut granted = Vec::with_capacity(spec.models.len());
         for name in &spec.models {
             let model = models.iter().find(|m| &m.name == name).ok_or_else(|| {
@@ -422,12 +432,14 @@ impl Loader<'_> {
             models: granted,
             limits,
         };
-        LoadedStage::new(&self.host.linker, &component, setup).map_err(|e| match e {
+        let digest = Digest::of(&bytes);
+        let stage = LoadedStage::new(&self.host.linker, &component, setup).map_err(|e| match e {
             StageLoadError::Link(message) => component_error(format!(
                 "does not implement the outpost:plugin `stage` world, or imports more than the host provides: {message}"
             )),
             StageLoadError::Stage(e) => PipelineError::Stage(e),
-        })
+        })?;
+        Ok((stage, digest))
     }
 
     /// Wires a stage's inputs to tensors available so far and checks the
@@ -436,6 +448,7 @@ impl Loader<'_> {
         &self,
         spec: &StageSpec,
         stage: LoadedStage,
+        component_digest: Digest,
         models: &[LoadedModel],
         available: &mut HashMap<String, Available>,
         input_specs: &mut HashMap<String, TensorSpec>,
@@ -529,6 +542,7 @@ impl Loader<'_> {
                 .collect(),
             outputs: output_pairs,
             component: self.dir.join(&spec.component),
+            component_digest,
             models: spec.models.clone(),
             stage,
         })

@@ -1,7 +1,9 @@
 //! The compatibility path: a wasm32-wasip1 program using the `wasi-nn` crate
 //! (witx ABI) runs against the host's preloaded models.
 
-use outpost_e2e::{Scratch, classic_program, demo_dir, outpost, tensor_values};
+use outpost_e2e::{
+    INFER_ONLY_PIPELINE, Scratch, classic_program, demo_dir, outpost, tensor_values,
+};
 use serde_json::json;
 
 /// Token ids of "stop the conveyor" in the demo vocabulary, with [CLS]/[SEP].
@@ -38,21 +40,7 @@ fn witx_program_matches_the_component_pipeline() {
 
     // The same ids through a component pipeline of one `infer` stage.
     let scratch = Scratch::new();
-    let pipeline = scratch.pipeline(
-        r#"
-[pipeline]
-name = "logits"
-inputs = ["input_ids", "attention_mask"]
-[models.intent]
-path = "{demo}/intent.onnx"
-[[stages]]
-name = "infer"
-component = "{plugins}/infer.wasm"
-models = ["intent"]
-inputs = ["input_ids", "attention_mask"]
-config = { model = "intent" }
-"#,
-    );
+    let pipeline = scratch.pipeline(INFER_ONLY_PIPELINE);
     let n = ids.len() as u32;
     let request = json!({
         "input_ids": { "dims": [1, n], "type": "i64", "data": ids },

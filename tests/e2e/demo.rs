@@ -55,6 +55,17 @@ fn inspect_shows_stages_models_and_shapes() {
         .collect();
     assert_eq!(stages, ["tokenize", "infer", "classify"]);
     assert_eq!(info["models"][0]["name"], "intent");
+    let model = std::fs::read(outpost_e2e::demo_dir().join("intent.onnx")).unwrap();
+    assert_eq!(
+        info["models"][0]["digest"],
+        outpost_signing::Digest::of(&model).to_string()
+    );
+    assert!(
+        info["stages"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
     assert_eq!(
         info["models"][0]["inputs"][0]["shape"],
         "i64[batch, sequence]"

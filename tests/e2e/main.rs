@@ -2,6 +2,7 @@
 //! components built from `plugins/` and `tests/plugins/`, real models.
 #![allow(clippy::unwrap_used)]
 
+mod allocator;
 mod compat;
 mod demo;
 mod image;

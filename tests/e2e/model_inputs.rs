@@ -1,26 +1,12 @@
 //! Tensors of the wrong type or shape sent into a model are refused with a
 //! message naming the model, the input, what it expects and what came.
 
-use outpost_e2e::{Run, Scratch, outpost};
+use outpost_e2e::{INFER_ONLY_PIPELINE, Run, Scratch, outpost};
 use serde_json::{Value, json};
-
-const INFER_ONLY: &str = r#"
-[pipeline]
-name = "logits"
-inputs = ["input_ids", "attention_mask"]
-[models.intent]
-path = "{demo}/intent.onnx"
-[[stages]]
-name = "infer"
-component = "{plugins}/infer.wasm"
-models = ["intent"]
-inputs = ["input_ids", "attention_mask"]
-config = { model = "intent" }
-"#;
 
 fn run_with(request: Value) -> Run {
     let scratch = Scratch::new();
-    let pipeline = scratch.pipeline(INFER_ONLY);
+    let pipeline = scratch.pipeline(INFER_ONLY_PIPELINE);
     let input = scratch.write("request.json", request.to_string());
     outpost(&[
         "run".as_ref(),

@@ -110,6 +110,23 @@ pub fn reference(args: &[&str], stdin_json: &Value) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// A pipeline of one `infer` stage on the demo model: request tensors
+/// `input_ids` and `attention_mask` in, `logits` out. Use with
+/// [`Scratch::pipeline`].
+pub const INFER_ONLY_PIPELINE: &str = r#"
+[pipeline]
+name = "logits"
+inputs = ["input_ids", "attention_mask"]
+[models.intent]
+path = "{demo}/intent.onnx"
+[[stages]]
+name = "infer"
+component = "{plugins}/infer.wasm"
+models = ["intent"]
+inputs = ["input_ids", "attention_mask"]
+config = { model = "intent" }
+"#;
+
 /// What one run of the binary did.
 pub struct Run {
     /// Exit status was success.
