@@ -41,4 +41,6 @@ cargo build -p outpost-host --bins
 step "tests"
 export OUTPOST_PYTHON="$PWD/target/py/bin/python"
 cargo test --workspace --exclude wasi-nn-classic
+step "the README's demo, signed"
+bash host/pipelines/demo/signed-demo.sh "stop the conveyor" | grep -q stop_conveyor
 step "done"

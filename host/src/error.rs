@@ -157,6 +157,9 @@ pub enum PipelineError {
     /// `describe`).
     #[error(transparent)]
     Stage(#[from] StageError),
+    /// A bundle's blob failed its check.
+    #[error(transparent)]
+    Bundle(#[from] outpost_signing::Error),
 }
 
 /// A request that did not complete.

@@ -15,6 +15,7 @@
 
 pub mod backend;
 pub mod bindings;
+pub mod bundling;
 pub mod compat;
 pub mod engine;
 pub mod error;

@@ -10,6 +10,7 @@ use crate::engine::{EngineError, EngineOptions, Runtime};
 use crate::error::{PipelineError, RunError};
 use crate::stage::{LoadedStage, StageHost, StageLimits, StageLoadError, StageSetup, stage_linker};
 use outpost_signing::Digest;
+use outpost_signing::bundle::VerifiedBundle;
 use spec::{BackendName, PipelineSpec, StageSpec};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -37,6 +38,31 @@ impl Host {
         &self.runtime
     }
 
+    /// Prepares the pipeline of a verified bundle. Every file it names is a
+    /// blob of the bundle, checked against the signed digest when read.
+    pub fn load_bundle(&self, bundle: &VerifiedBundle) -> Result<Pipeline, PipelineError> {
+        let info = &bundle.manifest().bundle;
+        let label = PathBuf::from(format!(
+            "bundle '{}' version {} pipeline {}",
+            info.name, info.version, info.pipeline
+        ));
+        let bytes = bundle.read_blob(&info.pipeline)?;
+        let text = String::from_utf8(bytes).map_err(|_| PipelineError::Invalid {
+            path: label.clone(),
+            message: "the pipeline blob is not UTF-8".into(),
+        })?;
+        let spec: PipelineSpec = toml::from_str(&text).map_err(|e| PipelineError::Syntax {
+            path: label.clone(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        Loader {
+            host: self,
+            path: &label,
+            source: Source::Bundle(bundle),
+        }
+        .load(spec)
+    }
+
     /// Reads, checks and prepares the pipeline in `path`: every model is
     /// loaded and optimised, every component compiled and initialised once,
     /// and the tensors each stage takes are checked against what earlier
@@ -50,10 +76,11 @@ impl Host {
             path: path.to_owned(),
             message: e.to_string().trim_end().to_owned(),
         })?;
+        let dir = path.parent().unwrap_or(Path::new("."));
         Loader {
             host: self,
             path,
-            dir: path.parent().unwrap_or(Path::new(".")),
+            source: Source::Dir(dir),
         }
         .load(spec)
     }
@@ -241,8 +268,18 @@ impl Pipeline {
 
 struct Loader<'a> {
     host: &'a Host,
+    /// The pipeline file, or what stands for it in messages.
     path: &'a Path,
-    dir: &'a Path,
+    source: Source<'a>,
+}
+
+/// Where the files a pipeline names come from.
+enum Source<'a> {
+    /// Paths relative to the pipeline file's directory.
+    Dir(&'a Path),
+    /// Blobs of a verified bundle, named `sha256:<hex>`; each is checked
+    /// against its digest as it is read.
+    Bundle(&'a VerifiedBundle),
 }
 
 /// What is known about a tensor available in the pipeline: who made it and
@@ -261,15 +298,65 @@ impl Loader<'_> {
     }
 
     fn read(&self, relative: &Path) -> Result<(PathBuf, Vec<u8>), PipelineError> {
-        let path = self.dir.join(relative);
-        let bytes = std::fs::read(&path).map_err(|source| PipelineError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        Ok((path, bytes))
+        let path = self.display_path(relative);
+        match self.source {
+            Source::Dir(_) => {
+                let bytes = std::fs::read(&path).map_err(|source| PipelineError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                Ok((path, bytes))
+            }
+            Source::Bundle(bundle) => Ok((path, bundle.read_blob(&relative.to_string_lossy())?)),
+        }
+    }
+
+    /// A bundle's pipeline may grant a stage exactly the models the signed
+    /// manifest lists for it, so what a stage may touch is visible without
+    /// reading the pipeline.
+    fn check_grants(
+        &self,
+        spec: &PipelineSpec,
+        bundle: &VerifiedBundle,
+    ) -> Result<(), PipelineError> {
+        let grants = &bundle.manifest().grants;
+        for stage in &spec.stages {
+            let mut used: Vec<&String> = stage.models.iter().collect();
+            let mut granted: Vec<&String> = grants
+                .get(&stage.name)
+                .map(|g| g.models.iter().collect())
+                .unwrap_or_default();
+            used.sort();
+            granted.sort();
+            if used != granted {
+                return Err(self.invalid(format!(
+                    "stage '{}' is given models {used:?} but the signed manifest grants it {granted:?}",
+                    stage.name
+                )));
+            }
+        }
+        if let Some(extra) = grants
+            .keys()
+            .find(|name| !spec.stages.iter().any(|s| &s.name == *name))
+        {
+            return Err(self.invalid(format!(
+                "the signed manifest grants stage '{extra}', which the pipeline does not have"
+            )));
+        }
+        Ok(())
+    }
+
+    fn display_path(&self, relative: &Path) -> PathBuf {
+        match self.source {
+            Source::Dir(dir) => dir.join(relative),
+            Source::Bundle(_) => relative.to_owned(),
+        }
     }
 
     fn load(&self, spec: PipelineSpec) -> Result<Pipeline, PipelineError> {
+        if let Source::Bundle(bundle) = self.source {
+            self.check_grants(&spec, bundle)?;
+        }
         if spec.pipeline.inputs.is_empty() {
             return Err(self.invalid("[pipeline] inputs is empty; name the tensors a request brings, e.g. inputs = [\"text\"]".into()));
         }
@@ -412,17 +499,21 @@ impl Loader<'_> {
                 .timeout_ms
                 .map_or(defaults.timeout, Duration::from_millis),
         };
-        let component_path = self.dir.join(&spec.component);
+        let component_path = self.display_path(&spec.component);
         let component_error = |message: String| PipelineError::Component {
             stage: spec.name.clone(),
             path: component_path.clone(),
             message,
         };
-        let bytes = std::fs::read(&component_path).map_err(|e| {
-            component_error(format!(
-                "cannot read the component: {e}; build the plugins with `cargo plugins` first"
-            ))
-        })?;
+        let bytes = match self.read(&spec.component) {
+            Ok((_, bytes)) => bytes,
+            Err(PipelineError::Read { source, .. }) => {
+                return Err(component_error(format!(
+                    "cannot read the component: {source}; build the plugins with `cargo plugins` first"
+                )));
+            }
+            Err(other) => return Err(other),
+        };
         let component = Component::new(self.host.runtime.engine(), &bytes)
             .map_err(|e| component_error(format!("not a valid component: {e:#}")))?;
         let setup = StageSetup {
@@ -541,7 +632,7 @@ impl Loader<'_> {
                 .map(|(a, b)| (a, b, false))
                 .collect(),
             outputs: output_pairs,
-            component: self.dir.join(&spec.component),
+            component: self.display_path(&spec.component),
             component_digest,
             models: spec.models.clone(),
             stage,

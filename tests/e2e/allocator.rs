@@ -11,6 +11,7 @@ fn pooling_and_on_demand_give_the_same_answers() {
             "--allocator",
             allocator,
             "run",
+            "--insecure-unsigned",
             "host/pipelines/demo/intent.toml",
             "-i",
             "land the drone",

@@ -49,6 +49,7 @@ fn witx_program_matches_the_component_pipeline() {
     let input = scratch.write("request.json", request.to_string());
     let run = outpost(&[
         "run".as_ref(),
+        "--insecure-unsigned".as_ref(),
         pipeline.as_os_str(),
         "--input-file".as_ref(),
         input.as_os_str(),

@@ -13,6 +13,7 @@ fn demo_classifies_device_commands() {
     ];
     let mut args = vec![
         "run".to_owned(),
+        "--insecure-unsigned".to_owned(),
         "host/pipelines/demo/intent.toml".to_owned(),
     ];
     for (text, _) in &cases {
@@ -44,7 +45,11 @@ fn demo_classifies_device_commands() {
 
 #[test]
 fn inspect_shows_stages_models_and_shapes() {
-    let run = outpost(&["inspect", "host/pipelines/demo/intent.toml"]);
+    let run = outpost(&[
+        "inspect",
+        "--insecure-unsigned",
+        "host/pipelines/demo/intent.toml",
+    ]);
     assert!(run.ok, "{}", run.stderr);
     let info = run.json();
     let stages: Vec<&str> = info["stages"]

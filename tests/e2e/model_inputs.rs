@@ -10,6 +10,7 @@ fn run_with(request: Value) -> Run {
     let input = scratch.write("request.json", request.to_string());
     outpost(&[
         "run".as_ref(),
+        "--insecure-unsigned".as_ref(),
         pipeline.as_os_str(),
         "-f".as_ref(),
         input.as_os_str(),

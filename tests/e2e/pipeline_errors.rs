@@ -35,7 +35,11 @@ files = { labels = "{demo}/labels.txt" }
 fn inspect(toml: &str) -> Run {
     let scratch = Scratch::new();
     let path = scratch.pipeline(toml);
-    outpost(&["inspect".as_ref(), path.as_os_str()])
+    outpost(&[
+        "inspect".as_ref(),
+        "--insecure-unsigned".as_ref(),
+        path.as_os_str(),
+    ])
 }
 
 fn broken(from: &str, to: &str) -> Run {

@@ -1,5 +1,7 @@
 //! `outpost`: the command-line face of the Outpost host.
 
+mod trust;
+
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use outpost_host::backend::tract::TractGraph;
@@ -38,8 +40,11 @@ enum Command {
     ///
     /// Example: outpost run host/pipelines/demo/intent.toml --input "stop the conveyor"
     Run {
-        /// The pipeline file (TOML).
+        /// A signed bundle (directory or archive), or with --insecure-unsigned
+        /// a pipeline file (TOML).
         pipeline: PathBuf,
+        #[command(flatten)]
+        source: SourceArgs,
         /// Text for the pipeline's input, as [NAME=]TEXT. Repeat for more requests.
         #[arg(short, long, value_name = "[NAME=]TEXT")]
         input: Vec<String>,
@@ -49,9 +54,87 @@ enum Command {
     },
     /// Load a pipeline and show its models, stages and the tensors between them.
     Inspect {
+        /// A signed bundle, or with --insecure-unsigned a pipeline file.
+        pipeline: PathBuf,
+        #[command(flatten)]
+        source: SourceArgs,
+    },
+    /// Create a signing key: the secret (mode 0600) at PATH, the public key at PATH.pub.
+    Keygen {
+        /// Where to write the secret key.
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+    /// Create a trust root: the publisher keys a device trusts, how many must
+    /// sign, until when. To rotate, create a higher version signed by the
+    /// threshold of the old keys and of the new.
+    Root {
+        /// A public key file (PATH.pub from keygen). Repeatable.
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        /// Signatures a bundle needs.
+        #[arg(long)]
+        threshold: u32,
+        /// RFC 3339 expiry, e.g. 2027-12-31T00:00:00Z.
+        #[arg(long)]
+        expires: String,
+        /// Root version; each rotation increases it.
+        #[arg(long, default_value_t = 1)]
+        version: u64,
+        /// Key id to refuse from now on. Repeatable.
+        #[arg(long)]
+        revoke: Vec<String>,
+        /// Secret key to sign the root with. Repeatable.
+        #[arg(long = "sign")]
+        sign: Vec<PathBuf>,
+        /// Where to write the root (JSON, a DSSE envelope).
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+    /// Make an unsigned bundle directory from a pipeline: every model,
+    /// component and file becomes a blob named by its sha256.
+    Bundle {
         /// The pipeline file (TOML).
         pipeline: PathBuf,
+        /// Bundle name (a-z 0-9 . _ -).
+        #[arg(long)]
+        name: String,
+        /// Bundle version; devices refuse versions lower than one they accepted.
+        #[arg(long)]
+        version: u64,
+        /// The directory to create.
+        #[arg(short, long)]
+        out: PathBuf,
     },
+    /// Add a signature to a bundle directory.
+    Sign {
+        /// The bundle directory.
+        bundle: PathBuf,
+        /// The secret key.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Pack a bundle directory into one archive file for transport.
+    Pack {
+        /// The bundle directory.
+        bundle: PathBuf,
+        /// The archive to write.
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+    /// Check a bundle against trust roots: who signed, whether the threshold is
+    /// met, every blob's digest. Exits non-zero if anything fails.
+    Verify {
+        /// The bundle (directory or archive).
+        bundle: PathBuf,
+        /// Trust root(s), oldest first.
+        #[arg(long, required = true)]
+        trust: Vec<PathBuf>,
+        /// Device state directory (accepted versions).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+
     /// Run a wasi-nn program built for wasm32-wasip1 (the witx `wasi_ephemeral_nn`
     /// ABI) against preloaded models, which it loads by name.
     ///
@@ -69,6 +152,20 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+}
+
+/// Where a pipeline comes from and how it is trusted.
+#[derive(clap::Args)]
+struct SourceArgs {
+    /// Trust root(s) to verify a bundle against, oldest first.
+    #[arg(long)]
+    trust: Vec<PathBuf>,
+    /// Run a pipeline file without any signature check. Development only.
+    #[arg(long)]
+    insecure_unsigned: bool,
+    /// Device state directory (accepted bundle versions, staging).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -104,15 +201,66 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run {
             pipeline,
+            source,
             input,
             input_file,
         } => {
-            run(&host()?, &pipeline, &input, &input_file)?;
+            let host = host()?;
+            let pipeline = load(&host, &pipeline, &source, true)?;
+            run(&pipeline, &input, &input_file)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Inspect { pipeline } => {
+        Command::Keygen { out } => trust::keygen(&out).map(|()| ExitCode::SUCCESS),
+        Command::Root {
+            keys,
+            threshold,
+            expires,
+            version,
+            revoke,
+            sign,
+            out,
+        } => trust::root_create(trust::RootArgs {
+            keys: &keys,
+            threshold,
+            expires: &expires,
+            version,
+            revoke: &revoke,
+            sign: &sign,
+            out: &out,
+        })
+        .map(|()| ExitCode::SUCCESS),
+        Command::Bundle {
+            pipeline,
+            name,
+            version,
+            out,
+        } => {
+            let bundle = outpost_host::bundling::create_bundle(&pipeline, &name, version, &out)?;
+            println!(
+                "bundle '{name}' version {version} -> {} ({} blobs, manifest {}); sign it with: outpost sign {} --key KEY",
+                out.display(),
+                bundle.manifest().blobs.len(),
+                bundle.manifest_digest(),
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sign { bundle, key } => trust::sign(&bundle, &key).map(|()| ExitCode::SUCCESS),
+        Command::Pack { bundle, out } => {
+            outpost_signing::bundle::pack(&bundle, &out)?;
+            println!("{} -> {}", bundle.display(), out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify {
+            bundle,
+            trust,
+            state_dir,
+        } => trust::verify(&bundle, &trust, &trust::state_dir(state_dir.as_deref()))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Inspect { pipeline, source } => {
             let host = host()?;
-            let pipeline = load(&host, &pipeline)?;
+            let pipeline = load(&host, &pipeline, &source, false)?;
+
             println!("{}", json_text(&inspect(&pipeline)));
             Ok(ExitCode::SUCCESS)
         }
@@ -139,8 +287,30 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn load(host: &Host, path: &Path) -> Result<Pipeline> {
-    host.load_pipeline(path).map_err(anyhow::Error::from)
+/// Loads a signed bundle, or an unsigned pipeline file when the operator
+/// explicitly asks for it. `accept` records the bundle's version so older
+/// ones are refused later.
+fn load(host: &Host, path: &Path, source: &SourceArgs, accept: bool) -> Result<Pipeline> {
+    let is_pipeline_file = path.extension().is_some_and(|e| e == "toml");
+    if is_pipeline_file {
+        if !source.insecure_unsigned {
+            bail!(
+                "{} is an unsigned pipeline file; run a signed bundle (outpost bundle, sign, then run BUNDLE --trust ROOT), or pass --insecure-unsigned while developing",
+                path.display()
+            );
+        }
+        eprintln!(
+            "warning: --insecure-unsigned: running {} without any signature check",
+            path.display()
+        );
+        return Ok(host.load_pipeline(path)?);
+    }
+    if source.insecure_unsigned {
+        bail!("--insecure-unsigned applies to pipeline files only; a bundle is always verified");
+    }
+    let state = trust::state_dir(source.state_dir.as_deref());
+    let (verified, _staging) = trust::open_verified(path, &source.trust, &state, accept)?;
+    Ok(host.load_bundle(&verified)?)
 }
 
 fn preload(arg: &str) -> Result<(String, Arc<TractGraph>)> {
@@ -154,17 +324,16 @@ fn preload(arg: &str) -> Result<(String, Arc<TractGraph>)> {
     Ok((name.to_owned(), Arc::new(graph)))
 }
 
-fn run(host: &Host, path: &Path, texts: &[String], files: &[String]) -> Result<()> {
+fn run(pipeline: &Pipeline, texts: &[String], files: &[String]) -> Result<()> {
     if texts.is_empty() && files.is_empty() {
         bail!("nothing to run: give at least one --input TEXT or --input-file PATH");
     }
-    let pipeline = load(host, path)?;
     let mut requests = Vec::new();
     for text in texts {
-        let (name, value) = target(&pipeline, text)?;
+        let (name, value) = target(pipeline, text)?;
         requests.push((
             Value::String(value.to_owned()),
-            text_request(&pipeline, name, value)?,
+            text_request(pipeline, name, value)?,
         ));
     }
     for file in files {
@@ -172,11 +341,11 @@ fn run(host: &Host, path: &Path, texts: &[String], files: &[String]) -> Result<(
         let (name, value) = if file.ends_with(".json") {
             ("", file.as_str())
         } else {
-            target(&pipeline, file)?
+            target(pipeline, file)?
         };
         requests.push((
             Value::String(value.to_owned()),
-            file_request(&pipeline, name, Path::new(value))?,
+            file_request(pipeline, name, Path::new(value))?,
         ));
     }
     let mut results = Vec::with_capacity(requests.len());

@@ -1,0 +1,210 @@
+//! The trust commands: keys, roots, bundles, signatures, verification, and
+//! opening a bundle for `run`.
+
+use anyhow::{Context, Result, bail};
+use outpost_signing::bundle::{Bundle, VerifiedBundle, VersionStore};
+use outpost_signing::keys::{PublicKey, SecretKey};
+use outpost_signing::root::{RootBody, RootKey, TrustRoot};
+use outpost_signing::time::Timestamp;
+use std::path::{Path, PathBuf};
+
+/// Where a device keeps what it has accepted: `--state-dir`, else
+/// `$OUTPOST_STATE_DIR`, else `$XDG_STATE_HOME/outpost`, else
+/// `~/.local/state/outpost`.
+pub fn state_dir(arg: Option<&Path>) -> PathBuf {
+    if let Some(dir) = arg {
+        return dir.to_owned();
+    }
+    if let Some(dir) = std::env::var_os("OUTPOST_STATE_DIR") {
+        return dir.into();
+    }
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(dir).join("outpost");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".local/state/outpost")
+}
+
+pub fn keygen(out: &Path) -> Result<()> {
+    let key = SecretKey::generate()?;
+    key.save(out)
+        .with_context(|| format!("cannot write the key to {}", out.display()))?;
+    let public = key.public();
+    println!(
+        "secret key: {} (mode 0600; keep it off devices)",
+        out.display()
+    );
+    println!("public key: {public}");
+    println!("key id:     {}", public.id());
+    Ok(())
+}
+
+pub struct RootArgs<'a> {
+    pub keys: &'a [PathBuf],
+    pub threshold: u32,
+    pub expires: &'a str,
+    pub version: u64,
+    pub revoke: &'a [String],
+    pub sign: &'a [PathBuf],
+    pub out: &'a Path,
+}
+
+pub fn root_create(args: RootArgs<'_>) -> Result<()> {
+    let keys = args
+        .keys
+        .iter()
+        .map(|path| {
+            let public = PublicKey::load(path)?;
+            let name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().trim_end_matches(".key").to_owned());
+            Ok(RootKey {
+                public: public.to_string(),
+                name,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    args.expires.parse::<Timestamp>()?;
+    let body = RootBody {
+        version: args.version,
+        expires: args.expires.to_owned(),
+        threshold: args.threshold,
+        keys,
+        revoked: args
+            .revoke
+            .iter()
+            .map(|id| serde_json::from_value(serde_json::Value::String(id.clone())))
+            .collect::<Result<_, _>>()?,
+    };
+    let mut envelope = body.to_envelope()?;
+    for key in args.sign {
+        let secret = SecretKey::load(key)?;
+        envelope.sign(&secret, "root")?;
+    }
+    std::fs::write(args.out, envelope.to_json())
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    println!(
+        "trust root version {} -> {} ({} signature(s))",
+        args.version,
+        args.out.display(),
+        args.sign.len()
+    );
+    Ok(())
+}
+
+/// Verifies the chain of roots given with `--trust`, oldest first.
+pub fn trust_root(paths: &[PathBuf]) -> Result<TrustRoot> {
+    if paths.is_empty() {
+        bail!(
+            "no trust root: give --trust ROOT.json (repeat it, oldest first, to follow rotations)"
+        );
+    }
+    let chain = paths
+        .iter()
+        .map(|p| {
+            Ok((
+                p.display().to_string(),
+                std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(TrustRoot::verify_chain(&chain, Timestamp::now())?)
+}
+
+pub fn sign(bundle: &Path, key: &Path) -> Result<()> {
+    if !bundle.is_dir() {
+        bail!(
+            "{}: sign the bundle directory, then pack it (outpost pack)",
+            bundle.display()
+        );
+    }
+    let key = SecretKey::load(key)?;
+    let mut opened = Bundle::open_dir(bundle)?;
+    opened.sign(&key)?;
+    let info = &opened.manifest().bundle;
+    println!(
+        "signed bundle '{}' version {} with key {}",
+        info.name,
+        info.version,
+        key.public().id()
+    );
+    Ok(())
+}
+
+/// A staging directory for unpacking an archive, removed on drop.
+pub struct Staging(PathBuf);
+
+impl Staging {
+    pub fn new(state: &Path) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Self(
+            state
+                .join("staging")
+                .join(format!("{}-{nanos}", std::process::id())),
+        )
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Opens and verifies a bundle (directory or archive): signatures against
+/// the trust root, every blob against the manifest, and the version against
+/// what this device accepted before. With `accept`, records it as accepted.
+pub fn open_verified(
+    path: &Path,
+    trust: &[PathBuf],
+    state: &Path,
+    accept: bool,
+) -> Result<(VerifiedBundle, Staging)> {
+    let root = trust_root(trust)?;
+    let staging = Staging::new(state);
+    let bundle = Bundle::open(path, &staging.0)
+        .with_context(|| format!("cannot open bundle {}", path.display()))?;
+    let verified = bundle.verify(&root)?;
+    verified.check_all_blobs()?;
+    let store = VersionStore::new(&state.join("accepted"));
+    if accept {
+        store.accept(&verified)?;
+    } else if let Some((version, digest)) = store.accepted(&verified.manifest().bundle.name)? {
+        let info = &verified.manifest().bundle;
+        if info.version < version
+            || (info.version == version && digest != verified.manifest_digest().to_string())
+        {
+            bail!(
+                "bundle '{}' version {} would be refused here: version {version} ({digest}) was accepted before",
+                info.name,
+                info.version
+            );
+        }
+    }
+    Ok((verified, staging))
+}
+
+pub fn verify(path: &Path, trust: &[PathBuf], state: &Path) -> Result<()> {
+    let (verified, _staging) = open_verified(path, trust, state, false)?;
+    let manifest = verified.manifest();
+    println!(
+        "bundle:    {} version {}",
+        manifest.bundle.name, manifest.bundle.version
+    );
+    println!("manifest:  {}", verified.manifest_digest());
+    let signers: Vec<&str> = verified.report().valid.iter().map(|k| k.as_str()).collect();
+    println!("signed by: {} (threshold met)", signers.join(", "));
+    for (key, why) in &verified.report().rejected {
+        println!("not counted: {key}: {why}");
+    }
+    println!("blobs:     {} verified", manifest.blobs.len());
+    for (stage, grants) in &manifest.grants {
+        println!(
+            "grants:    stage '{stage}' may load models {:?}",
+            grants.models
+        );
+    }
+    Ok(())
+}

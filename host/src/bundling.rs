@@ -1,0 +1,132 @@
+//! Turning a pipeline directory into a bundle: every file the pipeline names
+//! becomes a blob, and the pipeline is rewritten to name blobs by digest.
+
+use crate::error::PipelineError;
+use crate::pipeline::spec::PipelineSpec;
+use outpost_signing::Digest;
+use outpost_signing::bundle::Bundle;
+use outpost_signing::manifest::{BlobEntry, BlobKind, BundleInfo, Grants, Manifest};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Writes an unsigned bundle of the pipeline in `pipeline_path` to `out`.
+pub fn create_bundle(
+    pipeline_path: &Path,
+    name: &str,
+    version: u64,
+    out: &Path,
+) -> Result<Bundle, PipelineError> {
+    let text = std::fs::read_to_string(pipeline_path).map_err(|source| PipelineError::Read {
+        path: pipeline_path.to_owned(),
+        source,
+    })?;
+    let syntax = |e: toml::de::Error| PipelineError::Syntax {
+        path: pipeline_path.to_owned(),
+        message: e.to_string().trim_end().to_owned(),
+    };
+    // The typed parse validates; the table is what gets rewritten.
+    let spec: PipelineSpec = toml::from_str(&text).map_err(syntax)?;
+    let mut table: toml::Table = toml::from_str(&text).map_err(syntax)?;
+    let dir = pipeline_path.parent().unwrap_or(Path::new("."));
+    let mut collector = Collector {
+        dir,
+        blobs: Vec::new(),
+        entries: BTreeMap::new(),
+    };
+
+    if let Some(models) = table.get_mut("models").and_then(toml::Value::as_table_mut) {
+        for (_, model) in models.iter_mut() {
+            collector.replace(model.get_mut("path"), BlobKind::Model)?;
+        }
+    }
+    if let Some(stages) = table.get_mut("stages").and_then(toml::Value::as_array_mut) {
+        for stage in stages.iter_mut() {
+            collector.replace(stage.get_mut("component"), BlobKind::Component)?;
+            if let Some(files) = stage.get_mut("files").and_then(toml::Value::as_table_mut) {
+                for (_, file) in files.iter_mut() {
+                    collector.replace(Some(file), BlobKind::File)?;
+                }
+            }
+        }
+    }
+    let rewritten = toml::to_string(&table).map_err(|e| PipelineError::Invalid {
+        path: pipeline_path.to_owned(),
+        message: format!("cannot write the bundled pipeline: {e}"),
+    })?;
+    let file_name = pipeline_path.file_name().map_or_else(
+        || "pipeline.toml".into(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let pipeline_digest = collector.add(rewritten.into_bytes(), BlobKind::Pipeline, file_name);
+
+    let grants = spec
+        .stages
+        .iter()
+        .filter(|s| !s.models.is_empty())
+        .map(|s| {
+            (
+                s.name.clone(),
+                Grants {
+                    models: s.models.clone(),
+                },
+            )
+        })
+        .collect();
+    let manifest = Manifest {
+        bundle: BundleInfo {
+            name: name.to_owned(),
+            version,
+            pipeline: pipeline_digest.to_string(),
+        },
+        blobs: collector.entries,
+        grants,
+    };
+    Ok(Bundle::create(out, &manifest, &collector.blobs)?)
+}
+
+struct Collector<'a> {
+    dir: &'a Path,
+    blobs: Vec<(Digest, Vec<u8>)>,
+    entries: BTreeMap<String, BlobEntry>,
+}
+
+impl Collector<'_> {
+    fn add(&mut self, bytes: Vec<u8>, kind: BlobKind, name: String) -> Digest {
+        let digest = Digest::of(&bytes);
+        if let std::collections::btree_map::Entry::Vacant(slot) =
+            self.entries.entry(digest.to_string())
+        {
+            slot.insert(BlobEntry {
+                size: bytes.len() as u64,
+                kind,
+                name,
+            });
+            self.blobs.push((digest, bytes));
+        }
+        digest
+    }
+
+    /// Reads the file a path value names and replaces the value with the
+    /// file's digest.
+    fn replace(
+        &mut self,
+        value: Option<&mut toml::Value>,
+        kind: BlobKind,
+    ) -> Result<(), PipelineError> {
+        let Some(value) = value else { return Ok(()) };
+        let Some(relative) = value.as_str() else {
+            return Ok(());
+        };
+        let path = self.dir.join(relative);
+        let bytes = std::fs::read(&path).map_err(|source| PipelineError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let name = path
+            .file_name()
+            .map_or_else(|| relative.to_owned(), |n| n.to_string_lossy().into_owned());
+        let digest = self.add(bytes, kind, name);
+        *value = toml::Value::String(digest.to_string());
+        Ok(())
+    }
+}

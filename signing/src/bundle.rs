@@ -1,0 +1,386 @@
+//! Bundles on disk: a directory (`manifest.toml`, `signatures.json`,
+//! `blobs/<sha256 hex>`) or the same as one tar archive for transport.
+//!
+//! [`Bundle`] is what was read; only [`Bundle::verify`] turns it into a
+//! [`VerifiedBundle`], and only a verified bundle hands out blobs, each
+//! checked against its digest and size as it is read.
+
+use crate::dsse::SignatureEntry;
+use crate::keys::{SecretKey, read_bounded};
+use crate::manifest::{MAX_BLOB_BYTES, MAX_BLOBS, MAX_MANIFEST_BYTES, Manifest};
+use crate::root::{SignatureReport, TrustRoot};
+use crate::{Digest, Error, Result};
+use serde::{Deserialize, Serialize};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// The manifest's file name.
+pub const MANIFEST_FILE: &str = "manifest.toml";
+/// The signature envelope's file name.
+pub const SIGNATURES_FILE: &str = "signatures.json";
+/// The folder of blobs.
+pub const BLOB_DIR: &str = "blobs";
+const MAX_SIGNATURES_BYTES: u64 = 1 << 20;
+
+/// `signatures.json`: ed25519 signatures over the exact bytes of
+/// `manifest.toml`, each recording its key id.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signatures {
+    /// The signatures.
+    pub signatures: Vec<SignatureEntry>,
+}
+
+/// A bundle as read, not yet trusted.
+pub struct Bundle {
+    dir: PathBuf,
+    manifest_bytes: Vec<u8>,
+    manifest: Manifest,
+    signatures: Signatures,
+}
+
+/// A bundle whose signatures met the trust root's threshold.
+pub struct VerifiedBundle {
+    bundle: Bundle,
+    report: SignatureReport,
+}
+
+fn blob_path(dir: &Path, digest: &Digest) -> PathBuf {
+    dir.join(BLOB_DIR).join(digest.hex())
+}
+
+impl Bundle {
+    /// Writes a new, unsigned bundle directory: the manifest and the blobs,
+    /// each given as `(digest, bytes)`.
+    pub fn create(dir: &Path, manifest: &Manifest, blobs: &[(Digest, Vec<u8>)]) -> Result<Self> {
+        manifest.validate()?;
+        std::fs::create_dir_all(dir.join(BLOB_DIR)).map_err(|e| Error::io(dir, e))?;
+        for (digest, bytes) in blobs {
+            let path = blob_path(dir, digest);
+            std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
+        }
+        let text = manifest.to_toml()?;
+        let path = dir.join(MANIFEST_FILE);
+        std::fs::write(&path, &text).map_err(|e| Error::io(&path, e))?;
+        let bundle = Self {
+            dir: dir.to_owned(),
+            manifest_bytes: text.into_bytes(),
+            manifest: manifest.clone(),
+            signatures: Signatures::default(),
+        };
+        bundle.write_signatures()?;
+        Ok(bundle)
+    }
+
+    /// Reads a bundle directory's manifest and signatures (blobs are read
+    /// later, on demand).
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let manifest_bytes = read_bounded(&dir.join(MANIFEST_FILE), MAX_MANIFEST_BYTES as u64)?;
+        let manifest = Manifest::parse(&manifest_bytes)?;
+        let path = dir.join(SIGNATURES_FILE);
+        let signatures = match std::fs::metadata(&path) {
+            Ok(_) => serde_json::from_slice(&read_bounded(&path, MAX_SIGNATURES_BYTES)?)
+                .map_err(|e| Error::malformed(SIGNATURES_FILE, e.to_string()))?,
+            Err(_) => Signatures::default(),
+        };
+        Ok(Self {
+            dir: dir.to_owned(),
+            manifest_bytes,
+            manifest,
+            signatures,
+        })
+    }
+
+    /// Opens a bundle directory, or unpacks a bundle archive into `staging`
+    /// (which must not exist yet) and opens that.
+    pub fn open(path: &Path, staging: &Path) -> Result<Self> {
+        if path.is_dir() {
+            return Self::open_dir(path);
+        }
+        unpack(path, staging)?;
+        Self::open_dir(staging)
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The sha256 of the manifest's exact bytes.
+    pub fn manifest_digest(&self) -> Digest {
+        Digest::of(&self.manifest_bytes)
+    }
+
+    /// The directory the bundle is in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The signatures present.
+    pub fn signatures(&self) -> &[SignatureEntry] {
+        &self.signatures.signatures
+    }
+
+    /// Adds `key`'s signature of the manifest (replacing one it made before)
+    /// and writes `signatures.json`.
+    pub fn sign(&mut self, key: &SecretKey) -> Result<()> {
+        let entry = SignatureEntry::sign(key, &self.manifest_bytes);
+        self.signatures
+            .signatures
+            .retain(|s| s.keyid != entry.keyid);
+        self.signatures.signatures.push(entry);
+        self.write_signatures()
+    }
+
+    fn write_signatures(&self) -> Result<()> {
+        let path = self.dir.join(SIGNATURES_FILE);
+        let text = serde_json::to_string_pretty(&self.signatures)
+            .map_err(|e| Error::malformed(SIGNATURES_FILE, e.to_string()))?;
+        std::fs::write(&path, text).map_err(|e| Error::io(&path, e))
+    }
+
+    /// Checks the signatures over the manifest against `root`.
+    pub fn verify(self, root: &TrustRoot) -> Result<VerifiedBundle> {
+        let report = root
+            .check(&self.manifest_bytes, &self.signatures.signatures)
+            .map_err(|e| {
+                Error::Signature(format!(
+                    "bundle '{}' version {} ({}): {e}",
+                    self.manifest.bundle.name, self.manifest.bundle.version, SIGNATURES_FILE
+                ))
+            })?;
+        Ok(VerifiedBundle {
+            bundle: self,
+            report,
+        })
+    }
+}
+
+impl VerifiedBundle {
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.bundle.manifest
+    }
+
+    /// The sha256 of the manifest's exact bytes.
+    pub fn manifest_digest(&self) -> Digest {
+        self.bundle.manifest_digest()
+    }
+
+    /// Who signed.
+    pub fn report(&self) -> &SignatureReport {
+        &self.report
+    }
+
+    /// Reads the blob `digest` (`sha256:<hex>`), refusing it unless the
+    /// manifest lists it and its size and content match.
+    pub fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
+        let entry = self
+            .manifest()
+            .blobs
+            .get(digest)
+            .ok_or_else(|| Error::BlobMismatch {
+                digest: digest.to_owned(),
+                name: "?".into(),
+                message: "not listed in the signed manifest".into(),
+            })?;
+        let mismatch = |message: String| Error::BlobMismatch {
+            digest: digest.to_owned(),
+            name: entry.name.clone(),
+            message,
+        };
+        let parsed: Digest = digest
+            .parse()
+            .map_err(|e: crate::ParseDigestError| mismatch(e.to_string()))?;
+        let path = blob_path(&self.bundle.dir, &parsed);
+        let file = std::fs::File::open(&path)
+            .map_err(|e| mismatch(format!("cannot read {}: {e}", path.display())))?;
+        let mut bytes = Vec::with_capacity(entry.size.min(MAX_BLOB_BYTES) as usize);
+        file.take(entry.size + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| mismatch(e.to_string()))?;
+        if bytes.len() as u64 != entry.size {
+            return Err(mismatch(format!(
+                "the manifest says {} bytes, the file has {}{}",
+                entry.size,
+                bytes.len(),
+                if bytes.len() as u64 > entry.size {
+                    " or more"
+                } else {
+                    ""
+                }
+            )));
+        }
+        let actual = Digest::of(&bytes);
+        if actual != parsed {
+            return Err(mismatch(format!("content hashes to {actual}")));
+        }
+        Ok(bytes)
+    }
+
+    /// Reads and checks every blob.
+    pub fn check_all_blobs(&self) -> Result<()> {
+        for digest in self.manifest().blobs.keys() {
+            self.read_blob(digest)?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes the bundle directory `dir` as a tar archive at `out`.
+pub fn pack(dir: &Path, out: &Path) -> Result<()> {
+    let bundle = Bundle::open_dir(dir)?;
+    let file = std::fs::File::create(out).map_err(|e| Error::io(out, e))?;
+    let mut builder = tar::Builder::new(file);
+    builder.mode(tar::HeaderMode::Deterministic);
+    let mut names = vec![MANIFEST_FILE.to_owned(), SIGNATURES_FILE.to_owned()];
+    for digest in bundle.manifest.blobs.keys() {
+        let hex = digest.trim_start_matches("sha256:");
+        names.push(format!("{BLOB_DIR}/{hex}"));
+    }
+    for name in names {
+        let path = dir.join(&name);
+        builder
+            .append_path_with_name(&path, &name)
+            .map_err(|e| Error::io(&path, e))?;
+    }
+    builder
+        .into_inner()
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(out, e))
+}
+
+/// Unpacks a bundle archive into `dest` (created; must not exist), accepting
+/// only the files a bundle has, each within its size limit.
+pub fn unpack(archive: &Path, dest: &Path) -> Result<()> {
+    let what = archive.display().to_string();
+    let bad = |message: String| Error::malformed(what.clone(), message);
+    let file = std::fs::File::open(archive).map_err(|e| Error::io(archive, e))?;
+    std::fs::create_dir_all(dest.parent().unwrap_or(Path::new(".")))
+        .map_err(|e| Error::io(dest, e))?;
+    std::fs::create_dir(dest).map_err(|e| Error::io(dest, e))?;
+    std::fs::create_dir(dest.join(BLOB_DIR)).map_err(|e| Error::io(dest, e))?;
+    let mut archive_reader = tar::Archive::new(file);
+    let entries = archive_reader
+        .entries()
+        .map_err(|e| bad(format!("not a bundle archive: {e}")))?;
+    let mut count = 0usize;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| bad(format!("not a bundle archive: {e}")))?;
+        count += 1;
+        if count > MAX_BLOBS + 2 {
+            return Err(bad(format!("more than {} entries", MAX_BLOBS + 2)));
+        }
+        let name = entry
+            .path()
+            .map_err(|e| bad(e.to_string()))?
+            .to_string_lossy()
+            .into_owned();
+        if entry.header().entry_type() != tar::EntryType::Regular {
+            return Err(bad(format!("entry '{name}' is not a regular file")));
+        }
+        let limit = match name.as_str() {
+            MANIFEST_FILE => MAX_MANIFEST_BYTES as u64,
+            SIGNATURES_FILE => MAX_SIGNATURES_BYTES,
+            blob if blob.strip_prefix("blobs/").is_some_and(|h| {
+                h.len() == 64
+                    && h.bytes()
+                        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+            }) =>
+            {
+                MAX_BLOB_BYTES
+            }
+            other => {
+                return Err(bad(format!(
+                    "unexpected entry '{other}'; a bundle holds manifest.toml, signatures.json and blobs/<sha256>"
+                )));
+            }
+        };
+        let size = entry.header().size().map_err(|e| bad(e.to_string()))?;
+        if size > limit {
+            return Err(Error::TooLarge {
+                what: format!("{what}: {name}"),
+                size,
+                limit,
+            });
+        }
+        let target = dest.join(&name);
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&target)
+            .map_err(|e| bad(format!("entry '{name}' twice or unwritable: {e}")))?;
+        let copied = std::io::copy(&mut (&mut entry).take(limit), &mut out)
+            .map_err(|e| Error::io(&target, e))?;
+        if copied != size {
+            return Err(bad(format!(
+                "entry '{name}' is truncated: {copied} of {size} bytes"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What versions of each bundle a device has accepted, so an older one (a
+/// rollback) or a different one under the same version is refused.
+pub struct VersionStore {
+    dir: PathBuf,
+}
+
+impl VersionStore {
+    /// A store in `dir` (created when first written).
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.accepted"))
+    }
+
+    /// The highest accepted version of `name` and its manifest digest.
+    pub fn accepted(&self, name: &str) -> Result<Option<(u64, String)>> {
+        let path = self.path(name);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        let mut parts = text.split_whitespace();
+        match (parts.next().and_then(|v| v.parse().ok()), parts.next()) {
+            (Some(version), Some(digest)) => Ok(Some((version, digest.to_owned()))),
+            _ => Err(Error::malformed(
+                path.display().to_string(),
+                "expected '<version> <manifest digest>'",
+            )),
+        }
+    }
+
+    /// Refuses `bundle` if a higher version, or a different manifest with the
+    /// same version, was accepted before; otherwise records it.
+    pub fn accept(&self, bundle: &VerifiedBundle) -> Result<()> {
+        let info = &bundle.manifest().bundle;
+        let digest = bundle.manifest_digest().to_string();
+        if let Some((version, seen)) = self.accepted(&info.name)? {
+            if info.version < version {
+                return Err(Error::Rollback(format!(
+                    "bundle '{}' version {} is older than version {version}, which this device already accepted",
+                    info.name, info.version
+                )));
+            }
+            if info.version == version && seen != digest {
+                return Err(Error::Rollback(format!(
+                    "bundle '{}' version {version} differs from the version {version} this device already accepted ({seen}); publish a higher version",
+                    info.name
+                )));
+            }
+        }
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        let path = self.path(&info.name);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!("{} {digest}\n", info.version))
+            .map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+    }
+}

@@ -1,0 +1,581 @@
+//! Signed bundles: the host runs a bundle only when its signatures meet the
+//! trust root's threshold, every blob matches the signed manifest, and its
+//! version is not older than one already accepted.
+
+use outpost_e2e::{Run, Scratch, demo_dir, outpost};
+use outpost_signing::bundle::Bundle;
+use outpost_signing::manifest::{BlobEntry, BlobKind, BundleInfo, Manifest};
+use outpost_signing::root::TrustRoot;
+use outpost_signing::time::Timestamp;
+use outpost_signing::{Digest, SecretKey};
+use std::path::{Path, PathBuf};
+
+/// Keys `a`, `b`, `c` and a root (version 1, threshold 2) signed by all three.
+struct Publisher {
+    scratch: Scratch,
+}
+
+impl Publisher {
+    fn new() -> Self {
+        let publisher = Publisher {
+            scratch: Scratch::new(),
+        };
+        for name in ["a", "b", "c", "d", "e"] {
+            let run = outpost(&[
+                "keygen".as_ref(),
+                "--out".as_ref(),
+                publisher.key(name).as_os_str(),
+            ]);
+            assert!(run.ok && run.stdout.contains("key id:"), "{}", run.stderr);
+        }
+        publisher
+            .root(
+                "root1.json",
+                1,
+                &["a", "b", "c"],
+                2,
+                "2099-01-01T00:00:00Z",
+                &[],
+                &["a", "b", "c"],
+            )
+            .assert_ok();
+        publisher
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.scratch.path().join(name)
+    }
+
+    fn key(&self, name: &str) -> PathBuf {
+        self.path(&format!("{name}.key"))
+    }
+
+    fn key_id(&self, name: &str) -> String {
+        SecretKey::load(&self.key(name))
+            .unwrap()
+            .public()
+            .id()
+            .to_string()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn root(
+        &self,
+        out: &str,
+        version: u64,
+        keys: &[&str],
+        threshold: u32,
+        expires: &str,
+        revoke: &[&str],
+        signers: &[&str],
+    ) -> Run {
+        let mut args: Vec<String> = vec![
+            "root".into(),
+            "--threshold".into(),
+            threshold.to_string(),
+            "--expires".into(),
+            expires.into(),
+            "--version".into(),
+            version.to_string(),
+        ];
+        for k in keys {
+            args.extend(["--key".into(), format!("{}.pub", self.key(k).display())]);
+        }
+        for k in revoke {
+            args.extend(["--revoke".into(), self.key_id(k)]);
+        }
+        for k in signers {
+            args.extend(["--sign".into(), self.key(k).display().to_string()]);
+        }
+        args.extend(["--out".into(), self.path(out).display().to_string()]);
+        outpost(&args)
+    }
+
+    /// The demo pipeline as bundle `dir`, version `version`, signed by `signers`.
+    fn demo_bundle(&self, dir: &str, version: u64, signers: &[&str]) -> PathBuf {
+        let out = self.path(dir);
+        let pipeline = demo_dir().join("intent.toml");
+        let run = outpost(&[
+            "bundle".as_ref(),
+            pipeline.as_os_str(),
+            "--name".as_ref(),
+            "intent-demo".as_ref(),
+            "--version".as_ref(),
+            version.to_string().as_ref(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ]);
+        run.assert_ok();
+        for s in signers {
+            outpost(&[
+                "sign".as_ref(),
+                out.as_os_str(),
+                "--key".as_ref(),
+                self.key(s).as_os_str(),
+            ])
+            .assert_ok();
+        }
+        out
+    }
+
+    fn trust_args(&self, roots: &[&str]) -> Vec<String> {
+        let mut args = Vec::new();
+        for r in roots {
+            args.extend(["--trust".into(), self.path(r).display().to_string()]);
+        }
+        args.extend([
+            "--state-dir".into(),
+            self.path("state").display().to_string(),
+        ]);
+        args
+    }
+
+    fn verify(&self, bundle: &Path, roots: &[&str]) -> Run {
+        let mut args = vec!["verify".to_owned(), bundle.display().to_string()];
+        args.extend(self.trust_args(roots));
+        outpost(&args)
+    }
+
+    fn run(&self, bundle: &Path, roots: &[&str]) -> Run {
+        let mut args = vec![
+            "run".to_owned(),
+            bundle.display().to_string(),
+            "-i".into(),
+            "stop the conveyor".into(),
+        ];
+        args.extend(self.trust_args(roots));
+        outpost(&args)
+    }
+}
+
+trait AssertOk {
+    fn assert_ok(&self);
+}
+
+impl AssertOk for Run {
+    fn assert_ok(&self) {
+        assert!(
+            self.ok,
+            "expected success:\n{}\n{}",
+            self.stdout, self.stderr
+        );
+    }
+}
+
+fn top_label(run: &Run) -> String {
+    run.assert_ok();
+    run.json()["results"][0]["outputs"]["labels"]
+        .as_str()
+        .unwrap()
+        .split('\t')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn a_signed_bundle_verifies_and_runs_as_directory_and_archive() {
+    let p = Publisher::new();
+    let bundle = p.demo_bundle("v1", 1, &["a", "b"]);
+    let verify = p.verify(&bundle, &["root1.json"]);
+    verify.assert_ok();
+    assert!(
+        verify.stdout.contains(&p.key_id("a")) && verify.stdout.contains(&p.key_id("b")),
+        "{}",
+        verify.stdout
+    );
+    assert!(
+        verify.stdout.contains("threshold met")
+            && verify
+                .stdout
+                .contains("stage 'infer' may load models [\"intent\"]")
+    );
+    assert_eq!(top_label(&p.run(&bundle, &["root1.json"])), "stop_conveyor");
+
+    let archive = p.path("v1.bundle");
+    outpost(&[
+        "pack".as_ref(),
+        bundle.as_os_str(),
+        "--out".as_ref(),
+        archive.as_os_str(),
+    ])
+    .assert_ok();
+    assert_eq!(
+        top_label(&p.run(&archive, &["root1.json"])),
+        "stop_conveyor"
+    );
+}
+
+#[test]
+fn unsigned_pipelines_need_the_explicit_flag() {
+    outpost(&["run", "host/pipelines/demo/intent.toml", "-i", "land"])
+        .expect_error(&["unsigned pipeline file", "--insecure-unsigned"]);
+    let run = outpost(&[
+        "run",
+        "--insecure-unsigned",
+        "host/pipelines/demo/intent.toml",
+        "-i",
+        "land",
+    ]);
+    run.assert_ok();
+    assert!(
+        run.stderr.contains("warning: --insecure-unsigned"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn threshold_two_of_three() {
+    let p = Publisher::new();
+    let one = p.demo_bundle("one", 1, &["a"]);
+    p.verify(&one, &["root1.json"]).expect_error(&[
+        "threshold not met",
+        "1 valid signature(s) of the 2 required",
+    ]);
+    p.run(&one, &["root1.json"])
+        .expect_error(&["threshold not met"]);
+    let stranger = p.demo_bundle("stranger", 1, &["a", "d"]);
+    p.verify(&stranger, &["root1.json"]).expect_error(&[
+        "threshold not met",
+        &p.key_id("d"),
+        "not a key of this root",
+    ]);
+    let three = p.demo_bundle("three", 1, &["a", "b", "c"]);
+    p.verify(&three, &["root1.json"]).assert_ok();
+}
+
+#[test]
+fn rotation_and_revocation() {
+    let p = Publisher::new();
+    // Version 2 trusts b, c, d; signed by the old threshold (a, b) and its own (c, d).
+    p.root(
+        "root2.json",
+        2,
+        &["b", "c", "d"],
+        2,
+        "2099-01-01T00:00:00Z",
+        &[],
+        &["a", "b", "c", "d"],
+    )
+    .assert_ok();
+    let bundle = p.demo_bundle("cd", 1, &["c", "d"]);
+    p.verify(&bundle, &["root1.json", "root2.json"]).assert_ok();
+    // Without the rotation, d is unknown.
+    p.verify(&bundle, &["root1.json"])
+        .expect_error(&["threshold not met"]);
+
+    // A rotation signed only by new keys is refused.
+    p.root(
+        "evil.json",
+        2,
+        &["d", "e"],
+        2,
+        "2099-01-01T00:00:00Z",
+        &[],
+        &["d", "e"],
+    )
+    .assert_ok();
+    p.verify(&bundle, &["root1.json", "evil.json"])
+        .expect_error(&["rotation refused", "not signed by the previous root's keys"]);
+    // A rotation must increase the version.
+    p.root(
+        "same.json",
+        1,
+        &["b", "c", "d"],
+        2,
+        "2099-01-01T00:00:00Z",
+        &[],
+        &["a", "b", "c", "d"],
+    )
+    .assert_ok();
+    p.verify(&bundle, &["root1.json", "same.json"])
+        .expect_error(&["does not follow version 1"]);
+
+    // Version 3 revokes a: a's signature no longer counts.
+    p.root(
+        "root3.json",
+        3,
+        &["a", "b", "c"],
+        2,
+        "2099-01-01T00:00:00Z",
+        &["a"],
+        &["b", "c"],
+    )
+    .assert_ok();
+    let ab = p.demo_bundle("ab", 1, &["a", "b"]);
+    p.verify(&ab, &["root1.json", "root3.json"]).expect_error(&[
+        "threshold not met",
+        &p.key_id("a"),
+        "key is revoked",
+    ]);
+}
+
+#[test]
+fn an_expired_root_is_refused_naming_the_clock() {
+    let p = Publisher::new();
+    p.root(
+        "old.json",
+        1,
+        &["a", "b"],
+        1,
+        "2020-01-01T00:00:00Z",
+        &[],
+        &["a", "b"],
+    )
+    .assert_ok();
+    let bundle = p.demo_bundle("v1", 1, &["a"]);
+    let run = p.verify(&bundle, &["old.json"]);
+    run.expect_error(&["expired at 2020-01-01T00:00:00Z", "the clock used says 20"]);
+}
+
+#[test]
+fn replaying_an_older_version_is_refused() {
+    let p = Publisher::new();
+    let v1 = p.demo_bundle("v1", 1, &["a", "b"]);
+    let v2 = p.demo_bundle("v2", 2, &["a", "b"]);
+    assert_eq!(top_label(&p.run(&v2, &["root1.json"])), "stop_conveyor");
+    p.run(&v1, &["root1.json"])
+        .expect_error(&["version 1 is older than version 2"]);
+    // The same version again is fine; a different bundle under version 2 is not.
+    assert_eq!(top_label(&p.run(&v2, &["root1.json"])), "stop_conveyor");
+    // A different pipeline published under the same version 2 is refused.
+    let text = std::fs::read_to_string(demo_dir().join("intent.toml")).unwrap();
+    let plugins = outpost_e2e::target_dir().join("wasm32-wasip2/plugin");
+    let changed = text
+        .replace("top_k = 3", "top_k = 2")
+        .replace(
+            "../../../target/wasm32-wasip2/plugin",
+            &plugins.display().to_string(),
+        )
+        .replace(
+            "\"intent.onnx\"",
+            &format!("\"{}\"", demo_dir().join("intent.onnx").display()),
+        )
+        .replace(
+            "\"vocab.txt\"",
+            &format!("\"{}\"", demo_dir().join("vocab.txt").display()),
+        )
+        .replace(
+            "\"labels.txt\"",
+            &format!("\"{}\"", demo_dir().join("labels.txt").display()),
+        );
+    let pipeline = p.scratch.write("changed.toml", changed);
+    let v2b = p.path("v2b");
+    let args = [
+        "bundle".as_ref(),
+        pipeline.as_os_str(),
+        "--name".as_ref(),
+        "intent-demo".as_ref(),
+        "--version".as_ref(),
+        "2".as_ref(),
+        "--out".as_ref(),
+        v2b.as_os_str(),
+    ];
+    outpost(&args).assert_ok();
+    for s in ["a", "b"] {
+        outpost(&[
+            "sign".as_ref(),
+            v2b.as_os_str(),
+            "--key".as_ref(),
+            p.key(s).as_os_str(),
+        ])
+        .assert_ok();
+    }
+    p.run(&v2b, &["root1.json"])
+        .expect_error(&["version 2 differs from the version 2 this device already accepted"]);
+}
+
+#[test]
+fn swapped_truncated_and_appended_bundles_are_refused() {
+    let p = Publisher::new();
+    let bundle = p.demo_bundle("v1", 1, &["a", "b"]);
+    let other = p.demo_bundle("v2", 2, &["a", "b"]);
+
+    // Swap two blobs' contents.
+    let copy = p.path("swapped");
+    copy_dir(&bundle, &copy);
+    let blobs: Vec<PathBuf> = std::fs::read_dir(copy.join("blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let (x, y) = (
+        std::fs::read(&blobs[0]).unwrap(),
+        std::fs::read(&blobs[1]).unwrap(),
+    );
+    std::fs::write(&blobs[0], &y).unwrap();
+    std::fs::write(&blobs[1], &x).unwrap();
+    p.verify(&copy, &["root1.json"])
+        .expect_error(&["blob sha256:", "the manifest says"]);
+
+    // The manifest and signatures of another (validly signed) bundle over these blobs:
+    // same blobs, so it verifies as that bundle, never as a mix. Make the blob sets differ first.
+    let mixed = p.path("mixed");
+    copy_dir(&bundle, &mixed);
+    std::fs::copy(other.join("manifest.toml"), mixed.join("manifest.toml")).unwrap();
+    let first = std::fs::read_dir(mixed.join("blobs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::remove_file(&first).unwrap();
+    p.verify(&mixed, &["root1.json"])
+        .expect_error(&["threshold not met"]);
+    std::fs::copy(other.join("signatures.json"), mixed.join("signatures.json")).unwrap();
+    p.verify(&mixed, &["root1.json"])
+        .expect_error(&["blob sha256:", "cannot read"]);
+
+    // Truncated and appended archives and blobs.
+    let archive = p.path("v1.bundle");
+    outpost(&[
+        "pack".as_ref(),
+        bundle.as_os_str(),
+        "--out".as_ref(),
+        archive.as_os_str(),
+    ])
+    .assert_ok();
+    let bytes = std::fs::read(&archive).unwrap();
+    let cut = p.path("cut.bundle");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    p.verify(&cut, &["root1.json"])
+        .expect_error(&["cut.bundle"]);
+    let mut longer = bytes.clone();
+    longer.splice(1024..1024, b"appended".iter().copied());
+    let grown = p.path("grown.bundle");
+    std::fs::write(&grown, &longer).unwrap();
+    assert!(!p.verify(&grown, &["root1.json"]).ok);
+    let appended = p.path("appended");
+    copy_dir(&bundle, &appended);
+    let blob = std::fs::read_dir(appended.join("blobs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut content = std::fs::read(&blob).unwrap();
+    content.push(0);
+    std::fs::write(&blob, &content).unwrap();
+    p.verify(&appended, &["root1.json"])
+        .expect_error(&["blob sha256:", "or more"]);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.join("blobs")).unwrap();
+    for name in ["manifest.toml", "signatures.json"] {
+        std::fs::copy(from.join(name), to.join(name)).unwrap();
+    }
+    for entry in std::fs::read_dir(from.join("blobs")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join("blobs").join(entry.file_name())).unwrap();
+    }
+}
+
+/// A small bundle made with the library: the demo's model, vocabulary,
+/// labels and a pipeline file, signed by two keys of a 2-of-2 root.
+fn small_signed_bundle(dir: &Path) -> (TrustRoot, Vec<PathBuf>) {
+    let keys = [
+        SecretKey::generate().unwrap(),
+        SecretKey::generate().unwrap(),
+    ];
+    let body = outpost_signing::root::RootBody {
+        version: 1,
+        expires: "2099-01-01T00:00:00Z".into(),
+        threshold: 2,
+        keys: keys
+            .iter()
+            .map(|k| outpost_signing::root::RootKey {
+                public: k.public().to_string(),
+                name: None,
+            })
+            .collect(),
+        revoked: vec![],
+    };
+    let mut envelope = body.to_envelope().unwrap();
+    for k in &keys {
+        envelope.sign(k, "root").unwrap();
+    }
+    let root = TrustRoot::verify_chain(
+        &[("root".into(), envelope.to_json().into_bytes())],
+        Timestamp::now(),
+    )
+    .unwrap();
+
+    let mut blobs = Vec::new();
+    let mut entries = std::collections::BTreeMap::new();
+    for (name, kind) in [
+        ("intent.onnx", BlobKind::Model),
+        ("vocab.txt", BlobKind::File),
+        ("labels.txt", BlobKind::File),
+        ("intent.toml", BlobKind::Pipeline),
+    ] {
+        let bytes = std::fs::read(demo_dir().join(name)).unwrap();
+        let digest = Digest::of(&bytes);
+        entries.insert(
+            digest.to_string(),
+            BlobEntry {
+                size: bytes.len() as u64,
+                kind,
+                name: name.into(),
+            },
+        );
+        blobs.push((digest, bytes));
+    }
+    let pipeline = blobs[3].0.to_string();
+    let manifest = Manifest {
+        bundle: BundleInfo {
+            name: "small".into(),
+            version: 1,
+            pipeline,
+        },
+        blobs: entries,
+        grants: Default::default(),
+    };
+    let mut bundle = Bundle::create(dir, &manifest, &blobs).unwrap();
+    for k in &keys {
+        bundle.sign(k).unwrap();
+    }
+    let mut files = vec![dir.join("manifest.toml"), dir.join("signatures.json")];
+    files.extend(blobs.iter().map(|(d, _)| dir.join("blobs").join(d.hex())));
+    (root, files)
+}
+
+fn check(dir: &Path, root: &TrustRoot) -> Result<(), String> {
+    let bundle = Bundle::open_dir(dir).map_err(|e| e.to_string())?;
+    let verified = bundle.verify(root).map_err(|e| e.to_string())?;
+    verified.check_all_blobs().map_err(|e| e.to_string())
+}
+
+#[test]
+fn every_single_byte_flip_is_refused_and_named() {
+    let scratch = Scratch::new();
+    let (root, files) = small_signed_bundle(scratch.path());
+    check(scratch.path(), &root).unwrap();
+    let mut flips = 0;
+    for file in &files {
+        let original = std::fs::read(file).unwrap();
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        for i in 0..original.len() {
+            let mut bytes = original.clone();
+            bytes[i] ^= 0x01;
+            std::fs::write(file, &bytes).unwrap();
+            let error = check(scratch.path(), &root)
+                .expect_err(&format!("{name}: flipping byte {i} was accepted"));
+            let named = match name.as_str() {
+                "manifest.toml" => {
+                    error.contains("manifest.toml") || error.contains("threshold not met")
+                }
+                "signatures.json" => error.contains("signatures.json"),
+                blob => error.contains(blob),
+            };
+            assert!(
+                named,
+                "{name} byte {i}: the error does not say what failed: {error}"
+            );
+            flips += 1;
+        }
+        std::fs::write(file, &original).unwrap();
+    }
+    check(scratch.path(), &root).unwrap();
+    assert!(flips > 5000, "{flips}");
+}
