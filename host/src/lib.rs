@@ -16,6 +16,7 @@
 pub mod backend;
 pub mod bindings;
 pub mod bundling;
+pub mod cache;
 pub mod compat;
 pub mod engine;
 pub mod error;

@@ -6,6 +6,7 @@ pub mod spec;
 use crate::backend::ModelSignature;
 use crate::backend::tract::TractGraph;
 use crate::bindings::{Config, File, Tensor, TensorSpec};
+use crate::cache::ComponentCache;
 use crate::engine::{EngineError, EngineOptions, Runtime};
 use crate::error::{PipelineError, RunError};
 use crate::stage::{LoadedStage, StageHost, StageLimits, StageLoadError, StageSetup, stage_linker};
@@ -22,6 +23,7 @@ use wasmtime::component::{Component, Linker};
 pub struct Host {
     runtime: Runtime,
     linker: Linker<StageHost>,
+    cache: Option<ComponentCache>,
 }
 
 impl Host {
@@ -30,12 +32,28 @@ impl Host {
         let runtime = Runtime::new(options)?;
         let linker =
             stage_linker(runtime.engine()).map_err(|e| EngineError::new(format!("{e:#}")))?;
-        Ok(Self { runtime, linker })
+        Ok(Self { runtime, linker, cache: None })
     }
 
     /// The engine and its allocator.
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
+    }
+
+    /// Keeps precompiled components under `dir` (per target and engine
+    /// settings) so later starts skip compilation.
+    pub fn with_component_cache(mut self, dir: &Path) -> Self {
+        self.cache = Some(ComponentCache::new(dir, self.runtime.engine()));
+        self
+    }
+
+    /// Compiles a component whose digest the caller has verified, through
+    /// the cache when there is one.
+    fn compile(&self, digest: &Digest, bytes: &[u8]) -> wasmtime::Result<Component> {
+        match &self.cache {
+            Some(cache) => cache.load(self.runtime.engine(), digest, bytes).map(|(c, _)| c),
+            None => Component::new(self.runtime.engine(), bytes),
+        }
     }
 
     /// Prepares the pipeline of a verified bundle. Every file it names is a
@@ -514,7 +532,12 @@ impl Loader<'_> {
             }
             Err(other) => return Err(other),
         };
-        let component = Component::new(self.host.runtime.engine(), &bytes)
+        // The digest of the bytes just read: for a bundle, read_blob has
+        // already matched it against the signed manifest.
+        let digest = Digest::of(&bytes);
+        let component = self
+            .host
+            .compile(&digest, &bytes)
             .map_err(|e| component_error(format!("not a valid component: {e:#}")))?;
         let setup = StageSetup {
             pipeline: pipeline.to_owned(),
@@ -523,7 +546,6 @@ impl Loader<'_> {
             models: granted,
             limits,
         };
-        let digest = Digest::of(&bytes);
         let stage = LoadedStage::new(&self.host.linker, &component, setup).map_err(|e| match e {
             StageLoadError::Link(message) => component_error(format!(
                 "does not implement the outpost:plugin `stage` world, or imports more than the host provides: {message}"

@@ -163,9 +163,13 @@ struct SourceArgs {
     /// Run a pipeline file without any signature check. Development only.
     #[arg(long)]
     insecure_unsigned: bool,
-    /// Device state directory (accepted bundle versions, staging).
+    /// Device state directory (accepted bundle versions, staging, the
+    /// precompiled component cache).
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Compile every component afresh instead of using the precompiled cache.
+    #[arg(long)]
+    no_cache: bool,
 }
 
 fn main() -> ExitCode {
@@ -205,7 +209,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             input,
             input_file,
         } => {
-            let host = host()?;
+            let host = cached(host()?, &source);
             let pipeline = load(&host, &pipeline, &source, true)?;
             run(&pipeline, &input, &input_file)?;
             Ok(ExitCode::SUCCESS)
@@ -258,7 +262,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         } => trust::verify(&bundle, &trust, &trust::state_dir(state_dir.as_deref()))
             .map(|()| ExitCode::SUCCESS),
         Command::Inspect { pipeline, source } => {
-            let host = host()?;
+            let host = cached(host()?, &source);
             let pipeline = load(&host, &pipeline, &source, false)?;
 
             println!("{}", json_text(&inspect(&pipeline)));
@@ -285,6 +289,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
         }
     }
+}
+
+fn cached(host: Host, source: &SourceArgs) -> Host {
+    if source.no_cache {
+        return host;
+    }
+    host.with_component_cache(&trust::state_dir(source.state_dir.as_deref()).join("cache"))
 }
 
 /// Loads a signed bundle, or an unsigned pipeline file when the operator
