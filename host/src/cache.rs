@@ -36,7 +36,12 @@ impl ComponentCache {
     pub fn new(root: &Path, engine: &Engine) -> Self {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        let dir = root.join(format!("{}-{}-{:016x}", std::env::consts::ARCH, std::env::consts::OS, hasher.finish()));
+        let dir = root.join(format!(
+            "{}-{}-{:016x}",
+            std::env::consts::ARCH,
+            std::env::consts::OS,
+            hasher.finish()
+        ));
         Self { dir }
     }
 
@@ -52,7 +57,12 @@ impl ComponentCache {
     /// The component whose source bytes are `bytes` with digest `digest`
     /// (already verified by the caller): from the cache if a sound artifact is
     /// there, else compiled and stored.
-    pub fn load(&self, engine: &Engine, digest: &Digest, bytes: &[u8]) -> wasmtime::Result<(Component, CacheOutcome)> {
+    pub fn load(
+        &self,
+        engine: &Engine,
+        digest: &Digest,
+        bytes: &[u8],
+    ) -> wasmtime::Result<(Component, CacheOutcome)> {
         if let Some(component) = self.cached(engine, digest) {
             return Ok((component, CacheOutcome::Hit));
         }

@@ -32,7 +32,11 @@ impl Host {
         let runtime = Runtime::new(options)?;
         let linker =
             stage_linker(runtime.engine()).map_err(|e| EngineError::new(format!("{e:#}")))?;
-        Ok(Self { runtime, linker, cache: None })
+        Ok(Self {
+            runtime,
+            linker,
+            cache: None,
+        })
     }
 
     /// The engine and its allocator.
@@ -51,7 +55,9 @@ impl Host {
     /// the cache when there is one.
     fn compile(&self, digest: &Digest, bytes: &[u8]) -> wasmtime::Result<Component> {
         match &self.cache {
-            Some(cache) => cache.load(self.runtime.engine(), digest, bytes).map(|(c, _)| c),
+            Some(cache) => cache
+                .load(self.runtime.engine(), digest, bytes)
+                .map(|(c, _)| c),
             None => Component::new(self.runtime.engine(), bytes),
         }
     }

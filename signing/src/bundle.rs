@@ -20,6 +20,8 @@ pub const MANIFEST_FILE: &str = "manifest.toml";
 pub const SIGNATURES_FILE: &str = "signatures.json";
 /// The folder of blobs.
 pub const BLOB_DIR: &str = "blobs";
+/// The provenance envelope's file name (optional).
+pub const PROVENANCE_FILE: &str = "provenance.json";
 const MAX_SIGNATURES_BYTES: u64 = 1 << 20;
 
 /// `signatures.json`: ed25519 signatures over the exact bytes of
@@ -37,6 +39,7 @@ pub struct Bundle {
     manifest_bytes: Vec<u8>,
     manifest: Manifest,
     signatures: Signatures,
+    provenance: Option<Vec<u8>>,
 }
 
 /// A bundle whose signatures met the trust root's threshold.
@@ -67,6 +70,7 @@ impl Bundle {
             manifest_bytes: text.into_bytes(),
             manifest: manifest.clone(),
             signatures: Signatures::default(),
+            provenance: None,
         };
         bundle.write_signatures()?;
         Ok(bundle)
@@ -83,11 +87,17 @@ impl Bundle {
                 .map_err(|e| Error::malformed(SIGNATURES_FILE, e.to_string()))?,
             Err(_) => Signatures::default(),
         };
+        let path = dir.join(PROVENANCE_FILE);
+        let provenance = match std::fs::metadata(&path) {
+            Ok(_) => Some(read_bounded(&path, crate::dsse::MAX_ENVELOPE_BYTES as u64)?),
+            Err(_) => None,
+        };
         Ok(Self {
             dir: dir.to_owned(),
             manifest_bytes,
             manifest,
             signatures,
+            provenance,
         })
     }
 
@@ -119,6 +129,15 @@ impl Bundle {
     /// The signatures present.
     pub fn signatures(&self) -> &[SignatureEntry] {
         &self.signatures.signatures
+    }
+
+    /// Attaches a provenance envelope (`provenance.json`).
+    pub fn attach_provenance(&mut self, envelope: &crate::dsse::Envelope) -> Result<()> {
+        let path = self.dir.join(PROVENANCE_FILE);
+        let json = envelope.to_json();
+        std::fs::write(&path, &json).map_err(|e| Error::io(&path, e))?;
+        self.provenance = Some(json.into_bytes());
+        Ok(())
     }
 
     /// Adds `key`'s signature of the manifest (replacing one it made before)
@@ -170,6 +189,12 @@ impl VerifiedBundle {
     /// Who signed.
     pub fn report(&self) -> &SignatureReport {
         &self.report
+    }
+
+    /// The attached provenance envelope, unchecked (see
+    /// [`crate::provenance::Policy::check`]).
+    pub fn provenance(&self) -> Option<&[u8]> {
+        self.bundle.provenance.as_deref()
     }
 
     /// Reads the blob `digest` (`sha256:<hex>`), refusing it unless the
@@ -234,6 +259,9 @@ pub fn pack(dir: &Path, out: &Path) -> Result<()> {
     let mut builder = tar::Builder::new(file);
     builder.mode(tar::HeaderMode::Deterministic);
     let mut names = vec![MANIFEST_FILE.to_owned(), SIGNATURES_FILE.to_owned()];
+    if bundle.provenance.is_some() {
+        names.push(PROVENANCE_FILE.to_owned());
+    }
     for digest in bundle.manifest.blobs.keys() {
         let hex = digest.trim_start_matches("sha256:");
         names.push(format!("{BLOB_DIR}/{hex}"));
@@ -268,8 +296,8 @@ pub fn unpack(archive: &Path, dest: &Path) -> Result<()> {
     for entry in entries {
         let mut entry = entry.map_err(|e| bad(format!("not a bundle archive: {e}")))?;
         count += 1;
-        if count > MAX_BLOBS + 2 {
-            return Err(bad(format!("more than {} entries", MAX_BLOBS + 2)));
+        if count > MAX_BLOBS + 3 {
+            return Err(bad(format!("more than {} entries", MAX_BLOBS + 3)));
         }
         let name = entry
             .path()
@@ -282,6 +310,7 @@ pub fn unpack(archive: &Path, dest: &Path) -> Result<()> {
         let limit = match name.as_str() {
             MANIFEST_FILE => MAX_MANIFEST_BYTES as u64,
             SIGNATURES_FILE => MAX_SIGNATURES_BYTES,
+            PROVENANCE_FILE => crate::dsse::MAX_ENVELOPE_BYTES as u64,
             blob if blob.strip_prefix("blobs/").is_some_and(|h| {
                 h.len() == 64
                     && h.bytes()

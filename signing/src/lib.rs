@@ -15,8 +15,10 @@ pub mod bundle;
 mod digest;
 pub mod dsse;
 mod error;
+pub mod evidence;
 pub mod keys;
 pub mod manifest;
+pub mod provenance;
 pub mod root;
 pub mod time;
 

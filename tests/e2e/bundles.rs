@@ -579,3 +579,266 @@ fn every_single_byte_flip_is_refused_and_named() {
     check(scratch.path(), &root).unwrap();
     assert!(flips > 5000, "{flips}");
 }
+
+fn policy(p: &Publisher, builder_key: &str) -> PathBuf {
+    let public = SecretKey::load(&p.key(builder_key)).unwrap().public();
+    p.scratch.write(
+        "policy.toml",
+        format!("[provenance]\nrequired = true\n[[provenance.builders]]\nid = \"https://ci.example/builder\"\nkey = \"{public}\"\n"),
+    )
+}
+
+fn provenance(p: &Publisher, bundle: &Path, key: &str, builder: &str) -> Run {
+    outpost(&[
+        "provenance".as_ref(),
+        bundle.as_os_str(),
+        "--key".as_ref(),
+        p.key(key).as_os_str(),
+        "--builder".as_ref(),
+        builder.as_ref(),
+        "--repo".as_ref(),
+        "https://git.example/outpost".as_ref(),
+        "--commit".as_ref(),
+        "0123abcd".as_ref(),
+    ])
+}
+
+fn verify_with_policy(p: &Publisher, bundle: &Path, policy: &Path) -> Run {
+    let mut args = vec![
+        "verify".to_owned(),
+        bundle.display().to_string(),
+        "--policy".into(),
+        policy.display().to_string(),
+    ];
+    args.extend(p.trust_args(&["root1.json"]));
+    outpost(&args)
+}
+
+#[test]
+fn a_policy_requiring_provenance() {
+    let p = Publisher::new();
+    let policy = policy(&p, "e");
+    let bundle = p.demo_bundle("v1", 1, &["a", "b"]);
+    verify_with_policy(&p, &bundle, &policy)
+        .expect_error(&["has no provenance.json", "https://ci.example/builder"]);
+
+    provenance(&p, &bundle, "e", "https://ci.example/builder").assert_ok();
+    let run = verify_with_policy(&p, &bundle, &policy);
+    run.assert_ok();
+    assert!(
+        run.stdout.contains(
+            "built by 'https://ci.example/builder' from https://git.example/outpost at 0123abcd"
+        ),
+        "{}",
+        run.stdout
+    );
+    let mut args = vec![
+        "run".to_owned(),
+        bundle.display().to_string(),
+        "-i".into(),
+        "land".into(),
+        "--policy".into(),
+        policy.display().to_string(),
+    ];
+    args.extend(p.trust_args(&["root1.json"]));
+    assert_eq!(top_label(&outpost(&args)), "land");
+
+    // Signed by a key the policy does not trust, claiming the trusted builder.
+    let forged = p.demo_bundle("forged", 1, &["a", "b"]);
+    provenance(&p, &forged, "d", "https://ci.example/builder").assert_ok();
+    verify_with_policy(&p, &forged, &policy)
+        .expect_error(&["not signed by any builder the policy trusts"]);
+
+    // The trusted builder's key, claiming to be another builder.
+    let other = p.demo_bundle("other", 1, &["a", "b"]);
+    provenance(&p, &other, "e", "https://elsewhere.example/builder").assert_ok();
+    verify_with_policy(&p, &other, &policy)
+        .expect_error(&["claims to come from builder 'https://elsewhere.example/builder'"]);
+
+    // Genuine provenance of another bundle does not cover this one's blobs.
+    let changed = p.path("changed");
+    copy_dir(&bundle, &changed);
+    let mut text = std::fs::read_to_string(changed.join("manifest.toml")).unwrap();
+    text = text.replace("version = 1", "version = 7");
+    std::fs::write(changed.join("manifest.toml"), text).unwrap();
+    for s in ["a", "b"] {
+        outpost(&[
+            "sign".as_ref(),
+            changed.as_os_str(),
+            "--key".as_ref(),
+            p.key(s).as_os_str(),
+        ])
+        .assert_ok();
+    }
+    // Same blobs, new manifest: provenance over digests still holds...
+    std::fs::copy(
+        bundle.join("provenance.json"),
+        changed.join("provenance.json"),
+    )
+    .unwrap();
+    verify_with_policy(&p, &changed, &policy).assert_ok();
+    // ...but not over a bundle with a different component.
+    let fail_bundle = p.path("fail-bundle");
+    let pipeline = p.scratch.write(
+        "fail.toml",
+        format!(
+            "[pipeline]\nname = \"f\"\ninputs = [\"x\"]\n[[stages]]\nname = \"s\"\ncomponent = \"{}\"\nconfig = {{ mode = \"ok\" }}\n",
+            outpost_e2e::plugin("fail").display()
+        ),
+    );
+    outpost(&[
+        "bundle".as_ref(),
+        pipeline.as_os_str(),
+        "--name".as_ref(),
+        "f".as_ref(),
+        "--version".as_ref(),
+        "1".as_ref(),
+        "--out".as_ref(),
+        fail_bundle.as_os_str(),
+    ])
+    .assert_ok();
+    for s in ["a", "b"] {
+        outpost(&[
+            "sign".as_ref(),
+            fail_bundle.as_os_str(),
+            "--key".as_ref(),
+            p.key(s).as_os_str(),
+        ])
+        .assert_ok();
+    }
+    std::fs::copy(
+        bundle.join("provenance.json"),
+        fail_bundle.join("provenance.json"),
+    )
+    .unwrap();
+    verify_with_policy(&p, &fail_bundle, &policy)
+        .expect_error(&["provenance does not cover blob", "it was not built by"]);
+}
+
+#[test]
+fn device_evidence() {
+    let p = Publisher::new();
+    let bundle = p.demo_bundle("v1", 1, &["a", "b"]);
+    assert_eq!(top_label(&p.run(&bundle, &["root1.json"])), "stop_conveyor");
+    let state = p.path("state");
+    let device_key = state.join("device.key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&device_key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let attest = outpost(&[
+        "attest".as_ref(),
+        "--nonce".as_ref(),
+        "n-42".as_ref(),
+        "--state-dir".as_ref(),
+        state.as_os_str(),
+    ]);
+    attest.assert_ok();
+    let evidence = p.scratch.write("evidence.json", &attest.stdout);
+
+    let verify = |nonce: &str, key: &Path, bundle: &Path| {
+        let mut args = vec![
+            "verify-evidence".to_owned(),
+            evidence.display().to_string(),
+            "--device-key".into(),
+            key.display().to_string(),
+            "--nonce".into(),
+            nonce.into(),
+            "--bundle".into(),
+            bundle.display().to_string(),
+        ];
+        args.extend(p.trust_args(&["root1.json"]));
+        outpost(&args)
+    };
+    let public = outpost_signing::keys::public_path(&device_key);
+    let ok = verify("n-42", &public, &bundle);
+    ok.assert_ok();
+    assert!(
+        ok.stdout
+            .contains("runs bundle 'intent-demo' version 1 (3 stages, 1 models)"),
+        "{}",
+        ok.stdout
+    );
+    verify("n-43", &public, &bundle).expect_error(&["nonce 'n-42' is not the 'n-43' sent"]);
+    verify("n-42", &p.path("a.key.pub"), &bundle).expect_error(&["not signed by device key"]);
+    let v2 = p.demo_bundle("v2", 2, &["a", "b"]);
+    verify("n-42", &public, &v2)
+        .expect_error(&["runs 'intent-demo' version 1; expected 'intent-demo' version 2"]);
+
+    // Evidence, correctly signed by the device, naming a stage digest the
+    // bundle does not have.
+    let envelope: outpost_signing::dsse::Envelope = serde_json::from_str(&attest.stdout).unwrap();
+    let mut claims: outpost_signing::evidence::Evidence =
+        serde_json::from_slice(&envelope.payload_bytes("e").unwrap()).unwrap();
+    let running = claims.bundle.as_mut().unwrap();
+    *running.stages.get_mut("infer").unwrap() = Digest::of(b"something else").to_string();
+    let device = SecretKey::load(&device_key).unwrap();
+    std::fs::write(&evidence, claims.sign(&device).unwrap().to_json()).unwrap();
+    verify("n-42", &public, &bundle).expect_error(&[
+        "stage 'infer' runs sha256:",
+        "not a stage of the expected bundle",
+    ]);
+}
+
+#[test]
+fn the_component_cache_is_used_and_survives_corruption() {
+    let p = Publisher::new();
+    let bundle = p.demo_bundle("v1", 1, &["a", "b"]);
+    assert_eq!(top_label(&p.run(&bundle, &["root1.json"])), "stop_conveyor");
+    let cache = p.path("state/cache");
+    let artifacts: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .collect();
+    assert_eq!(artifacts.len(), 3, "{artifacts:?}");
+    // Corrupt every artifact: each is detected, recompiled and rewritten.
+    for a in &artifacts {
+        let mut bytes = std::fs::read(a).unwrap();
+        let n = bytes.len();
+        bytes[n - 100] ^= 0xff;
+        std::fs::write(a, bytes).unwrap();
+    }
+    let before: Vec<Vec<u8>> = artifacts
+        .iter()
+        .map(|a| std::fs::read(a).unwrap())
+        .collect();
+    assert_eq!(top_label(&p.run(&bundle, &["root1.json"])), "stop_conveyor");
+    for (a, old) in artifacts.iter().zip(before) {
+        assert_ne!(
+            std::fs::read(a).unwrap(),
+            old,
+            "{} was not rewritten",
+            a.display()
+        );
+    }
+}
+
+#[test]
+fn the_cache_hits_only_for_the_same_component() {
+    use outpost_host::cache::{CacheOutcome, ComponentCache};
+    let scratch = Scratch::new();
+    let host = outpost_host::Host::new(&outpost_host::EngineOptions::default()).unwrap();
+    let engine = host.runtime().engine();
+    let cache = ComponentCache::new(scratch.path(), engine);
+    let bytes = std::fs::read(outpost_e2e::plugin("mean_pool")).unwrap();
+    let digest = Digest::of(&bytes);
+    assert_eq!(
+        cache.load(engine, &digest, &bytes).unwrap().1,
+        CacheOutcome::Compiled
+    );
+    assert_eq!(
+        cache.load(engine, &digest, &bytes).unwrap().1,
+        CacheOutcome::Hit
+    );
+    let other = std::fs::read(outpost_e2e::plugin("classify")).unwrap();
+    assert_eq!(
+        cache.load(engine, &Digest::of(&other), &other).unwrap().1,
+        CacheOutcome::Compiled
+    );
+}

@@ -133,6 +133,61 @@ enum Command {
         /// Device state directory (accepted versions).
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Device policy (TOML), e.g. requiring provenance from named builders.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+    },
+    /// Attach a signed provenance statement (in-toto / SLSA v1 in DSSE) to a
+    /// bundle directory: which source and builder produced its digests.
+    Provenance {
+        /// The bundle directory.
+        bundle: PathBuf,
+        /// The builder's secret key.
+        #[arg(long)]
+        key: PathBuf,
+        /// The builder's identity, e.g. https://ci.example.com/outpost-builder.
+        #[arg(long)]
+        builder: String,
+        /// The source repository.
+        #[arg(long)]
+        repo: String,
+        /// The source commit.
+        #[arg(long)]
+        commit: String,
+    },
+    /// Print signed evidence of what this device runs: host version and binary
+    /// digest, device key, bundle and every stage and model digest, the nonce.
+    Attest {
+        /// The verifier's nonce.
+        #[arg(long)]
+        nonce: String,
+        /// Device state directory.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Check a device's evidence against its public key, the nonce sent and
+    /// the bundle it should run. Exits non-zero on any mismatch.
+    VerifyEvidence {
+        /// The evidence (JSON from `outpost attest`).
+        evidence: PathBuf,
+        /// The device's public key file (STATE/device.key.pub).
+        #[arg(long)]
+        device_key: PathBuf,
+        /// The nonce that was sent.
+        #[arg(long)]
+        nonce: String,
+        /// The bundle the device should run.
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        /// Trust root(s) for --bundle, oldest first.
+        #[arg(long)]
+        trust: Vec<PathBuf>,
+        /// Oldest acceptable evidence, in seconds.
+        #[arg(long, default_value_t = 300)]
+        max_age_s: i64,
+        /// State directory used while opening --bundle.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
 
     /// Run a wasi-nn program built for wasm32-wasip1 (the witx `wasi_ephemeral_nn`
@@ -170,6 +225,9 @@ struct SourceArgs {
     /// Compile every component afresh instead of using the precompiled cache.
     #[arg(long)]
     no_cache: bool,
+    /// Device policy (TOML), e.g. requiring provenance from named builders.
+    #[arg(long)]
+    policy: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -259,8 +317,51 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             bundle,
             trust,
             state_dir,
-        } => trust::verify(&bundle, &trust, &trust::state_dir(state_dir.as_deref()))
-            .map(|()| ExitCode::SUCCESS),
+            policy,
+        } => {
+            let policy = trust::policy(policy.as_deref())?;
+            trust::verify(
+                &bundle,
+                &trust,
+                &policy,
+                &trust::state_dir(state_dir.as_deref()),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Provenance {
+            bundle,
+            key,
+            builder,
+            repo,
+            commit,
+        } => {
+            trust::attach_provenance(&bundle, &key, &builder, &repo, &commit)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Attest { nonce, state_dir } => {
+            trust::attest(&trust::state_dir(state_dir.as_deref()), &nonce)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::VerifyEvidence {
+            evidence,
+            device_key,
+            nonce,
+            bundle,
+            trust,
+            max_age_s,
+            state_dir,
+        } => {
+            trust::verify_evidence(trust::EvidenceArgs {
+                evidence: &evidence,
+                device_key: &device_key,
+                nonce: &nonce,
+                bundle: bundle.as_deref(),
+                trust: &trust,
+                max_age_s,
+                state: &trust::state_dir(state_dir.as_deref()),
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Inspect { pipeline, source } => {
             let host = cached(host()?, &source);
             let pipeline = load(&host, &pipeline, &source, false)?;
@@ -320,8 +421,43 @@ fn load(host: &Host, path: &Path, source: &SourceArgs, accept: bool) -> Result<P
         bail!("--insecure-unsigned applies to pipeline files only; a bundle is always verified");
     }
     let state = trust::state_dir(source.state_dir.as_deref());
-    let (verified, _staging) = trust::open_verified(path, &source.trust, &state, accept)?;
-    Ok(host.load_bundle(&verified)?)
+    let policy = trust::policy(source.policy.as_deref())?;
+    let (verified, _staging) = trust::open_verified(path, &source.trust, &policy, &state, accept)?;
+    let pipeline = host.load_bundle(&verified)?;
+    if accept {
+        // The device key exists from the first run on, and `attest` reports
+        // what runs now.
+        trust::device_key(&state)?;
+        trust::record_running(&state, &running_bundle(&verified, &pipeline))?;
+    }
+    Ok(pipeline)
+}
+
+fn running_bundle(
+    verified: &outpost_signing::bundle::VerifiedBundle,
+    pipeline: &Pipeline,
+) -> outpost_signing::evidence::RunningBundle {
+    let info = &verified.manifest().bundle;
+    outpost_signing::evidence::RunningBundle {
+        name: info.name.clone(),
+        version: info.version,
+        manifest: verified.manifest_digest().to_string(),
+        stages: pipeline
+            .stages()
+            .iter()
+            .map(|s| {
+                (
+                    s.stage().name().to_owned(),
+                    s.component_digest().to_string(),
+                )
+            })
+            .collect(),
+        models: pipeline
+            .models()
+            .iter()
+            .map(|m| (m.name.clone(), m.digest.to_string()))
+            .collect(),
+    }
 }
 
 fn preload(arg: &str) -> Result<(String, Arc<TractGraph>)> {

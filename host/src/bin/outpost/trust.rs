@@ -3,7 +3,9 @@
 
 use anyhow::{Context, Result, bail};
 use outpost_signing::bundle::{Bundle, VerifiedBundle, VersionStore};
+use outpost_signing::evidence::{Evidence, RunningBundle};
 use outpost_signing::keys::{PublicKey, SecretKey};
+use outpost_signing::provenance::{Policy, SourceRef};
 use outpost_signing::root::{RootBody, RootKey, TrustRoot};
 use outpost_signing::time::Timestamp;
 use std::path::{Path, PathBuf};
@@ -155,10 +157,12 @@ impl Drop for Staging {
 
 /// Opens and verifies a bundle (directory or archive): signatures against
 /// the trust root, every blob against the manifest, and the version against
-/// what this device accepted before. With `accept`, records it as accepted.
+/// what this device accepted before, and its provenance against `policy`.
+/// With `accept`, records it as accepted.
 pub fn open_verified(
     path: &Path,
     trust: &[PathBuf],
+    policy: &Policy,
     state: &Path,
     accept: bool,
 ) -> Result<(VerifiedBundle, Staging)> {
@@ -168,6 +172,7 @@ pub fn open_verified(
         .with_context(|| format!("cannot open bundle {}", path.display()))?;
     let verified = bundle.verify(&root)?;
     verified.check_all_blobs()?;
+    policy.check(&verified)?;
     let store = VersionStore::new(&state.join("accepted"));
     if accept {
         store.accept(&verified)?;
@@ -186,8 +191,14 @@ pub fn open_verified(
     Ok((verified, staging))
 }
 
-pub fn verify(path: &Path, trust: &[PathBuf], state: &Path) -> Result<()> {
-    let (verified, _staging) = open_verified(path, trust, state, false)?;
+pub fn verify(path: &Path, trust: &[PathBuf], policy: &Policy, state: &Path) -> Result<()> {
+    let (verified, _staging) = open_verified(path, trust, policy, state, false)?;
+    if let Some(p) = policy.check(&verified)? {
+        println!(
+            "provenance: built by '{}' from {} at {}",
+            p.builder, p.source.repository, p.source.commit
+        );
+    }
     let manifest = verified.manifest();
     println!(
         "bundle:    {} version {}",
@@ -204,6 +215,135 @@ pub fn verify(path: &Path, trust: &[PathBuf], state: &Path) -> Result<()> {
         println!(
             "grants:    stage '{stage}' may load models {:?}",
             grants.models
+        );
+    }
+    Ok(())
+}
+
+/// Reads a device policy file, or the empty policy when none is given.
+pub fn policy(path: Option<&Path>) -> Result<Policy> {
+    match path {
+        None => Ok(Policy::default()),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read policy {}", p.display()))?;
+            Ok(Policy::parse(&text, &p.display().to_string())?)
+        }
+    }
+}
+
+pub fn attach_provenance(
+    bundle: &Path,
+    key: &Path,
+    builder: &str,
+    repository: &str,
+    commit: &str,
+) -> Result<()> {
+    let key = SecretKey::load(key)?;
+    let mut opened = Bundle::open_dir(bundle)?;
+    let source = SourceRef {
+        repository: repository.to_owned(),
+        commit: commit.to_owned(),
+    };
+    let envelope = outpost_signing::provenance::attest(&opened, &key, builder, source)?;
+    opened.attach_provenance(&envelope)?;
+    println!(
+        "provenance by builder '{builder}' (key {}) attached to {}",
+        key.public().id(),
+        bundle.display()
+    );
+    Ok(())
+}
+
+/// The device's own key: created on first use with mode 0600 under the
+/// state directory.
+pub fn device_key(state: &Path) -> Result<SecretKey> {
+    let path = state.join("device.key");
+    if !path.exists() {
+        std::fs::create_dir_all(state)
+            .with_context(|| format!("cannot create {}", state.display()))?;
+        SecretKey::generate()?.save(&path)?;
+    }
+    Ok(SecretKey::load(&path)?)
+}
+
+/// Records what the device now runs, for `outpost attest`.
+pub fn record_running(state: &Path, running: &RunningBundle) -> Result<()> {
+    let path = state.join("running.json");
+    let tmp = state.join("running.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(running)?)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+pub fn attest(state: &Path, nonce: &str) -> Result<()> {
+    let key = device_key(state)?;
+    let running = match std::fs::read(state.join("running.json")) {
+        Ok(bytes) => Some(serde_json::from_slice::<RunningBundle>(&bytes).context("running.json")?),
+        Err(_) => None,
+    };
+    let exe = std::env::current_exe().context("cannot find the host binary")?;
+    let binary = std::fs::read(&exe).with_context(|| format!("cannot read {}", exe.display()))?;
+    let evidence = Evidence {
+        host_version: env!("CARGO_PKG_VERSION").to_owned(),
+        host_binary: outpost_signing::Digest::of(&binary).to_string(),
+        device_key: key.public().to_string(),
+        bundle: running,
+        nonce: nonce.to_owned(),
+        timestamp: Timestamp::now().to_string(),
+    };
+    println!("{}", evidence.sign(&key)?.to_json());
+    Ok(())
+}
+
+pub struct EvidenceArgs<'a> {
+    pub evidence: &'a Path,
+    pub device_key: &'a Path,
+    pub nonce: &'a str,
+    pub bundle: Option<&'a Path>,
+    pub trust: &'a [PathBuf],
+    pub max_age_s: i64,
+    pub state: &'a Path,
+}
+
+pub fn verify_evidence(args: EvidenceArgs<'_>) -> Result<()> {
+    let device = PublicKey::load(args.device_key)?;
+    let bytes = std::fs::read(args.evidence)
+        .with_context(|| format!("cannot read {}", args.evidence.display()))?;
+    let bundle = match args.bundle {
+        Some(path) => Some(open_verified(
+            path,
+            args.trust,
+            &Policy::default(),
+            args.state,
+            false,
+        )?),
+        None => None,
+    };
+    let expected = outpost_signing::evidence::Expectation {
+        device: &device,
+        nonce: args.nonce,
+        bundle: bundle
+            .as_ref()
+            .map(|(b, _)| (b.manifest(), b.manifest_digest())),
+        max_age_s: args.max_age_s,
+        now: Timestamp::now(),
+    };
+    let evidence = outpost_signing::evidence::verify(&bytes, &expected)?;
+    println!(
+        "evidence from device {} verified: host {} ({})",
+        device.id(),
+        evidence.host_version,
+        evidence.host_binary
+    );
+    if let Some(b) = &evidence.bundle {
+        println!(
+            "runs bundle '{}' version {} ({} stages, {} models)",
+            b.name,
+            b.version,
+            b.stages.len(),
+            b.models.len()
         );
     }
     Ok(())
