@@ -161,3 +161,63 @@ fn a_batch_of_lines_embeds_each_line() {
     let c = cosine(&values[384..], &single[0]);
     assert!(c > 0.9999, "batched row differs from single: cosine {c}");
 }
+
+#[test]
+fn minilm_runs_from_a_signed_bundle() {
+    let scratch = Scratch::new();
+    let key = scratch.path().join("publisher.key");
+    assert!(outpost(&["keygen".as_ref(), "--out".as_ref(), key.as_os_str()]).ok);
+    let root = scratch.path().join("root.json");
+    let public = scratch.path().join("publisher.key.pub");
+    let run = outpost(&[
+        "root".as_ref(),
+        "--key".as_ref(),
+        public.as_os_str(),
+        "--threshold".as_ref(),
+        "1".as_ref(),
+        "--expires".as_ref(),
+        "2099-01-01T00:00:00Z".as_ref(),
+        "--sign".as_ref(),
+        key.as_os_str(),
+        "--out".as_ref(),
+        root.as_os_str(),
+    ]);
+    assert!(run.ok, "{}", run.stderr);
+    let bundle = scratch.path().join("minilm");
+    let pipeline = repo().join("host/pipelines/minilm/minilm-l3.toml");
+    let run = outpost(&[
+        "bundle".as_ref(),
+        pipeline.as_os_str(),
+        "--name".as_ref(),
+        "minilm-l3".as_ref(),
+        "--version".as_ref(),
+        "1".as_ref(),
+        "--out".as_ref(),
+        bundle.as_os_str(),
+    ]);
+    assert!(run.ok, "{}", run.stderr);
+    assert!(
+        outpost(&[
+            "sign".as_ref(),
+            bundle.as_os_str(),
+            "--key".as_ref(),
+            key.as_os_str()
+        ])
+        .ok
+    );
+    let state = scratch.path().join("state");
+    let run = outpost(&[
+        "run".as_ref(),
+        bundle.as_os_str(),
+        "--trust".as_ref(),
+        root.as_os_str(),
+        "--state-dir".as_ref(),
+        state.as_os_str(),
+        "-i".as_ref(),
+        SENTENCES[0].as_ref(),
+    ]);
+    assert!(run.ok, "{}", run.stderr);
+    let signed = tensor_values(&run.json()["results"][0]["outputs"]["sentence_embedding"]);
+    let unsigned = embed_with_outpost("minilm-l3.toml", &SENTENCES[..1]);
+    assert_eq!(signed, unsigned[0]);
+}
