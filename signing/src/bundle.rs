@@ -321,7 +321,7 @@ pub fn unpack(archive: &Path, dest: &Path) -> Result<()> {
             }
             other => {
                 return Err(bad(format!(
-                    "unexpected entry '{other}'; a bundle holds manifest.toml, signatures.json and blobs/<sha256>"
+                    "unexpected entry '{other}'; a bundle holds manifest.toml, signatures.json, provenance.json and blobs/<sha256>"
                 )));
             }
         };
@@ -387,8 +387,8 @@ impl VersionStore {
     }
 
     /// Refuses `bundle` if a higher version, or a different manifest with the
-    /// same version, was accepted before; otherwise records it.
-    pub fn accept(&self, bundle: &VerifiedBundle) -> Result<()> {
+    /// same version, was accepted before.
+    pub fn check(&self, bundle: &VerifiedBundle) -> Result<()> {
         let info = &bundle.manifest().bundle;
         let digest = bundle.manifest_digest().to_string();
         if let Some((version, seen)) = self.accepted(&info.name)? {
@@ -405,6 +405,14 @@ impl VersionStore {
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// [`VersionStore::check`]s `bundle`, then records it as accepted.
+    pub fn accept(&self, bundle: &VerifiedBundle) -> Result<()> {
+        self.check(bundle)?;
+        let info = &bundle.manifest().bundle;
+        let digest = bundle.manifest_digest().to_string();
         std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
         let path = self.path(&info.name);
         let tmp = path.with_extension("tmp");

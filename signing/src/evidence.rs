@@ -142,6 +142,15 @@ pub fn verify(envelope_bytes: &[u8], expected: &Expectation<'_>) -> Result<Evide
                     ));
                 }
             }
+            // And nothing of the bundle is missing from what runs.
+            for (d, blob) in manifest.blobs.iter().filter(|(_, b)| b.kind == kind) {
+                if !map.values().any(|v| v == d) {
+                    return mismatch(format!(
+                        "the bundle's {label} {d} ({}) is not among what the device runs",
+                        blob.name
+                    ));
+                }
+            }
         }
     }
     Ok(evidence)

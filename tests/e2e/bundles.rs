@@ -842,3 +842,41 @@ fn the_cache_hits_only_for_the_same_component() {
         CacheOutcome::Compiled
     );
 }
+
+#[test]
+fn a_bundle_that_fails_to_load_is_not_recorded_as_accepted() {
+    let p = Publisher::new();
+    let pipeline = p.scratch.write(
+        "broken.toml",
+        format!(
+            "[pipeline]\nname = \"b\"\ninputs = [\"x\"]\n[[stages]]\nname = \"s\"\ncomponent = \"{}\"\nconfig = {{ mode = \"init-error\" }}\n",
+            outpost_e2e::plugin("fail").display()
+        ),
+    );
+    let bundle = p.path("broken");
+    let args = [
+        "bundle".as_ref(),
+        pipeline.as_os_str(),
+        "--name".as_ref(),
+        "broken".as_ref(),
+        "--version".as_ref(),
+        "5".as_ref(),
+        "--out".as_ref(),
+        bundle.as_os_str(),
+    ];
+    outpost(&args).assert_ok();
+    for s in ["a", "b"] {
+        outpost(&[
+            "sign".as_ref(),
+            bundle.as_os_str(),
+            "--key".as_ref(),
+            p.key(s).as_os_str(),
+        ])
+        .assert_ok();
+    }
+    p.verify(&bundle, &["root1.json"]).assert_ok();
+    p.run(&bundle, &["root1.json"])
+        .expect_error(&["stage 's'", "refusing to start"]);
+    assert!(!p.path("state/accepted/broken.accepted").exists());
+    assert!(!p.path("state/running.json").exists());
+}

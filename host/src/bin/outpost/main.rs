@@ -422,13 +422,10 @@ fn load(host: &Host, path: &Path, source: &SourceArgs, accept: bool) -> Result<P
     }
     let state = trust::state_dir(source.state_dir.as_deref());
     let policy = trust::policy(source.policy.as_deref())?;
-    let (verified, _staging) = trust::open_verified(path, &source.trust, &policy, &state, accept)?;
+    let (verified, _staging) = trust::open_verified(path, &source.trust, &policy, &state)?;
     let pipeline = host.load_bundle(&verified)?;
     if accept {
-        // The device key exists from the first run on, and `attest` reports
-        // what runs now.
-        trust::device_key(&state)?;
-        trust::record_running(&state, &running_bundle(&verified, &pipeline))?;
+        trust::accept(&state, &verified, &running_bundle(&verified, &pipeline))?;
     }
     Ok(pipeline)
 }

@@ -158,13 +158,12 @@ impl Drop for Staging {
 /// Opens and verifies a bundle (directory or archive): signatures against
 /// the trust root, every blob against the manifest, and the version against
 /// what this device accepted before, and its provenance against `policy`.
-/// With `accept`, records it as accepted.
+/// Recording it as accepted is [`accept`]'s job, once it has loaded.
 pub fn open_verified(
     path: &Path,
     trust: &[PathBuf],
     policy: &Policy,
     state: &Path,
-    accept: bool,
 ) -> Result<(VerifiedBundle, Staging)> {
     let root = trust_root(trust)?;
     let staging = Staging::new(state);
@@ -173,26 +172,12 @@ pub fn open_verified(
     let verified = bundle.verify(&root)?;
     verified.check_all_blobs()?;
     policy.check(&verified)?;
-    let store = VersionStore::new(&state.join("accepted"));
-    if accept {
-        store.accept(&verified)?;
-    } else if let Some((version, digest)) = store.accepted(&verified.manifest().bundle.name)? {
-        let info = &verified.manifest().bundle;
-        if info.version < version
-            || (info.version == version && digest != verified.manifest_digest().to_string())
-        {
-            bail!(
-                "bundle '{}' version {} would be refused here: version {version} ({digest}) was accepted before",
-                info.name,
-                info.version
-            );
-        }
-    }
+    VersionStore::new(&state.join("accepted")).check(&verified)?;
     Ok((verified, staging))
 }
 
 pub fn verify(path: &Path, trust: &[PathBuf], policy: &Policy, state: &Path) -> Result<()> {
-    let (verified, _staging) = open_verified(path, trust, policy, state, false)?;
+    let (verified, _staging) = open_verified(path, trust, policy, state)?;
     if let Some(p) = policy.check(&verified)? {
         println!(
             "provenance: built by '{}' from {} at {}",
@@ -317,7 +302,6 @@ pub fn verify_evidence(args: EvidenceArgs<'_>) -> Result<()> {
             args.trust,
             &Policy::default(),
             args.state,
-            false,
         )?),
         None => None,
     };
@@ -347,4 +331,13 @@ pub fn verify_evidence(args: EvidenceArgs<'_>) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Records a bundle that loaded as accepted (older versions are refused from
+/// now on), and what the device now runs.
+pub fn accept(state: &Path, verified: &VerifiedBundle, running: &RunningBundle) -> Result<()> {
+    VersionStore::new(&state.join("accepted")).accept(verified)?;
+    // The device key exists from the first run on, for `attest`.
+    device_key(state)?;
+    record_running(state, running)
 }
