@@ -91,21 +91,29 @@ impl Publisher {
         outpost(&args)
     }
 
-    /// The demo pipeline as bundle `dir`, version `version`, signed by `signers`.
-    fn demo_bundle(&self, dir: &str, version: u64, signers: &[&str]) -> PathBuf {
+    /// The pipeline file `pipeline` as bundle `dir` named `name`, version
+    /// `version`, signed by `signers`.
+    fn bundle(
+        &self,
+        pipeline: &Path,
+        name: &str,
+        version: u64,
+        dir: &str,
+        signers: &[&str],
+    ) -> PathBuf {
         let out = self.path(dir);
-        let pipeline = demo_dir().join("intent.toml");
-        let run = outpost(&[
+        let version = version.to_string();
+        let args = [
             "bundle".as_ref(),
             pipeline.as_os_str(),
             "--name".as_ref(),
-            "intent-demo".as_ref(),
+            name.as_ref(),
             "--version".as_ref(),
-            version.to_string().as_ref(),
+            version.as_ref(),
             "--out".as_ref(),
             out.as_os_str(),
-        ]);
-        run.assert_ok();
+        ];
+        outpost(&args).assert_ok();
         for s in signers {
             outpost(&[
                 "sign".as_ref(),
@@ -116,6 +124,17 @@ impl Publisher {
             .assert_ok();
         }
         out
+    }
+
+    /// The demo pipeline as bundle `dir`, version `version`, signed by `signers`.
+    fn demo_bundle(&self, dir: &str, version: u64, signers: &[&str]) -> PathBuf {
+        self.bundle(
+            &demo_dir().join("intent.toml"),
+            "intent-demo",
+            version,
+            dir,
+            signers,
+        )
     }
 
     fn trust_args(&self, roots: &[&str]) -> Vec<String> {
@@ -361,27 +380,7 @@ fn replaying_an_older_version_is_refused() {
             &format!("\"{}\"", demo_dir().join("labels.txt").display()),
         );
     let pipeline = p.scratch.write("changed.toml", changed);
-    let v2b = p.path("v2b");
-    let args = [
-        "bundle".as_ref(),
-        pipeline.as_os_str(),
-        "--name".as_ref(),
-        "intent-demo".as_ref(),
-        "--version".as_ref(),
-        "2".as_ref(),
-        "--out".as_ref(),
-        v2b.as_os_str(),
-    ];
-    outpost(&args).assert_ok();
-    for s in ["a", "b"] {
-        outpost(&[
-            "sign".as_ref(),
-            v2b.as_os_str(),
-            "--key".as_ref(),
-            p.key(s).as_os_str(),
-        ])
-        .assert_ok();
-    }
+    let v2b = p.bundle(&pipeline, "intent-demo", 2, "v2b", &["a", "b"]);
     p.run(&v2b, &["root1.json"])
         .expect_error(&["version 2 differs from the version 2 this device already accepted"]);
 }
@@ -678,7 +677,6 @@ fn a_policy_requiring_provenance() {
     .unwrap();
     verify_with_policy(&p, &changed, &policy).assert_ok();
     // ...but not over a bundle with a different component.
-    let fail_bundle = p.path("fail-bundle");
     let pipeline = p.scratch.write(
         "fail.toml",
         format!(
@@ -686,26 +684,7 @@ fn a_policy_requiring_provenance() {
             outpost_e2e::plugin("fail").display()
         ),
     );
-    outpost(&[
-        "bundle".as_ref(),
-        pipeline.as_os_str(),
-        "--name".as_ref(),
-        "f".as_ref(),
-        "--version".as_ref(),
-        "1".as_ref(),
-        "--out".as_ref(),
-        fail_bundle.as_os_str(),
-    ])
-    .assert_ok();
-    for s in ["a", "b"] {
-        outpost(&[
-            "sign".as_ref(),
-            fail_bundle.as_os_str(),
-            "--key".as_ref(),
-            p.key(s).as_os_str(),
-        ])
-        .assert_ok();
-    }
+    let fail_bundle = p.bundle(&pipeline, "f", 1, "fail-bundle", &["a", "b"]);
     std::fs::copy(
         bundle.join("provenance.json"),
         fail_bundle.join("provenance.json"),
@@ -853,27 +832,7 @@ fn a_bundle_that_fails_to_load_is_not_recorded_as_accepted() {
             outpost_e2e::plugin("fail").display()
         ),
     );
-    let bundle = p.path("broken");
-    let args = [
-        "bundle".as_ref(),
-        pipeline.as_os_str(),
-        "--name".as_ref(),
-        "broken".as_ref(),
-        "--version".as_ref(),
-        "5".as_ref(),
-        "--out".as_ref(),
-        bundle.as_os_str(),
-    ];
-    outpost(&args).assert_ok();
-    for s in ["a", "b"] {
-        outpost(&[
-            "sign".as_ref(),
-            bundle.as_os_str(),
-            "--key".as_ref(),
-            p.key(s).as_os_str(),
-        ])
-        .assert_ok();
-    }
+    let bundle = p.bundle(&pipeline, "broken", 5, "broken", &["a", "b"]);
     p.verify(&bundle, &["root1.json"]).assert_ok();
     p.run(&bundle, &["root1.json"])
         .expect_error(&["stage 's'", "refusing to start"]);
