@@ -24,6 +24,8 @@ pub struct Evidence {
     pub host_binary: String,
     /// The device's public key, `ed25519:<hex>`.
     pub device_key: String,
+    /// Its key id.
+    pub device_key_id: String,
     /// The bundle it runs, if any.
     pub bundle: Option<RunningBundle>,
     /// The verifier's nonce, echoed.
@@ -93,7 +95,7 @@ pub fn verify(envelope_bytes: &[u8], expected: &Expectation<'_>) -> Result<Evide
     let evidence: Evidence = serde_json::from_slice(&envelope.payload_bytes(what)?)
         .map_err(|e| Error::malformed(what, e.to_string()))?;
     let mismatch = |m: String| Err(Error::Trust(format!("evidence from device {id}: {m}")));
-    if evidence.device_key != expected.device.to_string() {
+    if evidence.device_key != expected.device.to_string() || evidence.device_key_id != id.as_str() {
         return mismatch(format!(
             "names device key {}, not the one it is signed with",
             evidence.device_key

@@ -274,6 +274,7 @@ pub fn attest(state: &Path, nonce: &str) -> Result<()> {
         host_version: env!("CARGO_PKG_VERSION").to_owned(),
         host_binary: outpost_signing::Digest::of(&binary).to_string(),
         device_key: key.public().to_string(),
+        device_key_id: key.public().id().to_string(),
         bundle: running,
         nonce: nonce.to_owned(),
         timestamp: Timestamp::now().to_string(),
