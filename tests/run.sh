@@ -32,7 +32,7 @@ step "format and lint"
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo clippy --target wasm32-wasip2 -p outpost-guest -p bert-tokenizer -p infer -p mean-pool \
-    -p classify -p image-normalize -p fail -- -D warnings
+    -p classify -p image-normalize -p fail -p hostile -- -D warnings
 cargo clippy --target wasm32-wasip1 -p wasi-nn-classic -- -D warnings
 
 step "build the host"

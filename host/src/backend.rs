@@ -9,6 +9,7 @@ pub mod tract;
 use crate::bindings::TensorSpec;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tract::TractGraph;
 use wasmtime_wasi_nn::{Graph, GraphRegistry, Registry};
 
@@ -21,25 +22,87 @@ pub struct ModelSignature {
     pub outputs: Vec<TensorSpec>,
 }
 
-/// The last failure a backend reported to one store's guest.
+/// What one store's inference did during the current call: the backend's
+/// last failure in its own words, and the time spent inside models.
 ///
-/// wasi-nn hands guests a generic "failed while accessing backend"; the
-/// host keeps the backend's own words here so the error it reports for the
-/// stage says what was wrong with the tensors or the model.
+/// wasi-nn hands guests a generic "failed while accessing backend"; the host
+/// keeps the backend's message here so the error it reports names what was
+/// wrong. Time inside a model is counted apart from the stage's own time:
+/// it has its own deadline, and it does not eat the stage's.
 #[derive(Clone, Default)]
-pub struct Diagnostics(Arc<Mutex<Option<String>>>);
+pub struct Diagnostics(Arc<Mutex<NnState>>);
+
+#[derive(Default)]
+struct NnState {
+    last_error: Option<String>,
+    inference_time: Duration,
+    inference_limit: Option<Duration>,
+    inference_timed_out: bool,
+}
 
 impl Diagnostics {
+    /// Accounting whose calls may spend at most `limit` inside models.
+    pub fn with_inference_limit(limit: Duration) -> Self {
+        let d = Self::default();
+        d.with(|s| s.inference_limit = Some(limit));
+        d
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut NnState) -> R) -> R {
+        // A panic while holding the lock leaves plain data behind; use it.
+        let mut state = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut state)
+    }
+
     /// Remembers `message` as the latest failure.
     pub fn record(&self, message: String) {
-        if let Ok(mut last) = self.0.lock() {
-            *last = Some(message);
-        }
+        self.with(|s| s.last_error = Some(message));
     }
 
     /// Takes the latest failure, leaving none.
     pub fn take(&self) -> Option<String> {
-        self.0.lock().ok().and_then(|mut last| last.take())
+        self.with(|s| s.last_error.take())
+    }
+
+    /// Adds time spent in a model; fails, naming the limit, once the call's
+    /// total passes it.
+    pub fn add_inference(&self, elapsed: Duration) -> Result<(), String> {
+        self.with(|s| {
+            s.inference_time += elapsed;
+            match s.inference_limit {
+                Some(limit) if s.inference_time > limit => {
+                    s.inference_timed_out = true;
+                    Err(format!(
+                        "inference took {} ms in this call, over its limit of {} ms (limits.inference_timeout_ms)",
+                        s.inference_time.as_millis(),
+                        limit.as_millis()
+                    ))
+                }
+                _ => Ok(()),
+            }
+        })
+    }
+
+    /// Time spent in models during the current call.
+    pub fn inference_time(&self) -> Duration {
+        self.with(|s| s.inference_time)
+    }
+
+    /// Whether the current call went over its inference limit.
+    pub fn inference_timed_out(&self) -> bool {
+        self.with(|s| s.inference_timed_out)
+    }
+
+    /// Starts a new call: no failure, no inference time.
+    pub fn reset(&self) {
+        self.with(|s| {
+            s.last_error = None;
+            s.inference_time = Duration::ZERO;
+            s.inference_timed_out = false;
+        });
     }
 }
 

@@ -5,7 +5,7 @@ use crate::error::PipelineError;
 use crate::pipeline::spec::PipelineSpec;
 use outpost_signing::Digest;
 use outpost_signing::bundle::Bundle;
-use outpost_signing::manifest::{BlobEntry, BlobKind, BundleInfo, Grants, Manifest};
+use outpost_signing::manifest::{BlobEntry, BlobKind, BundleInfo, DirGrant, Grants, Manifest};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -62,15 +62,8 @@ pub fn create_bundle(
     let grants = spec
         .stages
         .iter()
-        .filter(|s| !s.models.is_empty())
-        .map(|s| {
-            (
-                s.name.clone(),
-                Grants {
-                    models: s.models.clone(),
-                },
-            )
-        })
+        .map(|s| (s.name.clone(), manifest_grants(s)))
+        .filter(|(_, g)| !g.is_empty())
         .collect();
     let manifest = Manifest {
         bundle: BundleInfo {
@@ -82,6 +75,26 @@ pub fn create_bundle(
         grants,
     };
     Ok(Bundle::create(out, &manifest, &collector.blobs)?)
+}
+
+/// A stage's grants as the manifest records them.
+pub fn manifest_grants(stage: &crate::pipeline::spec::StageSpec) -> Grants {
+    let g = &stage.grants;
+    Grants {
+        models: stage.models.clone(),
+        env: g.env.clone(),
+        dirs: g
+            .dirs
+            .iter()
+            .map(|d| DirGrant {
+                host: d.host.display().to_string(),
+                guest: d.guest.clone(),
+                writable: d.writable,
+            })
+            .collect(),
+        network: g.network.clone(),
+        clocks: g.clocks,
+    }
 }
 
 struct Collector<'a> {

@@ -32,6 +32,9 @@ pub struct EngineOptions {
     pub pool_instances: u32,
     /// The largest linear memory any stage may be configured with.
     pub max_memory_bytes: usize,
+    /// Meter fuel, so stages can have a deterministic CPU budget
+    /// (`limits.fuel`). Costs some speed in every stage.
+    pub fuel: bool,
 }
 
 impl Default for EngineOptions {
@@ -40,6 +43,7 @@ impl Default for EngineOptions {
             allocator: None,
             pool_instances: 128,
             max_memory_bytes: 1 << 30,
+            fuel: false,
         }
     }
 }
@@ -48,6 +52,8 @@ impl Default for EngineOptions {
 pub struct Runtime {
     engine: Engine,
     allocator: Allocator,
+    fuel: bool,
+    max_memory_bytes: usize,
     ticker: Option<Ticker>,
 }
 
@@ -78,6 +84,8 @@ impl Runtime {
         Ok(Self {
             engine,
             allocator,
+            fuel: options.fuel,
+            max_memory_bytes: options.max_memory_bytes,
             ticker,
         })
     }
@@ -90,6 +98,16 @@ impl Runtime {
     /// The allocator in use.
     pub fn allocator(&self) -> Allocator {
         self.allocator
+    }
+
+    /// Whether the engine meters fuel.
+    pub fn fuel(&self) -> bool {
+        self.fuel
+    }
+
+    /// The largest linear memory a stage may be given.
+    pub fn max_memory_bytes(&self) -> usize {
+        self.max_memory_bytes
     }
 }
 
@@ -105,6 +123,7 @@ fn build(options: &EngineOptions, allocator: Allocator) -> Result<Engine, Engine
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
+    config.consume_fuel(options.fuel);
     if allocator == Allocator::Pooling {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(options.pool_instances);

@@ -71,6 +71,54 @@ pub enum StageError {
         /// What was wrong.
         message: String,
     },
+    /// The stage used up its fuel (`limits.fuel`), a deterministic CPU budget.
+    #[error("pipeline '{pipeline}', stage '{stage}' ran out of fuel ({limit} units, limits.fuel)")]
+    OutOfFuel {
+        /// The pipeline's name.
+        pipeline: String,
+        /// The stage's name.
+        stage: String,
+        /// The budget.
+        limit: u64,
+    },
+    /// The stage returned more tensor bytes than it may.
+    #[error(
+        "pipeline '{pipeline}', stage '{stage}' returned {size} bytes of tensors, over its limit of {limit} (limits.max_output_mib)"
+    )]
+    OutputTooLarge {
+        /// The pipeline's name.
+        pipeline: String,
+        /// The stage's name.
+        stage: String,
+        /// What it returned.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// Time inside a model went past the stage's inference deadline.
+    #[error(
+        "pipeline '{pipeline}', stage '{stage}': inference ran past its {limit_ms} ms deadline (limits.inference_timeout_ms)"
+    )]
+    InferenceTimeout {
+        /// The pipeline's name.
+        pipeline: String,
+        /// The stage's name.
+        stage: String,
+        /// The deadline.
+        limit_ms: u64,
+    },
+    /// The stage failed after the host refused it something it was not
+    /// granted.
+    #[error("pipeline '{pipeline}', stage '{stage}': capability denied: {message}")]
+    CapabilityDenied {
+        /// The pipeline's name.
+        pipeline: String,
+        /// The stage's name.
+        stage: String,
+        /// What was refused and which grant would allow it, then how the
+        /// stage failed.
+        message: String,
+    },
     /// A fresh instance of the stage could not be created.
     #[error("pipeline '{pipeline}', stage '{stage}' could not be instantiated: {message}")]
     Instantiate {

@@ -21,6 +21,7 @@ pub mod compat;
 pub mod engine;
 pub mod error;
 pub mod pipeline;
+pub mod sandbox;
 pub mod stage;
 pub mod tensor;
 

@@ -9,6 +9,7 @@ use crate::bindings::{Config, File, Tensor, TensorSpec};
 use crate::cache::ComponentCache;
 use crate::engine::{EngineError, EngineOptions, Runtime};
 use crate::error::{PipelineError, RunError};
+use crate::sandbox::{DirGrant, Grants};
 use crate::stage::{LoadedStage, StageHost, StageLimits, StageLoadError, StageSetup, stage_linker};
 use outpost_signing::Digest;
 use outpost_signing::bundle::VerifiedBundle;
@@ -345,16 +346,11 @@ impl Loader<'_> {
     ) -> Result<(), PipelineError> {
         let grants = &bundle.manifest().grants;
         for stage in &spec.stages {
-            let mut used: Vec<&String> = stage.models.iter().collect();
-            let mut granted: Vec<&String> = grants
-                .get(&stage.name)
-                .map(|g| g.models.iter().collect())
-                .unwrap_or_default();
-            used.sort();
-            granted.sort();
+            let used = crate::bundling::manifest_grants(stage);
+            let granted = grants.get(&stage.name).cloned().unwrap_or_default();
             if used != granted {
                 return Err(self.invalid(format!(
-                    "stage '{}' is given models {used:?} but the signed manifest grants it {granted:?}",
+                    "stage '{}' is given {used:?} but the signed manifest grants it {granted:?}",
                     stage.name
                 )));
             }
@@ -368,6 +364,91 @@ impl Loader<'_> {
             )));
         }
         Ok(())
+    }
+
+    fn limits(&self, spec: &StageSpec) -> Result<StageLimits, PipelineError> {
+        let d = StageLimits::default();
+        let l = &spec.limits;
+        let mib = |v: Option<u64>, default: usize| {
+            v.map_or(default, |m| {
+                usize::try_from(m).unwrap_or(usize::MAX >> 20) << 20
+            })
+        };
+        let limits = StageLimits {
+            memory_bytes: mib(l.memory_mib, d.memory_bytes),
+            table_elements: l.table_elements.map_or(d.table_elements, |n| {
+                usize::try_from(n).unwrap_or(usize::MAX)
+            }),
+            timeout: l.timeout_ms.map_or(d.timeout, Duration::from_millis),
+            inference_timeout: l
+                .inference_timeout_ms
+                .map_or(d.inference_timeout, Duration::from_millis),
+            fuel: l.fuel,
+            max_output_bytes: mib(l.max_output_mib, d.max_output_bytes),
+        };
+        if limits.fuel.is_some() && !self.host.runtime.fuel() {
+            return Err(self.invalid(format!(
+                "stage '{}' sets limits.fuel, but this host does not meter fuel; start it with --fuel",
+                spec.name
+            )));
+        }
+        let max = self.host.runtime.max_memory_bytes();
+        if limits.memory_bytes > max {
+            return Err(self.invalid(format!(
+                "stage '{}' sets limits.memory_mib = {}, above the host's largest memory of {} MiB",
+                spec.name,
+                limits.memory_bytes >> 20,
+                max >> 20
+            )));
+        }
+        Ok(limits)
+    }
+
+    fn grants(&self, spec: &StageSpec) -> Result<Grants, PipelineError> {
+        let g = &spec.grants;
+        let mut env = Vec::with_capacity(g.env.len());
+        for entry in &g.env {
+            match entry.split_once('=') {
+                Some((name, value)) => env.push((name.to_owned(), value.to_owned())),
+                // A variable the device does not set is simply not passed.
+                None => {
+                    if let Ok(value) = std::env::var(entry) {
+                        env.push((entry.clone(), value));
+                    }
+                }
+            }
+        }
+        let base = match self.source {
+            Source::Dir(dir) => dir.to_owned(),
+            Source::Bundle(_) => PathBuf::from("."),
+        };
+        let dirs = g
+            .dirs
+            .iter()
+            .map(|d| DirGrant {
+                host: base.join(&d.host),
+                guest: d.guest.clone(),
+                writable: d.writable,
+            })
+            .collect();
+        let network = g
+            .network
+            .iter()
+            .map(|a| {
+                a.parse().map_err(|_| {
+                    self.invalid(format!(
+                        "stage '{}' grants network \"{a}\", which is not an ip:port address",
+                        spec.name
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Grants {
+            env,
+            dirs,
+            network,
+            clocks: g.clocks,
+        })
     }
 
     fn display_path(&self, relative: &Path) -> PathBuf {
@@ -512,17 +593,8 @@ impl Loader<'_> {
             })?;
             entries.push((key.clone(), json));
         }
-        let defaults = StageLimits::default();
-        let limits = StageLimits {
-            memory_bytes: spec
-                .limits
-                .memory_mib
-                .map_or(defaults.memory_bytes, |m| (m as usize) << 20),
-            timeout: spec
-                .limits
-                .timeout_ms
-                .map_or(defaults.timeout, Duration::from_millis),
-        };
+        let limits = self.limits(spec)?;
+        let grants = self.grants(spec)?;
         let component_path = self.display_path(&spec.component);
         let component_error = |message: String| PipelineError::Component {
             stage: spec.name.clone(),
@@ -551,6 +623,8 @@ impl Loader<'_> {
             config: Config { entries, files },
             models: granted,
             limits,
+            grants,
+            fuel_metered: self.host.runtime.fuel(),
         };
         let stage = LoadedStage::new(&self.host.linker, &component, setup).map_err(|e| match e {
             StageLoadError::Link(message) => component_error(format!(

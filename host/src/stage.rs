@@ -7,11 +7,12 @@ use crate::backend::tract::TractGraph;
 use crate::bindings::{self, Config, ErrorKind, GuestError, StageInfo, Tensor};
 use crate::engine::EPOCH_TICK;
 use crate::error::StageError;
+use crate::sandbox::{Denials, Grants, wasi_ctx};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Engine, ResourceLimiter, Store, Trap, WasmBacktrace};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime::{Engine, ResourceLimiter, Store, Trap, UpdateDeadline, WasmBacktrace};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_nn::wit::{WasiNnCtx, WasiNnView};
 
 /// Limits armed on every call into a stage.
@@ -19,15 +20,27 @@ use wasmtime_wasi_nn::wit::{WasiNnCtx, WasiNnView};
 pub struct StageLimits {
     /// Largest linear memory, in bytes.
     pub memory_bytes: usize,
-    /// Wall-clock deadline of one call.
+    /// Most table elements.
+    pub table_elements: usize,
+    /// Wall-clock deadline of one call, not counting time inside models.
     pub timeout: Duration,
+    /// Deadline for the time one call spends inside models.
+    pub inference_timeout: Duration,
+    /// Deterministic CPU budget of one call (needs an engine with fuel).
+    pub fuel: Option<u64>,
+    /// Most tensor bytes one call may return.
+    pub max_output_bytes: usize,
 }
 
 impl Default for StageLimits {
     fn default() -> Self {
         Self {
             memory_bytes: 256 << 20,
+            table_elements: 100_000,
             timeout: Duration::from_secs(10),
+            inference_timeout: Duration::from_secs(60),
+            fuel: None,
+            max_output_bytes: 64 << 20,
         }
     }
 }
@@ -43,6 +56,11 @@ pub struct StageHost {
     nn: WasiNnCtx,
     limiter: StageLimiter,
     diagnostics: Diagnostics,
+    denials: Denials,
+    /// When the current call started, and its deadline for time outside
+    /// models.
+    call_started: Instant,
+    timeout: Duration,
 }
 
 impl WasiView for StageHost {
@@ -57,11 +75,9 @@ impl WasiView for StageHost {
 /// Memory and table limits, remembering whether a limit was what failed.
 struct StageLimiter {
     memory_bytes: usize,
+    table_elements: usize,
     hit_memory_limit: bool,
 }
-
-/// Table elements a stage may have; Rust components use a few hundred.
-const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 impl ResourceLimiter for StageLimiter {
     fn memory_growing(
@@ -83,7 +99,7 @@ impl ResourceLimiter for StageLimiter {
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+        Ok(desired <= self.table_elements)
     }
 }
 
@@ -107,6 +123,8 @@ pub struct LoadedStage {
     config: Config,
     models: Vec<(String, Arc<TractGraph>)>,
     limits: StageLimits,
+    grants: Grants,
+    fuel_metered: bool,
     info: StageInfo,
     idle: Mutex<Vec<Instance>>,
 }
@@ -128,6 +146,10 @@ pub struct StageSetup {
     pub models: Vec<(String, Arc<TractGraph>)>,
     /// Its limits.
     pub limits: StageLimits,
+    /// What it may touch.
+    pub grants: Grants,
+    /// Whether the engine meters fuel.
+    pub fuel_metered: bool,
 }
 
 impl LoadedStage {
@@ -150,6 +172,8 @@ impl LoadedStage {
             config: setup.config,
             models: setup.models,
             limits: setup.limits,
+            grants: setup.grants,
+            fuel_metered: setup.fuel_metered,
             info: StageInfo {
                 name: String::new(),
                 version: String::new(),
@@ -211,22 +235,47 @@ impl LoadedStage {
 
     /// A fresh instance with `init` done.
     fn instantiate(&self) -> Result<Instance, StageError> {
-        let diagnostics = Diagnostics::default();
+        let diagnostics = Diagnostics::with_inference_limit(self.limits.inference_timeout);
+        let denials = Denials::default();
+        let wasi = wasi_ctx(&self.name, &self.grants, &denials).map_err(|message| {
+            StageError::Instantiate {
+                pipeline: self.pipeline.clone(),
+                stage: self.name.clone(),
+                message,
+            }
+        })?;
         let host = StageHost {
-            // Nothing granted: no files, environment, arguments, sockets or stdio.
-            wasi: WasiCtxBuilder::new().build(),
+            wasi,
             table: ResourceTable::new(),
             // No backends: guests cannot load model bytes of their own, only
             // the models granted to them, by name.
             nn: WasiNnCtx::new(Vec::new(), granted_models(&self.models, &diagnostics)),
             limiter: StageLimiter {
                 memory_bytes: self.limits.memory_bytes,
+                table_elements: self.limits.table_elements,
                 hit_memory_limit: false,
             },
             diagnostics,
+            denials,
+            call_started: Instant::now(),
+            timeout: self.limits.timeout,
         };
         let mut store = Store::new(&self.engine, host);
         store.limiter(|h| &mut h.limiter);
+        // The epoch deadline is only a check-in: time spent inside models is
+        // taken off what the stage has used, so a slow model cannot make its
+        // stage time out (inference has a deadline of its own).
+        store.epoch_deadline_callback(|ctx| {
+            let host = ctx.data();
+            let used = host
+                .call_started
+                .elapsed()
+                .saturating_sub(host.diagnostics.inference_time());
+            Ok(match host.timeout.checked_sub(used) {
+                Some(left) if !left.is_zero() => UpdateDeadline::Continue(ticks(left)),
+                _ => UpdateDeadline::Interrupt,
+            })
+        });
         self.arm(&mut store);
         let stage =
             self.pre
@@ -248,16 +297,16 @@ impl LoadedStage {
 
     /// Re-arms the per-call limits.
     fn arm(&self, store: &mut Store<StageHost>) {
-        let ticks = self
-            .limits
-            .timeout
-            .as_millis()
-            .div_ceil(EPOCH_TICK.as_millis())
-            .max(1);
-        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
-        store.epoch_deadline_trap();
-        store.data_mut().limiter.hit_memory_limit = false;
-        store.data().diagnostics.take();
+        store.set_epoch_deadline(ticks(self.limits.timeout));
+        if self.fuel_metered {
+            // Without a budget the stage still runs on a metered engine.
+            let _ = store.set_fuel(self.limits.fuel.unwrap_or(u64::MAX));
+        }
+        let host = store.data_mut();
+        host.limiter.hit_memory_limit = false;
+        host.call_started = Instant::now();
+        host.diagnostics.reset();
+        host.denials.reset();
     }
 
     fn release(&self, instance: Instance) {
@@ -269,6 +318,9 @@ impl LoadedStage {
     }
 
     fn reported(&self, error: GuestError, store: &Store<StageHost>) -> StageError {
+        if let Some(e) = self.limit_or_denial(store, &error.message) {
+            return e;
+        }
         let mut message = error.message;
         if error.kind == ErrorKind::Inference
             && let Some(detail) = store.data().diagnostics.take()
@@ -283,21 +335,55 @@ impl LoadedStage {
         }
     }
 
-    fn classify(&self, error: wasmtime::Error, store: &Store<StageHost>) -> StageError {
+    /// A limit or a denied capability behind a failure, which explains it
+    /// better than the trap or error it surfaced as.
+    fn limit_or_denial(&self, store: &Store<StageHost>, then: &str) -> Option<StageError> {
         let (pipeline, stage) = (self.pipeline.clone(), self.name.clone());
-        if store.data().limiter.hit_memory_limit {
-            return StageError::MemoryLimit {
+        let host = store.data();
+        if host.limiter.hit_memory_limit {
+            return Some(StageError::MemoryLimit {
                 pipeline,
                 stage,
                 limit_mib: (self.limits.memory_bytes >> 20) as u64,
-            };
+            });
         }
-        if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-            return StageError::Timeout {
+        if host.diagnostics.inference_timed_out() {
+            return Some(StageError::InferenceTimeout {
                 pipeline,
                 stage,
-                limit_ms: u64::try_from(self.limits.timeout.as_millis()).unwrap_or(u64::MAX),
-            };
+                limit_ms: millis(self.limits.inference_timeout),
+            });
+        }
+        host.denials
+            .first()
+            .map(|denied| StageError::CapabilityDenied {
+                pipeline,
+                stage,
+                message: format!("{denied}; then: {then}"),
+            })
+    }
+
+    fn classify(&self, error: wasmtime::Error, store: &Store<StageHost>) -> StageError {
+        let (pipeline, stage) = (self.pipeline.clone(), self.name.clone());
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => {
+                return StageError::Timeout {
+                    pipeline,
+                    stage,
+                    limit_ms: millis(self.limits.timeout),
+                };
+            }
+            Some(Trap::OutOfFuel) => {
+                return StageError::OutOfFuel {
+                    pipeline,
+                    stage,
+                    limit: self.limits.fuel.unwrap_or(u64::MAX),
+                };
+            }
+            _ => {}
+        }
+        if let Some(e) = self.limit_or_denial(store, &format!("{error}")) {
+            return e;
         }
         let backtrace = error
             .downcast_ref::<WasmBacktrace>()
@@ -315,6 +401,15 @@ impl LoadedStage {
     }
 
     fn check_outputs(&self, outputs: &[Tensor]) -> Result<(), StageError> {
+        let size: usize = outputs.iter().map(|t| t.data.len()).sum();
+        if size > self.limits.max_output_bytes {
+            return Err(StageError::OutputTooLarge {
+                pipeline: self.pipeline.clone(),
+                stage: self.name.clone(),
+                size,
+                limit: self.limits.max_output_bytes,
+            });
+        }
         let bad = |message: String| StageError::BadOutput {
             pipeline: self.pipeline.clone(),
             stage: self.name.clone(),
@@ -356,4 +451,13 @@ pub enum StageLoadError {
     Link(String),
     /// The first instance failed in `init` or `describe`.
     Stage(StageError),
+}
+
+/// Epoch ticks covering `d`, at least one.
+fn ticks(d: Duration) -> u64 {
+    u64::try_from(d.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1)).unwrap_or(u64::MAX)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -64,13 +64,46 @@ pub enum BlobKind {
     File,
 }
 
-/// What one stage may use.
+/// What one stage may use. The pipeline inside the bundle must grant
+/// exactly this.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Grants {
     /// Models it may load by name.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<String>,
+    /// Environment variables: `NAME` (the device's value) or `NAME=value`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    /// Device directories it may open.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dirs: Vec<DirGrant>,
+    /// `ip:port` addresses it may connect to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network: Vec<String>,
+    /// Whether it reads real clocks.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clocks: bool,
+}
+
+/// A granted directory.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DirGrant {
+    /// The directory on the device.
+    pub host: String,
+    /// Where the stage sees it.
+    pub guest: String,
+    /// Whether it may write.
+    #[serde(default)]
+    pub writable: bool,
+}
+
+impl Grants {
+    /// Whether nothing is granted.
+    pub fn is_empty(&self) -> bool {
+        self == &Grants::default()
+    }
 }
 
 impl Manifest {

@@ -221,3 +221,34 @@ fn minilm_runs_from_a_signed_bundle() {
     let unsigned = embed_with_outpost("minilm-l3.toml", &SENTENCES[..1]);
     assert_eq!(signed, unsigned[0]);
 }
+
+#[test]
+fn time_inside_the_model_does_not_count_against_the_stage() {
+    // The int8 model takes tens of milliseconds a call on this kind of
+    // machine; the infer stage's own deadline is one millisecond.
+    let scratch = Scratch::new();
+    let text =
+        std::fs::read_to_string(repo().join("host/pipelines/minilm/minilm-l6-int8.toml")).unwrap();
+    let dir = repo().join("host/pipelines/minilm");
+    let text = text
+        .replace("\"fetched/", &format!("\"{}/fetched/", dir.display()))
+        .replace("\"../../../target/wasm32-wasip2/plugin", "\"{plugins}")
+        .replace(
+            "config = { model = \"minilm\" }",
+            "config = { model = \"minilm\" }\nlimits = { timeout_ms = 1 }",
+        );
+    let pipeline = scratch.pipeline(&text);
+    let long = "The quick brown fox jumps over the lazy dog near the riverbank at dawn. ".repeat(6);
+    let run = outpost(&[
+        "run".as_ref(),
+        "--insecure-unsigned".as_ref(),
+        pipeline.as_os_str(),
+        "-i".as_ref(),
+        long.as_ref(),
+    ]);
+    assert!(run.ok, "{}", run.stderr);
+    assert_eq!(
+        run.json()["results"][0]["outputs"]["sentence_embedding"]["dims"],
+        json!([1, 384])
+    );
+}

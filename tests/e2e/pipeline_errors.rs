@@ -242,3 +242,25 @@ fn pipeline_without_inputs_or_stages() {
     inspect("stages = []\n[pipeline]\nname = \"x\"\ninputs = [\"text\"]\n")
         .expect_error(&["no [[stages]]"]);
 }
+
+#[test]
+fn bad_grants_and_limits_are_named() {
+    broken(
+        "config = { model = \"intent\" }",
+        "config = { model = \"intent\" }\ngrants = { network = [\"localhost\"] }",
+    )
+    .expect_error(&["stage 'infer' grants network \"localhost\", which is not an ip:port address"]);
+    broken(
+        "config = { model = \"intent\" }",
+        "config = { model = \"intent\" }\ngrants = { files = [] }",
+    )
+    .expect_error(&[
+        "unknown field `files`",
+        "`env`, `dirs`, `network`, `clocks`",
+    ]);
+    broken(
+        "config = { model = \"intent\" }",
+        "config = { model = \"intent\" }\nlimits = { memory_mib = 4096 }",
+    )
+    .expect_error(&["limits.memory_mib = 4096, above the host's largest memory of 1024 MiB"]);
+}

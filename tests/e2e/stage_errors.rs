@@ -149,3 +149,68 @@ fn a_request_missing_its_input_is_refused() {
     let error = pipeline.run(vec![bad]).unwrap_err().to_string();
     assert!(error.contains("carries 3 bytes"), "{error}");
 }
+
+fn intent_pipeline(scratch: &Scratch, limits: &str) -> std::path::PathBuf {
+    let toml = outpost_e2e::INFER_ONLY_PIPELINE.replace(
+        "config = { model = \"intent\" }",
+        &format!("config = {{ model = \"intent\" }}\nlimits = {{ {limits} }}"),
+    );
+    scratch.pipeline(&toml)
+}
+
+fn ids() -> Vec<Tensor> {
+    let t = |name: &str| Tensor {
+        name: name.into(),
+        dims: vec![1, 3],
+        element_type: outpost_host::ElementType::I64,
+        data: [2i64, 3, 4].iter().flat_map(|v| v.to_le_bytes()).collect(),
+    };
+    vec![t("input_ids"), t("attention_mask")]
+}
+
+#[test]
+fn inference_has_a_deadline_of_its_own() {
+    let scratch = Scratch::new();
+    let host = Host::new(&EngineOptions::default()).unwrap();
+    let pipeline = host
+        .load_pipeline(&intent_pipeline(&scratch, "inference_timeout_ms = 0"))
+        .unwrap();
+    match pipeline.run(ids()) {
+        Err(RunError::Stage(e @ StageError::InferenceTimeout { limit_ms: 0, .. })) => {
+            assert!(
+                e.to_string()
+                    .contains("stage 'infer': inference ran past its 0 ms deadline"),
+                "{e}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let relaxed = host
+        .load_pipeline(&intent_pipeline(&scratch, "inference_timeout_ms = 60000"))
+        .unwrap();
+    assert_eq!(relaxed.run(ids()).unwrap()[0].dims, [1, 8]);
+}
+
+#[test]
+fn fuel_needs_a_metering_host() {
+    let scratch = Scratch::new();
+    let host = Host::new(&EngineOptions::default()).unwrap();
+    let error = host
+        .load_pipeline(&intent_pipeline(&scratch, "fuel = 1000"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("sets limits.fuel, but this host does not meter fuel; start it with --fuel"),
+        "{error}"
+    );
+    let metered = Host::new(&EngineOptions {
+        fuel: true,
+        ..EngineOptions::default()
+    })
+    .unwrap();
+    let pipeline = metered
+        .load_pipeline(&intent_pipeline(&scratch, "fuel = 100000000"))
+        .unwrap();
+    assert_eq!(pipeline.run(ids()).unwrap()[0].dims, [1, 8]);
+}

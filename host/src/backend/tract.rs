@@ -387,11 +387,14 @@ impl BackendExecutionContext for TractContext {
         inputs: Option<Vec<NamedTensor>>,
     ) -> Result<Option<Vec<NamedTensor>>, BackendError> {
         match inputs {
-            Some(named) => self
-                .graph
-                .compute(named)
-                .map(Some)
-                .map_err(|e| self.fail(e)),
+            Some(named) => {
+                let started = std::time::Instant::now();
+                let result = self.graph.compute(named);
+                self.diagnostics
+                    .add_inference(started.elapsed())
+                    .map_err(|e| self.fail(e))?;
+                result.map(Some).map_err(|e| self.fail(e))
+            }
             None => {
                 let mut ordered = Vec::with_capacity(self.inputs.len());
                 for (i, slot) in self.inputs.iter().enumerate() {
@@ -402,7 +405,12 @@ impl BackendExecutionContext for TractContext {
                         ))
                     })?);
                 }
-                self.outputs = self.graph.run_ordered(ordered).map_err(|e| self.fail(e))?;
+                let started = std::time::Instant::now();
+                let result = self.graph.run_ordered(ordered);
+                self.diagnostics
+                    .add_inference(started.elapsed())
+                    .map_err(|e| self.fail(e))?;
+                self.outputs = result.map_err(|e| self.fail(e))?;
                 Ok(None)
             }
         }

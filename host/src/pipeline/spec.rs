@@ -99,6 +99,41 @@ pub struct StageSpec {
     /// Per-call limits.
     #[serde(default)]
     pub limits: LimitsSpec,
+    /// Capabilities beyond computing: environment, directories, network,
+    /// clocks. Nothing by default.
+    #[serde(default)]
+    pub grants: GrantsSpec,
+}
+
+/// A stage's `[stages.grants]`.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantsSpec {
+    /// `NAME` passes the host's value of NAME; `NAME=value` sets one.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Host directories to preopen.
+    #[serde(default)]
+    pub dirs: Vec<DirSpec>,
+    /// `ip:port` addresses the stage may connect to over TCP.
+    #[serde(default)]
+    pub network: Vec<String>,
+    /// Real wall and monotonic clocks; without, both stand still at zero.
+    #[serde(default)]
+    pub clocks: bool,
+}
+
+/// One granted directory.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirSpec {
+    /// The directory on the device (relative paths: to the pipeline file).
+    pub host: PathBuf,
+    /// Where the stage sees it, e.g. `/data`.
+    pub guest: String,
+    /// Whether the stage may write (default: read-only).
+    #[serde(default)]
+    pub writable: bool,
 }
 
 /// Tensor names as a list (same name on both sides) or a rename table.
@@ -133,8 +168,16 @@ impl TensorMap {
 pub struct LimitsSpec {
     /// Largest linear memory, MiB.
     pub memory_mib: Option<u64>,
-    /// Deadline of one call, milliseconds.
+    /// Deadline of one call, milliseconds, not counting time inside models.
     pub timeout_ms: Option<u64>,
+    /// Deadline of the time one call spends inside models, milliseconds.
+    pub inference_timeout_ms: Option<u64>,
+    /// Deterministic CPU budget of one call (the host must run with `--fuel`).
+    pub fuel: Option<u64>,
+    /// Most tensor bytes one call may return, MiB.
+    pub max_output_mib: Option<u64>,
+    /// Most table elements.
+    pub table_elements: Option<u64>,
 }
 
 #[cfg(test)]

@@ -25,6 +25,9 @@ struct Cli {
     /// front), `on-demand`, or `auto` (pooling where the address space allows).
     #[arg(long, global = true, default_value = "auto", value_parser = ["auto", "pooling", "on-demand"])]
     allocator: String,
+    /// Meter fuel, so stages may set limits.fuel (a deterministic CPU budget).
+    #[arg(long, global = true)]
+    fuel: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -257,6 +260,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             "on-demand" => Some(Allocator::OnDemand),
             _ => None,
         },
+        fuel: cli.fuel,
         ..EngineOptions::default()
     };
     let host = || -> Result<Host> { Ok(Host::new(&options)?) };

@@ -197,10 +197,19 @@ pub fn verify(path: &Path, trust: &[PathBuf], policy: &Policy, state: &Path) -> 
     }
     println!("blobs:     {} verified", manifest.blobs.len());
     for (stage, grants) in &manifest.grants {
-        println!(
-            "grants:    stage '{stage}' may load models {:?}",
-            grants.models
-        );
+        if !grants.models.is_empty() {
+            println!(
+                "grants:    stage '{stage}' may load models {:?}",
+                grants.models
+            );
+        }
+        let outside = outpost_signing::manifest::Grants {
+            models: Vec::new(),
+            ..grants.clone()
+        };
+        if !outside.is_empty() {
+            println!("grants:    stage '{stage}' may use {outside:?}");
+        }
     }
     Ok(())
 }

@@ -1,0 +1,167 @@
+//! What a stage may touch beyond its own memory: nothing, unless its
+//! pipeline (and so its signed bundle) grants it. Denied attempts the host
+//! can see are logged with the grant that would allow them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use wasmtime_wasi::sockets::SocketAddrUse;
+use wasmtime_wasi::{FsPerms, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder};
+
+/// A stage's capabilities.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// Environment variables it sees, with their values.
+    pub env: Vec<(String, String)>,
+    /// Host directories it may open.
+    pub dirs: Vec<DirGrant>,
+    /// Addresses it may connect to over TCP.
+    pub network: Vec<SocketAddr>,
+    /// Whether it reads the real clocks; if not, both stand still at zero.
+    pub clocks: bool,
+}
+
+/// A host directory made visible to a stage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirGrant {
+    /// The directory on the device.
+    pub host: PathBuf,
+    /// Where the stage sees it.
+    pub guest: String,
+    /// Whether the stage may write; read-only otherwise.
+    pub writable: bool,
+}
+
+/// Attempts a store made that its grants did not allow.
+#[derive(Clone, Default)]
+pub struct Denials(Arc<Mutex<Vec<String>>>);
+
+impl Denials {
+    fn record(&self, stage: &str, message: String) {
+        eprintln!("outpost: stage '{stage}': {message}");
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(message);
+    }
+
+    /// The first denial since the last [`Denials::reset`].
+    pub fn first(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .first()
+            .cloned()
+    }
+
+    /// Forgets earlier denials (a new call starts).
+    pub fn reset(&self) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
+}
+
+/// Builds the WASI context of one instance of `stage`: no arguments, no
+/// stdio, and only what `grants` lists.
+///
+/// A guest's libc resolves file paths against its preopened directories
+/// itself, and reads its environment as one list, so a file or variable
+/// that was not granted never reaches the host and cannot be logged; socket
+/// and clock use does reach it, and is.
+pub fn wasi_ctx(stage: &str, grants: &Grants, denials: &Denials) -> Result<WasiCtx, String> {
+    let mut builder = WasiCtxBuilder::new();
+    for (key, value) in &grants.env {
+        builder.env(key, value);
+    }
+    for dir in &grants.dirs {
+        let perms = if dir.writable {
+            FsPerms::ReadWrite
+        } else {
+            FsPerms::ReadOnly
+        };
+        builder
+            .preopened_dir(&dir.host, &dir.guest, perms)
+            .map_err(|e| format!("granted directory {}: {e:#}", dir.host.display()))?;
+    }
+    let allowed = grants.network.clone();
+    let (name, log) = (stage.to_owned(), denials.clone());
+    builder.allow_ip_name_lookup(false);
+    builder.allow_udp(false);
+    // TCP sockets may be created so that every connection attempt reaches
+    // the address check below, which allows only granted addresses (and
+    // logs the rest).
+    builder.allow_tcp(true);
+    builder.socket_addr_check(move |addr, use_| {
+        let ok = match use_ {
+            // connect() binds to a wildcard address first.
+            SocketAddrUse::TcpBind => !allowed.is_empty() && addr.ip().is_unspecified() && addr.port() == 0,
+            SocketAddrUse::TcpConnect => allowed.contains(&addr),
+            _ => false,
+        };
+        if !ok {
+            let message = match use_ {
+                // Binding the wildcard precedes every connect (and listen),
+                // so without any grant this is where a stage is stopped.
+                SocketAddrUse::TcpBind if allowed.is_empty() => format!(
+                    "network access denied: the stage has no network grant (it tried to open a TCP socket, bound to {addr}); add the address it needs to [stages.grants] network"
+                ),
+                _ => format!("network access to {addr} ({use_:?}) denied: not granted; add \"{addr}\" to [stages.grants] network"),
+            };
+            log.record(&name, message);
+        }
+        Box::pin(async move { ok })
+    });
+    if !grants.clocks {
+        builder.wall_clock(FrozenClock::new(stage));
+        builder.monotonic_clock(FrozenClock::new(stage));
+    }
+    Ok(builder.build())
+}
+
+/// A clock that stands still at zero and logs its first reading (reading
+/// it is no failure, so it is not a denial).
+struct FrozenClock {
+    stage: String,
+    logged: std::sync::atomic::AtomicBool,
+}
+
+impl FrozenClock {
+    fn new(stage: &str) -> Self {
+        Self {
+            stage: stage.to_owned(),
+            logged: false.into(),
+        }
+    }
+
+    fn note(&self) {
+        if !self.logged.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            eprintln!(
+                "outpost: stage '{}': read a clock, which stands still without a grant; set clocks = true in [stages.grants] for real time",
+                self.stage
+            );
+        }
+    }
+}
+
+impl HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        self.note();
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        self.note();
+        0
+    }
+}

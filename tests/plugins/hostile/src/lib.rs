@@ -1,0 +1,104 @@
+//! A test stage that attacks its host in the way config `attack` names, on
+//! every `run`. Input `x` (anything); output `y`, f32.
+//!
+//! `loop`, `recurse`, `alloc`, `huge-output` (config `bytes`), `read-file`,
+//! `list-root`, `env`, `socket` (config `address`), `clock`, `unknown-model`,
+//! `none` (behaves).
+
+use outpost_guest::{Config, Inputs, Stage, StageError, StageInfo, Tensor, TensorSpec};
+
+struct Hostile {
+    attack: String,
+    bytes: u64,
+    address: String,
+}
+
+impl Stage for Hostile {
+    fn init(config: &Config) -> Result<Self, StageError> {
+        Ok(Hostile {
+            attack: config.require("attack")?,
+            bytes: config.get_or("bytes", 1 << 30)?,
+            address: config.get_or("address", "127.0.0.1:9".to_owned())?,
+        })
+    }
+
+    fn describe(&self) -> StageInfo {
+        StageInfo::new("hostile", "0.1.0", "attacks its host")
+            .input(TensorSpec::any("x"))
+            .output(TensorSpec::any("y"))
+    }
+
+    fn run(&mut self, _inputs: Inputs) -> Result<Vec<Tensor>, StageError> {
+        let report = |values: &[f32]| {
+            Ok(vec![Tensor::from_f32(
+                "y",
+                vec![values.len() as u32],
+                values,
+            )?])
+        };
+        match self.attack.as_str() {
+            "loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "recurse" => report(&[recurse(std::hint::black_box(1)) as f32]),
+            "alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 16 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "huge-output" => {
+                let n = usize::try_from(self.bytes).unwrap_or(usize::MAX);
+                Ok(vec![Tensor {
+                    name: "y".into(),
+                    dims: vec![(n / 4) as u32],
+                    element_type: outpost_guest::ElementType::F32,
+                    data: vec![0; n / 4 * 4],
+                }])
+            }
+            "read-file" => match std::fs::read("/etc/passwd") {
+                Ok(bytes) => report(&[bytes.len() as f32]),
+                Err(e) => Err(StageError::internal(format!("reading /etc/passwd: {e}"))),
+            },
+            "list-root" => match std::fs::read_dir("/") {
+                Ok(entries) => report(&[entries.count() as f32]),
+                Err(e) => Err(StageError::internal(format!("listing /: {e}"))),
+            },
+            "env" => match std::env::var("HOME") {
+                Ok(v) => report(&[v.len() as f32]),
+                Err(e) => Err(StageError::internal(format!("reading HOME: {e}"))),
+            },
+            "socket" => match std::net::TcpStream::connect(&self.address) {
+                Ok(_) => report(&[1.0]),
+                Err(e) => Err(StageError::internal(format!(
+                    "connecting to {}: {e}",
+                    self.address
+                ))),
+            },
+            "clock" => {
+                let since_epoch = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(-1.0, |d| d.as_secs_f32());
+                report(&[since_epoch])
+            }
+            "unknown-model" => outpost_guest::nn::Model::load("not-granted").map(|_| Vec::new()),
+            _ => report(&[0.0]),
+        }
+    }
+}
+
+#[inline(never)]
+fn recurse(n: u64) -> u64 {
+    let pad = std::hint::black_box([n; 16]);
+    if n == 0 {
+        pad[3]
+    } else {
+        recurse(n + 1).wrapping_add(pad[7])
+    }
+}
+
+outpost_guest::export_stage!(Hostile);
