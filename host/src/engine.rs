@@ -35,6 +35,23 @@ pub struct EngineOptions {
     /// Meter fuel, so stages can have a deterministic CPU budget
     /// (`limits.fuel`). Costs some speed in every stage.
     pub fuel: bool,
+    /// Epoch interruption (wall-clock deadlines). Off removes the stages'
+    /// time limits: only for measuring what they cost.
+    pub epoch_interruption: bool,
+    /// Memory and table limits. Off removes them: only for measuring what
+    /// they cost.
+    pub resource_limits: bool,
+}
+
+/// What the engine checks while stages run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Metering {
+    /// Fuel is counted.
+    pub fuel: bool,
+    /// Epoch deadlines interrupt.
+    pub epochs: bool,
+    /// Memory and tables are limited.
+    pub limits: bool,
 }
 
 impl Default for EngineOptions {
@@ -44,6 +61,8 @@ impl Default for EngineOptions {
             pool_instances: 128,
             max_memory_bytes: 1 << 30,
             fuel: false,
+            epoch_interruption: true,
+            resource_limits: true,
         }
     }
 }
@@ -52,7 +71,7 @@ impl Default for EngineOptions {
 pub struct Runtime {
     engine: Engine,
     allocator: Allocator,
-    fuel: bool,
+    metering: Metering,
     max_memory_bytes: usize,
     ticker: Option<Ticker>,
 }
@@ -84,7 +103,11 @@ impl Runtime {
         Ok(Self {
             engine,
             allocator,
-            fuel: options.fuel,
+            metering: Metering {
+                fuel: options.fuel,
+                epochs: options.epoch_interruption,
+                limits: options.resource_limits,
+            },
             max_memory_bytes: options.max_memory_bytes,
             ticker,
         })
@@ -102,7 +125,12 @@ impl Runtime {
 
     /// Whether the engine meters fuel.
     pub fn fuel(&self) -> bool {
-        self.fuel
+        self.metering.fuel
+    }
+
+    /// What the engine checks while stages run.
+    pub fn metering(&self) -> Metering {
+        self.metering
     }
 
     /// The largest linear memory a stage may be given.
@@ -122,7 +150,7 @@ impl Drop for Runtime {
 fn build(options: &EngineOptions, allocator: Allocator) -> Result<Engine, EngineError> {
     let mut config = Config::new();
     config.wasm_component_model(true);
-    config.epoch_interruption(true);
+    config.epoch_interruption(options.epoch_interruption);
     config.consume_fuel(options.fuel);
     if allocator == Allocator::Pooling {
         let mut pool = PoolingAllocationConfig::default();

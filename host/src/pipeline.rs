@@ -624,7 +624,7 @@ impl Loader<'_> {
             models: granted,
             limits,
             grants,
-            fuel_metered: self.host.runtime.fuel(),
+            metering: self.host.runtime.metering(),
         };
         let stage = LoadedStage::new(&self.host.linker, &component, setup).map_err(|e| match e {
             StageLoadError::Link(message) => component_error(format!(

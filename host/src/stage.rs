@@ -5,7 +5,7 @@ use crate::backend::Diagnostics;
 use crate::backend::granted_models;
 use crate::backend::tract::TractGraph;
 use crate::bindings::{self, Config, ErrorKind, GuestError, StageInfo, Tensor};
-use crate::engine::EPOCH_TICK;
+use crate::engine::{EPOCH_TICK, Metering};
 use crate::error::StageError;
 use crate::sandbox::{Denials, Grants, wasi_ctx};
 use std::sync::{Arc, Mutex};
@@ -124,7 +124,7 @@ pub struct LoadedStage {
     models: Vec<(String, Arc<TractGraph>)>,
     limits: StageLimits,
     grants: Grants,
-    fuel_metered: bool,
+    metering: Metering,
     info: StageInfo,
     idle: Mutex<Vec<Instance>>,
 }
@@ -148,8 +148,8 @@ pub struct StageSetup {
     pub limits: StageLimits,
     /// What it may touch.
     pub grants: Grants,
-    /// Whether the engine meters fuel.
-    pub fuel_metered: bool,
+    /// What the engine checks.
+    pub metering: Metering,
 }
 
 impl LoadedStage {
@@ -173,7 +173,7 @@ impl LoadedStage {
             models: setup.models,
             limits: setup.limits,
             grants: setup.grants,
-            fuel_metered: setup.fuel_metered,
+            metering: setup.metering,
             info: StageInfo {
                 name: String::new(),
                 version: String::new(),
@@ -233,6 +233,12 @@ impl LoadedStage {
         }
     }
 
+    /// Creates a fresh instance and runs its `init`, then drops it: what a
+    /// request costs when no idle instance is at hand (for benchmarks).
+    pub fn instantiate_fresh(&self) -> Result<(), StageError> {
+        self.instantiate().map(drop)
+    }
+
     /// A fresh instance with `init` done.
     fn instantiate(&self) -> Result<Instance, StageError> {
         let diagnostics = Diagnostics::with_inference_limit(self.limits.inference_timeout);
@@ -261,7 +267,9 @@ impl LoadedStage {
             timeout: self.limits.timeout,
         };
         let mut store = Store::new(&self.engine, host);
-        store.limiter(|h| &mut h.limiter);
+        if self.metering.limits {
+            store.limiter(|h| &mut h.limiter);
+        }
         // The epoch deadline is only a check-in: time spent inside models is
         // taken off what the stage has used, so a slow model cannot make its
         // stage time out (inference has a deadline of its own).
@@ -297,8 +305,10 @@ impl LoadedStage {
 
     /// Re-arms the per-call limits.
     fn arm(&self, store: &mut Store<StageHost>) {
-        store.set_epoch_deadline(ticks(self.limits.timeout));
-        if self.fuel_metered {
+        if self.metering.epochs {
+            store.set_epoch_deadline(ticks(self.limits.timeout));
+        }
+        if self.metering.fuel {
             // Without a budget the stage still runs on a metered engine.
             let _ = store.set_fuel(self.limits.fuel.unwrap_or(u64::MAX));
         }
