@@ -220,8 +220,10 @@ impl LoadedStage {
         let result = instance.stage.call_run(&mut instance.store, &inputs);
         match result {
             Ok(Ok(outputs)) => {
-                self.release(instance);
+                // An instance that returned bad tensors is not trusted with
+                // the next request.
                 self.check_outputs(&outputs)?;
+                self.release(instance);
                 Ok(outputs)
             }
             Ok(Err(reported)) => {
