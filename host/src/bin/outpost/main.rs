@@ -1,16 +1,17 @@
 //! `outpost`: the command-line face of the Outpost host.
 
+mod report;
+mod requests;
 mod trust;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use outpost_host::backend::tract::TractGraph;
-use outpost_host::{Allocator, ElementType, EngineOptions, Host, Pipeline, RunError, Tensor};
-use serde_json::{Value, json};
+use outpost_host::{Allocator, EngineOptions, Host, Pipeline, RunError};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Outpost runs pipelines of sandboxed WebAssembly stages on edge devices.
 /// Stages call models through wasi-nn; the host preloads the models and runs
@@ -273,7 +274,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         } => {
             let host = cached(host()?, &source);
             let pipeline = load(&host, &pipeline, &source, true)?;
-            run(&pipeline, &input, &input_file)?;
+            requests::run(&pipeline, &input, &input_file)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Keygen { out } => trust::keygen(&out).map(|()| ExitCode::SUCCESS),
@@ -370,7 +371,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let host = cached(host()?, &source);
             let pipeline = load(&host, &pipeline, &source, false)?;
 
-            println!("{}", json_text(&inspect(&pipeline)));
+            println!("{}", report::json_text(&report::inspect(&pipeline)));
             Ok(ExitCode::SUCCESS)
         }
         Command::Exec {
@@ -470,200 +471,4 @@ fn preload(arg: &str) -> Result<(String, Arc<TractGraph>)> {
     let graph =
         TractGraph::load(name, &bytes).with_context(|| format!("model '{name}' ({path})"))?;
     Ok((name.to_owned(), Arc::new(graph)))
-}
-
-fn run(pipeline: &Pipeline, texts: &[String], files: &[String]) -> Result<()> {
-    if texts.is_empty() && files.is_empty() {
-        bail!("nothing to run: give at least one --input TEXT or --input-file PATH");
-    }
-    let mut requests = Vec::new();
-    for text in texts {
-        let (name, value) = target(pipeline, text)?;
-        requests.push((
-            Value::String(value.to_owned()),
-            text_request(pipeline, name, value)?,
-        ));
-    }
-    for file in files {
-        // A .json file names its own tensors.
-        let (name, value) = if file.ends_with(".json") {
-            ("", file.as_str())
-        } else {
-            target(pipeline, file)?
-        };
-        requests.push((
-            Value::String(value.to_owned()),
-            file_request(pipeline, name, Path::new(value))?,
-        ));
-    }
-    let mut results = Vec::with_capacity(requests.len());
-    for (label, inputs) in requests {
-        let start = Instant::now();
-        let outputs = pipeline.run(inputs)?;
-        let elapsed = start.elapsed();
-        let outputs: serde_json::Map<String, Value> = outputs
-            .iter()
-            .map(|t| (t.name.clone(), t.to_json()))
-            .collect();
-        results.push(json!({ "input": label, "outputs": outputs, "latency_ms": elapsed.as_secs_f64() * 1e3 }));
-    }
-    let report = json!({ "pipeline": pipeline.name(), "results": results });
-    println!("{}", json_text(&report));
-    Ok(())
-}
-
-/// Splits `[NAME=]VALUE`; without a name, the pipeline must have one input.
-fn target<'a>(pipeline: &'a Pipeline, arg: &'a str) -> Result<(&'a str, &'a str)> {
-    if let Some((name, value)) = arg.split_once('=')
-        && pipeline.inputs().iter().any(|(n, _)| n == name)
-    {
-        return Ok((name, value));
-    }
-    match pipeline.inputs() {
-        [(only, _)] => Ok((only.as_str(), arg)),
-        inputs => bail!(
-            "pipeline '{}' takes several inputs ({}); write NAME=VALUE",
-            pipeline.name(),
-            inputs
-                .iter()
-                .map(|(n, _)| n.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-}
-
-fn declared_type(pipeline: &Pipeline, name: &str) -> Option<ElementType> {
-    pipeline
-        .inputs()
-        .iter()
-        .find(|(n, _)| n == name)
-        .and_then(|(_, spec)| spec.as_ref()?.element_type)
-}
-
-fn text_request(pipeline: &Pipeline, name: &str, text: &str) -> Result<Vec<Tensor>> {
-    match declared_type(pipeline, name) {
-        Some(ElementType::Utf8) | None => Ok(vec![Tensor::text(name, text)]),
-        Some(other) => bail!(
-            "pipeline input '{name}' takes {other}, not text; give it with --input-file (raw bytes, or tensors in .json)"
-        ),
-    }
-}
-
-fn file_request(pipeline: &Pipeline, name: &str, path: &Path) -> Result<Vec<Tensor>> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read input file {}", path.display()))?;
-    if path.extension().is_some_and(|e| e == "json") {
-        let value: Value = serde_json::from_slice(&bytes)
-            .with_context(|| format!("{} is not JSON", path.display()))?;
-        return outpost_host::tensor::tensors_from_json(&value)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()));
-    }
-    match declared_type(pipeline, name) {
-        Some(ElementType::Utf8) => {
-            let text = String::from_utf8(bytes)
-                .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
-            Ok(vec![Tensor::text(name, &text)])
-        }
-        _ => Ok(vec![Tensor::bytes(name, bytes)]),
-    }
-}
-
-fn inspect(pipeline: &Pipeline) -> Value {
-    let specs = |specs: &[outpost_host::TensorSpec]| -> Vec<Value> {
-        specs
-            .iter()
-            .map(|s| json!({ "name": s.name, "shape": s.shape_string() }))
-            .collect()
-    };
-    let models: Vec<Value> = pipeline
-        .models()
-        .iter()
-        .map(|m| {
-            json!({
-                "name": m.name,
-                "path": m.path.display().to_string(),
-                "backend": format!("{:?}", m.backend).to_lowercase(),
-                "digest": m.digest.to_string(),
-                "inputs": specs(&m.signature().inputs),
-                "outputs": specs(&m.signature().outputs),
-            })
-        })
-        .collect();
-    let stages: Vec<Value> = pipeline
-        .stages()
-        .iter()
-        .map(|s| {
-            let info = s.stage().info();
-            let pairs = |it: Vec<(&str, &str)>| -> Vec<Value> {
-                it.into_iter().map(|(stage, pipe)| json!({ "stage": stage, "pipeline": pipe })).collect()
-            };
-            json!({
-                "name": s.stage().name(),
-                "component": s.component().display().to_string(),
-                "digest": s.component_digest().to_string(),
-                "plugin": { "name": info.name, "version": info.version, "description": info.description },
-                "declared_inputs": specs(&info.inputs),
-                "declared_outputs": specs(&info.outputs),
-                "inputs": pairs(s.input_names().collect()),
-                "outputs": pairs(s.output_names().collect()),
-                "models": s.models(),
-                "limits": {
-                    "memory_mib": s.stage().limits().memory_bytes >> 20,
-                    "timeout_ms": s.stage().limits().timeout.as_millis() as u64,
-                },
-            })
-        })
-        .collect();
-    json!({
-        "pipeline": pipeline.name(),
-        "version": pipeline.version(),
-        "description": pipeline.description(),
-        "inputs": pipeline.inputs().iter().map(|(n, s)| json!({
-            "name": n,
-            "shape": s.as_ref().map(|s| s.shape_string()),
-        })).collect::<Vec<_>>(),
-        "outputs": pipeline.outputs(),
-        "models": models,
-        "stages": stages,
-    })
-}
-
-/// Indented JSON, except that arrays of plain values (tensor data, shapes)
-/// stay on one line: a 384-float embedding is one line, not 384.
-fn json_text(value: &Value) -> String {
-    fn write(out: &mut String, value: &Value, indent: usize) {
-        let pad = |n: usize| "  ".repeat(n);
-        match value {
-            Value::Array(items) if items.iter().all(|v| !v.is_array() && !v.is_object()) => {
-                out.push_str(&Value::Array(items.clone()).to_string());
-            }
-            Value::Array(items) => {
-                out.push_str("[\n");
-                for (i, item) in items.iter().enumerate() {
-                    out.push_str(&pad(indent + 1));
-                    write(out, item, indent + 1);
-                    out.push_str(if i + 1 < items.len() { ",\n" } else { "\n" });
-                }
-                out.push_str(&pad(indent));
-                out.push(']');
-            }
-            Value::Object(map) if !map.is_empty() => {
-                out.push_str("{\n");
-                for (i, (key, item)) in map.iter().enumerate() {
-                    out.push_str(&pad(indent + 1));
-                    out.push_str(&Value::String(key.clone()).to_string());
-                    out.push_str(": ");
-                    write(out, item, indent + 1);
-                    out.push_str(if i + 1 < map.len() { ",\n" } else { "\n" });
-                }
-                out.push_str(&pad(indent));
-                out.push('}');
-            }
-            other => out.push_str(&other.to_string()),
-        }
-    }
-    let mut out = String::new();
-    write(&mut out, value, 0);
-    out
 }

@@ -1,0 +1,550 @@
+//! Loading a pipeline: reading its files (from a directory or a verified
+//! bundle), preloading models, compiling and initialising stages, and wiring
+//! and checking the tensors between them.
+
+use super::spec::{BackendName, PipelineSpec, StageSpec};
+use super::{Host, LoadedModel, Pipeline, PipelineStage};
+use crate::backend::tract::TractGraph;
+use crate::bindings::{Config, File, TensorSpec};
+use crate::error::PipelineError;
+use crate::sandbox::{DirGrant, Grants};
+use crate::stage::{LoadedStage, StageLimits, StageLoadError, StageSetup};
+use outpost_signing::Digest;
+use outpost_signing::bundle::VerifiedBundle;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One pipeline being loaded from one source.
+pub(super) struct Loader<'a> {
+    pub(super) host: &'a Host,
+    /// The pipeline file, or what stands for it in messages.
+    pub(super) path: &'a Path,
+    pub(super) source: Source<'a>,
+}
+
+/// Where the files a pipeline names come from.
+pub(super) enum Source<'a> {
+    /// Paths relative to the pipeline file's directory.
+    Dir(&'a Path),
+    /// Blobs of a verified bundle, named `sha256:<hex>`; each is checked
+    /// against its digest as it is read.
+    Bundle(&'a VerifiedBundle),
+}
+
+/// What is known about a tensor available in the pipeline: who made it and
+/// what they declared.
+struct Available {
+    producer: Option<String>,
+    spec: Option<TensorSpec>,
+}
+
+impl Loader<'_> {
+    fn invalid(&self, message: String) -> PipelineError {
+        PipelineError::Invalid {
+            path: self.path.to_owned(),
+            message,
+        }
+    }
+
+    fn read(&self, relative: &Path) -> Result<(PathBuf, Vec<u8>), PipelineError> {
+        let path = self.display_path(relative);
+        match self.source {
+            Source::Dir(_) => {
+                let bytes = std::fs::read(&path).map_err(|source| PipelineError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                Ok((path, bytes))
+            }
+            Source::Bundle(bundle) => Ok((path, bundle.read_blob(&relative.to_string_lossy())?)),
+        }
+    }
+
+    /// A bundle's pipeline may grant a stage exactly the models the signed
+    /// manifest lists for it, so what a stage may touch is visible without
+    /// reading the pipeline.
+    fn check_grants(
+        &self,
+        spec: &PipelineSpec,
+        bundle: &VerifiedBundle,
+    ) -> Result<(), PipelineError> {
+        let grants = &bundle.manifest().grants;
+        for stage in &spec.stages {
+            let used = crate::bundling::manifest_grants(stage);
+            let granted = grants.get(&stage.name).cloned().unwrap_or_default();
+            if used != granted {
+                return Err(self.invalid(format!(
+                    "stage '{}' is given {used:?} but the signed manifest grants it {granted:?}",
+                    stage.name
+                )));
+            }
+        }
+        if let Some(extra) = grants
+            .keys()
+            .find(|name| !spec.stages.iter().any(|s| &s.name == *name))
+        {
+            return Err(self.invalid(format!(
+                "the signed manifest grants stage '{extra}', which the pipeline does not have"
+            )));
+        }
+        Ok(())
+    }
+
+    fn limits(&self, spec: &StageSpec) -> Result<StageLimits, PipelineError> {
+        let d = StageLimits::default();
+        let l = &spec.limits;
+        let mib = |v: Option<u64>, default: usize| {
+            v.map_or(default, |m| {
+                usize::try_from(m).unwrap_or(usize::MAX >> 20) << 20
+            })
+        };
+        let limits = StageLimits {
+            memory_bytes: mib(l.memory_mib, d.memory_bytes),
+            table_elements: l.table_elements.map_or(d.table_elements, |n| {
+                usize::try_from(n).unwrap_or(usize::MAX)
+            }),
+            timeout: l.timeout_ms.map_or(d.timeout, Duration::from_millis),
+            inference_timeout: l
+                .inference_timeout_ms
+                .map_or(d.inference_timeout, Duration::from_millis),
+            fuel: l.fuel,
+            max_output_bytes: mib(l.max_output_mib, d.max_output_bytes),
+        };
+        if limits.fuel.is_some() && !self.host.runtime.fuel() {
+            return Err(self.invalid(format!(
+                "stage '{}' sets limits.fuel, but this host does not meter fuel; start it with --fuel",
+                spec.name
+            )));
+        }
+        let max = self.host.runtime.max_memory_bytes();
+        if limits.memory_bytes > max {
+            return Err(self.invalid(format!(
+                "stage '{}' sets limits.memory_mib = {}, above the host's largest memory of {} MiB",
+                spec.name,
+                limits.memory_bytes >> 20,
+                max >> 20
+            )));
+        }
+        Ok(limits)
+    }
+
+    fn grants(&self, spec: &StageSpec) -> Result<Grants, PipelineError> {
+        let g = &spec.grants;
+        let mut env = Vec::with_capacity(g.env.len());
+        for entry in &g.env {
+            match entry.split_once('=') {
+                Some((name, value)) => env.push((name.to_owned(), value.to_owned())),
+                // A variable the device does not set is simply not passed.
+                None => {
+                    if let Ok(value) = std::env::var(entry) {
+                        env.push((entry.clone(), value));
+                    }
+                }
+            }
+        }
+        let base = match self.source {
+            Source::Dir(dir) => dir.to_owned(),
+            Source::Bundle(_) => PathBuf::from("."),
+        };
+        let dirs = g
+            .dirs
+            .iter()
+            .map(|d| DirGrant {
+                host: base.join(&d.host),
+                guest: d.guest.clone(),
+                writable: d.writable,
+            })
+            .collect();
+        let network = g
+            .network
+            .iter()
+            .map(|a| {
+                a.parse().map_err(|_| {
+                    self.invalid(format!(
+                        "stage '{}' grants network \"{a}\", which is not an ip:port address",
+                        spec.name
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Grants {
+            env,
+            dirs,
+            network,
+            clocks: g.clocks,
+        })
+    }
+
+    fn display_path(&self, relative: &Path) -> PathBuf {
+        match self.source {
+            Source::Dir(dir) => dir.join(relative),
+            Source::Bundle(_) => relative.to_owned(),
+        }
+    }
+
+    pub(super) fn load(&self, spec: PipelineSpec) -> Result<Pipeline, PipelineError> {
+        if let Source::Bundle(bundle) = self.source {
+            self.check_grants(&spec, bundle)?;
+        }
+        if spec.pipeline.inputs.is_empty() {
+            return Err(self.invalid("[pipeline] inputs is empty; name the tensors a request brings, e.g. inputs = [\"text\"]".into()));
+        }
+        if spec.stages.is_empty() {
+            return Err(self.invalid("the pipeline has no [[stages]]".into()));
+        }
+        let models = spec
+            .models
+            .iter()
+            .map(|(name, model)| {
+                let (path, bytes) = self.read(&model.path)?;
+                let graph = match model.backend {
+                    BackendName::Tract => {
+                        TractGraph::load(name, &bytes).map_err(|e| PipelineError::Model {
+                            model: name.clone(),
+                            path: path.clone(),
+                            message: e.to_string(),
+                        })?
+                    }
+                };
+                Ok(LoadedModel {
+                    name: name.clone(),
+                    path,
+                    backend: model.backend,
+                    digest: Digest::of(&bytes),
+                    graph: Arc::new(graph),
+                })
+            })
+            .collect::<Result<Vec<_>, PipelineError>>()?;
+
+        let mut available: HashMap<String, Available> = spec
+            .pipeline
+            .inputs
+            .iter()
+            .map(|n| {
+                (
+                    n.clone(),
+                    Available {
+                        producer: None,
+                        spec: None,
+                    },
+                )
+            })
+            .collect();
+        let mut input_specs: HashMap<String, TensorSpec> = HashMap::new();
+        let mut stages: Vec<PipelineStage> = Vec::with_capacity(spec.stages.len());
+        for stage_spec in &spec.stages {
+            if stages.iter().any(|s| s.stage.name() == stage_spec.name) {
+                return Err(self.invalid(format!(
+                    "two stages are named '{}'; stage names must be unique",
+                    stage_spec.name
+                )));
+            }
+            let (stage, digest) = self.load_stage(&spec.pipeline.name, stage_spec, &models)?;
+            stages.push(self.connect(
+                stage_spec,
+                stage,
+                digest,
+                &models,
+                &mut available,
+                &mut input_specs,
+            )?);
+        }
+
+        let outputs = match &spec.pipeline.outputs {
+            Some(names) => {
+                for name in names {
+                    if !available.contains_key(name) {
+                        return Err(self.invalid(format!(
+                            "[pipeline] outputs names '{name}', which no stage produces; available: {}",
+                            sorted_names(&available)
+                        )));
+                    }
+                }
+                names.clone()
+            }
+            None => stages
+                .last()
+                .map(|s| s.outputs.iter().map(|(_, p)| p.clone()).collect())
+                .unwrap_or_default(),
+        };
+        mark_moves(&mut stages, &outputs);
+        let inputs = spec
+            .pipeline
+            .inputs
+            .iter()
+            .map(|n| (n.clone(), input_specs.remove(n)))
+            .collect();
+        Ok(Pipeline {
+            name: spec.pipeline.name,
+            version: spec.pipeline.version,
+            description: spec.pipeline.description,
+            inputs,
+            outputs,
+            models,
+            stages,
+        })
+    }
+
+    fn load_stage(
+        &self,
+        pipeline: &str,
+        spec: &StageSpec,
+        models: &[LoadedModel],
+    ) -> Result<(LoadedStage, Digest), PipelineError> {
+        let mut granted = Vec::with_capacity(spec.models.len());
+        for name in &spec.models {
+            let model = models.iter().find(|m| &m.name == name).ok_or_else(|| {
+                self.invalid(format!(
+                    "stage '{}' lists model '{name}', but there is no [models.{name}]; defined models: {}",
+                    spec.name,
+                    list_or_none(models.iter().map(|m| m.name.as_str()))
+                ))
+            })?;
+            granted.push((name.clone(), model.graph.clone()));
+        }
+        let mut files = Vec::with_capacity(spec.files.len());
+        for (name, relative) in &spec.files {
+            let (_, data) = self.read(relative)?;
+            files.push(File {
+                name: name.clone(),
+                data,
+            });
+        }
+        let mut entries = Vec::with_capacity(spec.config.len());
+        for (key, value) in &spec.config {
+            let json = serde_json::to_string(value).map_err(|e| {
+                self.invalid(format!("stage '{}' config key '{key}': {e}", spec.name))
+            })?;
+            entries.push((key.clone(), json));
+        }
+        let limits = self.limits(spec)?;
+        let grants = self.grants(spec)?;
+        let component_path = self.display_path(&spec.component);
+        let component_error = |message: String| PipelineError::Component {
+            stage: spec.name.clone(),
+            path: component_path.clone(),
+            message,
+        };
+        let bytes = match self.read(&spec.component) {
+            Ok((_, bytes)) => bytes,
+            Err(PipelineError::Read { source, .. }) => {
+                return Err(component_error(format!(
+                    "cannot read the component: {source}; build the plugins with `cargo plugins` first"
+                )));
+            }
+            Err(other) => return Err(other),
+        };
+        // The digest of the bytes just read: for a bundle, read_blob has
+        // already matched it against the signed manifest.
+        let digest = Digest::of(&bytes);
+        let component = self
+            .host
+            .compile(&digest, &bytes)
+            .map_err(|e| component_error(format!("not a valid component: {e:#}")))?;
+        let setup = StageSetup {
+            pipeline: pipeline.to_owned(),
+            name: spec.name.clone(),
+            config: Config { entries, files },
+            models: granted,
+            limits,
+            grants,
+            metering: self.host.runtime.metering(),
+        };
+        let stage = LoadedStage::new(&self.host.linker, &component, setup).map_err(|e| match e {
+            StageLoadError::Link(message) => component_error(format!(
+                "does not implement the outpost:plugin `stage` world, or imports more than the host provides: {message}"
+            )),
+            StageLoadError::Stage(e) => PipelineError::Stage(e),
+        })?;
+        Ok((stage, digest))
+    }
+
+    /// Wires a stage's inputs to tensors available so far and checks the
+    /// declared types; records its outputs as available.
+    fn connect(
+        &self,
+        spec: &StageSpec,
+        stage: LoadedStage,
+        component_digest: Digest,
+        models: &[LoadedModel],
+        available: &mut HashMap<String, Available>,
+        input_specs: &mut HashMap<String, TensorSpec>,
+    ) -> Result<PipelineStage, PipelineError> {
+        let (declared_inputs, declared_outputs) = effective_specs(&stage, spec, models);
+        let name = &spec.name;
+        let describe = |specs: &[TensorSpec]| list_or_none(specs.iter().map(|s| s.name.as_str()));
+
+        let input_pairs = if matches!(&spec.inputs, super::spec::TensorMap::Names(n) if n.is_empty())
+        {
+            declared_inputs
+                .iter()
+                .filter(|s| !s.is_wildcard())
+                .map(|s| (s.name.clone(), s.name.clone()))
+                .collect()
+        } else {
+            spec.inputs.pairs()
+        };
+        let open_inputs = declared_inputs.iter().any(TensorSpec::is_wildcard);
+        for (stage_side, pipe_side) in &input_pairs {
+            let Some(source) = available.get(pipe_side) else {
+                return Err(self.invalid(format!(
+                    "stage '{name}' takes '{pipe_side}', which is neither a pipeline input nor produced by an earlier stage; available: {}",
+                    sorted_names(available)
+                )));
+            };
+            let consumer = declared_inputs.iter().find(|s| &s.name == stage_side);
+            match (consumer, &source.spec) {
+                (None, _) if !open_inputs => {
+                    return Err(self.invalid(format!(
+                        "stage '{name}' has no input '{stage_side}'; it declares: {}",
+                        describe(&declared_inputs)
+                    )));
+                }
+                (Some(want), Some(have)) => {
+                    if let Some(why) = have.incompatibility(want) {
+                        return Err(self.invalid(format!(
+                            "stage '{name}' input '{stage_side}' expects {}, but {} gives '{pipe_side}' as {}: {why}",
+                            want.shape_string(),
+                            source.producer.as_deref().map_or("the pipeline".to_owned(), |p| format!("stage '{p}'")),
+                            have.shape_string()
+                        )));
+                    }
+                }
+                (Some(want), None) if source.producer.is_none() => {
+                    input_specs
+                        .entry(pipe_side.clone())
+                        .or_insert_with(|| want.clone());
+                }
+                _ => {}
+            }
+        }
+        for want in declared_inputs.iter().filter(|s| !s.is_wildcard()) {
+            if !input_pairs.iter().any(|(s, _)| s == &want.name) {
+                return Err(self.invalid(format!(
+                    "stage '{name}' needs input '{}' ({}), which its inputs do not give; add it to the stage's `inputs`",
+                    want.name,
+                    want.shape_string()
+                )));
+            }
+        }
+
+        let open_outputs = declared_outputs.iter().any(TensorSpec::is_wildcard);
+        let output_pairs = match &spec.outputs {
+            Some(map) => map.pairs(),
+            None => declared_outputs
+                .iter()
+                .filter(|s| !s.is_wildcard())
+                .map(|s| (s.name.clone(), s.name.clone()))
+                .collect(),
+        };
+        for (stage_side, pipe_side) in &output_pairs {
+            let declared = declared_outputs.iter().find(|s| &s.name == stage_side);
+            if declared.is_none() && !open_outputs {
+                return Err(self.invalid(format!(
+                    "stage '{name}' has no output '{stage_side}'; it declares: {}",
+                    describe(&declared_outputs)
+                )));
+            }
+            available.insert(
+                pipe_side.clone(),
+                Available {
+                    producer: Some(name.clone()),
+                    spec: declared.cloned(),
+                },
+            );
+        }
+        Ok(PipelineStage {
+            inputs: input_pairs
+                .into_iter()
+                .map(|(a, b)| (a, b, false))
+                .collect(),
+            outputs: output_pairs,
+            component: self.display_path(&spec.component),
+            component_digest,
+            models: spec.models.clone(),
+            stage,
+        })
+    }
+}
+
+/// What a stage takes and gives: its own declaration, except that a stage
+/// declaring "any tensors" (`*`) and given exactly one model takes and gives
+/// what that model does.
+fn effective_specs(
+    stage: &LoadedStage,
+    spec: &StageSpec,
+    models: &[LoadedModel],
+) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
+    let info = stage.info();
+    let model = match spec.models.as_slice() {
+        [only] => models.iter().find(|m| &m.name == only),
+        _ => None,
+    };
+    let resolve = |declared: &[TensorSpec], from_model: &[TensorSpec]| -> Vec<TensorSpec> {
+        match model {
+            Some(_) if declared.iter().any(TensorSpec::is_wildcard) => {
+                let named: Vec<TensorSpec> = declared
+                    .iter()
+                    .filter(|s| !s.is_wildcard())
+                    .cloned()
+                    .collect();
+                let extra = from_model
+                    .iter()
+                    .filter(|m| !named.iter().any(|s| s.name == m.name))
+                    .cloned();
+                named.iter().cloned().chain(extra).collect()
+            }
+            // Named but untyped declarations take the model's types.
+            Some(_) => declared
+                .iter()
+                .map(|s| match from_model.iter().find(|m| m.name == s.name) {
+                    Some(m) if s.element_type.is_none() && s.dims.is_none() => m.clone(),
+                    _ => s.clone(),
+                })
+                .collect(),
+            None => declared.to_vec(),
+        }
+    };
+    match model {
+        Some(m) => (
+            resolve(&info.inputs, &m.signature().inputs),
+            resolve(&info.outputs, &m.signature().outputs),
+        ),
+        None => (info.inputs.clone(), info.outputs.clone()),
+    }
+}
+
+/// A stage input is moved out of the request's tensors when no later stage
+/// and no pipeline output uses it.
+fn mark_moves(stages: &mut [PipelineStage], outputs: &[String]) {
+    let mut needed_later: Vec<String> = outputs.to_vec();
+    for stage in stages.iter_mut().rev() {
+        // Walking backwards in time: the stage's outputs come after its
+        // inputs. An output re-using a name starts a new tensor, so later
+        // needs of that name are not needs of the older one.
+        for (_, pipe_side) in &stage.outputs {
+            needed_later.retain(|n| n != pipe_side);
+        }
+        for (_, pipe_side, moved) in stage.inputs.iter_mut().rev() {
+            *moved = !needed_later.contains(pipe_side);
+            needed_later.push(pipe_side.clone());
+        }
+    }
+}
+
+fn sorted_names(available: &HashMap<String, Available>) -> String {
+    let mut names: Vec<&str> = available.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    list_or_none(names.into_iter())
+}
+
+fn list_or_none<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let names: Vec<&str> = names.collect();
+    if names.is_empty() {
+        "(none)".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
