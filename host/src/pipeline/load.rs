@@ -62,6 +62,19 @@ impl Loader<'_> {
         }
     }
 
+    /// The digest of `bytes`, just read from `relative`: for a bundle,
+    /// `read_blob` has already hashed them and matched the name, so the name
+    /// is the digest; from a directory they are hashed here.
+    fn digest_of(&self, relative: &Path, bytes: &[u8]) -> Digest {
+        match self.source {
+            Source::Bundle(_) => relative
+                .to_string_lossy()
+                .parse()
+                .unwrap_or_else(|_| Digest::of(bytes)),
+            Source::Dir(_) => Digest::of(bytes),
+        }
+    }
+
     /// A bundle's pipeline may grant a stage exactly the models the signed
     /// manifest lists for it, so what a stage may touch is visible without
     /// reading the pipeline.
@@ -212,7 +225,7 @@ impl Loader<'_> {
                     name: name.clone(),
                     path,
                     backend: model.backend,
-                    digest: Digest::of(&bytes),
+                    digest: self.digest_of(&model.path, &bytes),
                     graph: Arc::new(graph),
                 })
             })
@@ -336,9 +349,7 @@ impl Loader<'_> {
             }
             Err(other) => return Err(other),
         };
-        // The digest of the bytes just read: for a bundle, read_blob has
-        // already matched it against the signed manifest.
-        let digest = Digest::of(&bytes);
+        let digest = self.digest_of(&spec.component, &bytes);
         let component = self
             .host
             .compile(&digest, &bytes)

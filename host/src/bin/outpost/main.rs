@@ -427,7 +427,8 @@ fn load(host: &Host, path: &Path, source: &SourceArgs, accept: bool) -> Result<P
     }
     let state = trust::state_dir(source.state_dir.as_deref());
     let policy = trust::policy(source.policy.as_deref())?;
-    let (verified, _staging) = trust::open_verified(path, &source.trust, &policy, &state)?;
+    let (verified, _provenance, _staging) =
+        trust::open_verified(path, &source.trust, &policy, &state)?;
     let pipeline = host.load_bundle(&verified)?;
     if accept {
         trust::accept(&state, &verified, &running_bundle(&verified, &pipeline))?;

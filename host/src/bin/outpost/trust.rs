@@ -5,7 +5,7 @@ use anyhow::{Context, Result, bail};
 use outpost_signing::bundle::{Bundle, VerifiedBundle, VersionStore};
 use outpost_signing::evidence::{Evidence, RunningBundle};
 use outpost_signing::keys::{PublicKey, SecretKey};
-use outpost_signing::provenance::{Policy, SourceRef};
+use outpost_signing::provenance::{CheckedProvenance, Policy, SourceRef};
 use outpost_signing::root::{RootBody, RootKey, TrustRoot};
 use outpost_signing::time::Timestamp;
 use std::path::{Path, PathBuf};
@@ -164,21 +164,21 @@ pub fn open_verified(
     trust: &[PathBuf],
     policy: &Policy,
     state: &Path,
-) -> Result<(VerifiedBundle, Staging)> {
+) -> Result<(VerifiedBundle, Option<CheckedProvenance>, Staging)> {
     let root = trust_root(trust)?;
     let staging = Staging::new(state);
     let bundle = Bundle::open(path, &staging.0)
         .with_context(|| format!("cannot open bundle {}", path.display()))?;
     let verified = bundle.verify(&root)?;
     verified.check_all_blobs()?;
-    policy.check(&verified)?;
+    let provenance = policy.check(&verified)?;
     VersionStore::new(&state.join("accepted")).check(&verified)?;
-    Ok((verified, staging))
+    Ok((verified, provenance, staging))
 }
 
 pub fn verify(path: &Path, trust: &[PathBuf], policy: &Policy, state: &Path) -> Result<()> {
-    let (verified, _staging) = open_verified(path, trust, policy, state)?;
-    if let Some(p) = policy.check(&verified)? {
+    let (verified, provenance, _staging) = open_verified(path, trust, policy, state)?;
+    if let Some(p) = provenance {
         println!(
             "provenance: built by '{}' from {} at {}",
             p.builder, p.source.repository, p.source.commit
@@ -320,7 +320,7 @@ pub fn verify_evidence(args: EvidenceArgs<'_>) -> Result<()> {
         nonce: args.nonce,
         bundle: bundle
             .as_ref()
-            .map(|(b, _)| (b.manifest(), b.manifest_digest())),
+            .map(|(b, _, _)| (b.manifest(), b.manifest_digest())),
         max_age_s: args.max_age_s,
         now: Timestamp::now(),
     };
