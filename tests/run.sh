@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test from a fresh clone on Debian with Rust (rustup):
 # installs the wasm targets and the pinned Python reference tools, fetches the
-# MiniLM models (pinned, sha256-checked), builds the plugins and the host once
-# (one profile), then runs formatting, lint and all tests.
+# MiniLM models and ONNX Runtime's library for the native backend (pinned,
+# sha256-checked), builds the plugins and the host once (one profile), then
+# runs formatting, lint and all tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,7 @@ target/py/bin/pip install --quiet --disable-pip-version-check -r tests/requireme
 
 step "models"
 target/py/bin/python host/pipelines/minilm/fetch_models.py
+target/py/bin/python host/onnxruntime/fetch.py target/onnxruntime
 
 step "plugins"
 cargo plugins
@@ -31,6 +33,8 @@ cargo plugins-wasip1
 step "format and lint"
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+# The host without the native backend (pure Rust, tract only) must build too.
+cargo clippy -p outpost-host --no-default-features --all-targets -- -D warnings
 cargo clippy --target wasm32-wasip2 -p outpost-guest -p bert-tokenizer -p infer -p mean-pool \
     -p classify -p image-normalize -p fail -p hostile -- -D warnings
 cargo clippy --target wasm32-wasip1 -p wasi-nn-classic -- -D warnings
@@ -40,6 +44,7 @@ cargo build -p outpost-host --bins
 
 step "tests"
 export OUTPOST_PYTHON="$PWD/target/py/bin/python"
+export OUTPOST_ONNXRUNTIME_LIB="$PWD/target/onnxruntime/libonnxruntime.so"
 cargo test --workspace --exclude wasi-nn-classic
 step "the README's demo, signed"
 bash host/pipelines/demo/signed-demo.sh "stop the conveyor" | grep -q stop_conveyor

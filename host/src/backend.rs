@@ -1,17 +1,28 @@
 //! wasi-nn backends: how a preloaded model turns tensors into tensors.
 //!
-//! Each backend implements the `wasmtime_wasi_nn::backend` traits so that the
-//! host can register its graphs in the `wasi:nn` registry that guests reach
-//! through `load-by-name`.
+//! A backend loads a model once into something that implements [`Model`];
+//! the host wraps it, per store, in the `wasmtime_wasi_nn::backend` traits so
+//! that guests reach it through `load-by-name`. Everything common to all
+//! backends lives here: matching inputs by name, checking them against the
+//! model's signature before any backend sees them, execution contexts,
+//! accounting of inference time, and keeping the backend's own error text.
 
+#[cfg(feature = "onnxruntime")]
+pub mod onnxruntime;
+mod options;
 pub mod tract;
 
-use crate::bindings::TensorSpec;
+pub use options::{BackendName, BackendOptions, ExecutionTarget, LoadModelError, load_model};
+
+use crate::bindings::{Dim, ElementType, TensorSpec};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tract::TractGraph;
-use wasmtime_wasi_nn::{Graph, GraphRegistry, Registry};
+use std::time::{Duration, Instant};
+use wasmtime_wasi_nn::backend::{
+    BackendError, BackendExecutionContext, BackendGraph, Id, NamedTensor,
+};
+use wasmtime_wasi_nn::wit::Tensor as NnTensor;
+use wasmtime_wasi_nn::{ExecutionContext, Graph, GraphRegistry, Registry};
 
 /// What a backend learned about a model when it loaded it.
 #[derive(Clone, Debug)]
@@ -20,6 +31,143 @@ pub struct ModelSignature {
     pub inputs: Vec<TensorSpec>,
     /// The model's outputs, in the order the model declares them.
     pub outputs: Vec<TensorSpec>,
+}
+
+/// A model loaded by a backend, shared by every instance that may use it.
+pub trait Model: Send + Sync {
+    /// The name the pipeline gives the model.
+    fn name(&self) -> &str;
+    /// Its declared inputs and outputs.
+    fn signature(&self) -> &ModelSignature;
+    /// Which backend runs it and where, for people: `tract (cpu)`.
+    fn describe(&self) -> String;
+    /// Runs the model on inputs given in its declared order, each already
+    /// checked against its declaration (type, rank, fixed and symbolic sizes,
+    /// byte length); returns the outputs in their declared order.
+    fn run(&self, inputs: Vec<NnTensor>) -> Result<Vec<NnTensor>, String>;
+}
+
+/// A loaded model as the host holds it.
+pub type SharedModel = Arc<dyn Model>;
+
+impl dyn Model {
+    /// Runs the model on `inputs`, matched to its inputs by name, and returns
+    /// every output under its declared name.
+    pub fn compute(&self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, String> {
+        let specs = &self.signature().inputs;
+        let mut by_name: HashMap<String, NnTensor> =
+            inputs.into_iter().map(|t| (t.name, t.tensor)).collect();
+        let mut ordered = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let tensor = by_name.remove(&spec.name).ok_or_else(|| {
+                format!(
+                    "model '{}' needs input '{}' ({}), which was not given",
+                    self.name(),
+                    spec.name,
+                    spec.shape_string()
+                )
+            })?;
+            ordered.push(tensor);
+        }
+        if let Some(extra) = by_name.keys().next() {
+            let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+            return Err(format!(
+                "model '{}' has no input '{extra}'; its inputs are: {}",
+                self.name(),
+                names.join(", ")
+            ));
+        }
+        self.run_ordered(ordered)
+    }
+
+    /// Checks inputs given in the model's declared order, runs the model,
+    /// and names its outputs.
+    pub fn run_ordered(&self, inputs: Vec<NnTensor>) -> Result<Vec<NamedTensor>, String> {
+        let signature = self.signature();
+        let mut symbols: HashMap<&str, u32> = HashMap::new();
+        for (spec, tensor) in signature.inputs.iter().zip(&inputs) {
+            check_input(self.name(), spec, tensor, &mut symbols)?;
+        }
+        let outputs = self.run(inputs)?;
+        if outputs.len() != signature.outputs.len() {
+            return Err(format!(
+                "model '{}' returned {} outputs but declares {}",
+                self.name(),
+                outputs.len(),
+                signature.outputs.len()
+            ));
+        }
+        Ok(outputs
+            .into_iter()
+            .zip(&signature.outputs)
+            .map(|(tensor, spec)| NamedTensor {
+                name: spec.name.clone(),
+                tensor,
+            })
+            .collect())
+    }
+}
+
+/// Element type, rank, fixed sizes, consistent symbolic sizes, and a byte
+/// length that matches the shape.
+fn check_input<'a>(
+    model: &str,
+    spec: &'a TensorSpec,
+    tensor: &NnTensor,
+    symbols: &mut HashMap<&'a str, u32>,
+) -> Result<(), String> {
+    let ty = ElementType::from_nn(tensor.ty);
+    let got = format!("{ty}{:?}", tensor.dimensions);
+    let wrong = |why: String| {
+        format!(
+            "model '{model}' input '{}' expects {} but got {got}: {why}",
+            spec.name,
+            spec.shape_string()
+        )
+    };
+    if let Some(expected) = spec.element_type
+        && expected.to_nn() != Some(tensor.ty)
+    {
+        return Err(wrong(format!("element type {ty} is not {expected}")));
+    }
+    let bytes =
+        crate::tensor::element_count(&tensor.dimensions).and_then(|n| n.checked_mul(ty.size()));
+    if bytes != Some(tensor.data.len()) {
+        return Err(wrong(format!(
+            "the shape needs {} bytes but the tensor carries {}",
+            bytes.map_or_else(|| "too many".to_owned(), |n| n.to_string()),
+            tensor.data.len()
+        )));
+    }
+    let Some(dims) = &spec.dims else {
+        return Ok(());
+    };
+    if dims.len() != tensor.dimensions.len() {
+        return Err(wrong(format!(
+            "rank {} is not {}",
+            tensor.dimensions.len(),
+            dims.len()
+        )));
+    }
+    for (i, (dim, &size)) in dims.iter().zip(&tensor.dimensions).enumerate() {
+        match dim {
+            Dim::Fixed(n) if *n != size => {
+                return Err(wrong(format!("dimension {i} must be {n}")));
+            }
+            Dim::Symbol(s) => match symbols.get(s.as_str()) {
+                Some(&bound) if bound != size => {
+                    return Err(wrong(format!(
+                        "dimension {i} ({s}) is {size} but another input has {s} = {bound}"
+                    )));
+                }
+                _ => {
+                    symbols.insert(s.as_str(), size);
+                }
+            },
+            Dim::Fixed(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// What one store's inference did during the current call: the backend's
@@ -108,10 +256,16 @@ impl Diagnostics {
 
 /// The wasi-nn registry of one store: exactly the models its code was
 /// granted, under the names the pipeline gives them.
-pub fn granted_models(models: &[(String, Arc<TractGraph>)], diagnostics: &Diagnostics) -> Registry {
+pub fn granted_models(models: &[(String, SharedModel)], diagnostics: &Diagnostics) -> Registry {
     let graphs = models
         .iter()
-        .map(|(name, graph)| (name.clone(), graph.to_nn_graph(diagnostics)))
+        .map(|(name, model)| {
+            let graph: Box<dyn BackendGraph> = Box::new(NnGraph {
+                model: model.clone(),
+                diagnostics: diagnostics.clone(),
+            });
+            (name.clone(), Graph::from(graph))
+        })
         .collect();
     Registry::from(GrantedModels(graphs))
 }
@@ -124,5 +278,116 @@ impl GraphRegistry for GrantedModels {
     }
     fn get_mut(&mut self, name: &str) -> Option<&mut Graph> {
         self.0.get_mut(name)
+    }
+}
+
+/// The graph handed to one store's wasi-nn: a shared model plus that
+/// store's [`Diagnostics`].
+struct NnGraph {
+    model: SharedModel,
+    diagnostics: Diagnostics,
+}
+
+impl BackendGraph for NnGraph {
+    fn init_execution_context(&self) -> Result<ExecutionContext, BackendError> {
+        let n = self.model.signature().inputs.len();
+        let context: Box<dyn BackendExecutionContext> = Box::new(NnContext {
+            model: self.model.clone(),
+            diagnostics: self.diagnostics.clone(),
+            inputs: vec![None; n],
+            outputs: Vec::new(),
+        });
+        Ok(ExecutionContext::from(context))
+    }
+}
+
+/// One execution context: inputs set by index or name (witx) or passed to
+/// `compute` by name (WIT).
+struct NnContext {
+    model: SharedModel,
+    diagnostics: Diagnostics,
+    inputs: Vec<Option<NnTensor>>,
+    outputs: Vec<NamedTensor>,
+}
+
+impl NnContext {
+    fn fail(&self, message: String) -> BackendError {
+        self.diagnostics.record(message.clone());
+        BackendError::BackendAccess(wasmtime::Error::msg(message))
+    }
+
+    fn index_of(&self, id: &Id, specs: &[TensorSpec], what: &str) -> Result<usize, BackendError> {
+        match id {
+            Id::Index(i) if (*i as usize) < specs.len() => Ok(*i as usize),
+            Id::Name(n) => specs.iter().position(|s| &s.name == n).ok_or_else(|| {
+                self.fail(format!(
+                    "model '{}' has no {what} named '{n}'",
+                    self.model.name()
+                ))
+            }),
+            Id::Index(i) => Err(self.fail(format!(
+                "model '{}' has {} {what}s; index {i} is out of range",
+                self.model.name(),
+                specs.len()
+            ))),
+        }
+    }
+
+    /// Runs `f` against the model, counting its time as inference.
+    fn timed<T>(&self, f: impl FnOnce() -> Result<T, String>) -> Result<T, BackendError> {
+        let started = Instant::now();
+        let result = f();
+        self.diagnostics
+            .add_inference(started.elapsed())
+            .map_err(|e| self.fail(e))?;
+        result.map_err(|e| self.fail(e))
+    }
+}
+
+impl BackendExecutionContext for NnContext {
+    fn set_input(&mut self, id: Id, tensor: &NnTensor) -> Result<(), BackendError> {
+        let i = self.index_of(&id, &self.model.signature().inputs, "input")?;
+        self.inputs[i] = Some(tensor.clone());
+        Ok(())
+    }
+
+    fn get_output(&mut self, id: Id) -> Result<NnTensor, BackendError> {
+        let i = self.index_of(&id, &self.model.signature().outputs, "output")?;
+        self.outputs
+            .get(i)
+            .map(|t| t.tensor.clone())
+            .ok_or_else(|| {
+                self.fail(format!(
+                    "model '{}': call compute before reading outputs",
+                    self.model.name()
+                ))
+            })
+    }
+
+    fn compute(
+        &mut self,
+        inputs: Option<Vec<NamedTensor>>,
+    ) -> Result<Option<Vec<NamedTensor>>, BackendError> {
+        match inputs {
+            Some(named) => self.timed(|| self.model.compute(named)).map(Some),
+            None => {
+                let mut ordered = Vec::with_capacity(self.inputs.len());
+                // Inputs stay set: a witx program may compute again.
+                for (i, slot) in self.inputs.iter().enumerate() {
+                    match slot {
+                        Some(t) => ordered.push(t.clone()),
+                        None => {
+                            let name = &self.model.signature().inputs[i].name;
+                            return Err(self.fail(format!(
+                                "model '{}': input {i} ('{name}') was not set",
+                                self.model.name()
+                            )));
+                        }
+                    }
+                }
+                self.outputs = self.timed(|| self.model.run_ordered(ordered))?;
+                Ok(None)
+            }
+        }
     }
 }

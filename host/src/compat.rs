@@ -2,12 +2,10 @@
 //! modules for wasm32-wasip1 using the `wasi_ephemeral_nn` witx ABI) run
 //! against the same preloaded models, by name.
 
-use crate::backend::tract::TractGraph;
-use crate::backend::{Diagnostics, granted_models};
+use crate::backend::{Diagnostics, SharedModel, granted_models};
 use crate::engine::{EPOCH_TICK, Runtime};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::{Linker, Module, Store, Trap};
 use wasmtime_wasi::I32Exit;
@@ -56,7 +54,7 @@ pub enum CompatError {
 pub fn exec(
     runtime: &Runtime,
     path: &Path,
-    models: &[(String, Arc<TractGraph>)],
+    models: &[(String, SharedModel)],
     args: &[String],
     timeout: Duration,
 ) -> Result<i32, CompatError> {

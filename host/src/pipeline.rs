@@ -4,8 +4,7 @@
 mod load;
 pub mod spec;
 
-use crate::backend::ModelSignature;
-use crate::backend::tract::TractGraph;
+use crate::backend::{BackendOptions, ModelSignature, SharedModel};
 use crate::bindings::{Tensor, TensorSpec};
 use crate::cache::ComponentCache;
 use crate::engine::{EngineError, EngineOptions, Runtime};
@@ -13,10 +12,9 @@ use crate::error::{PipelineError, RunError};
 use crate::stage::{LoadedStage, StageHost, stage_linker};
 use outpost_signing::Digest;
 use outpost_signing::bundle::VerifiedBundle;
-use spec::{BackendName, PipelineSpec};
+use spec::PipelineSpec;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use wasmtime::component::{Component, Linker};
 
 /// A host: one engine and linker, any number of pipelines.
@@ -24,6 +22,7 @@ pub struct Host {
     runtime: Runtime,
     linker: Linker<StageHost>,
     cache: Option<ComponentCache>,
+    backends: BackendOptions,
 }
 
 impl Host {
@@ -36,7 +35,15 @@ impl Host {
             runtime,
             linker,
             cache: None,
+            backends: BackendOptions::default(),
         })
+    }
+
+    /// Sets how models are run: a backend forced for every model, and
+    /// where ONNX Runtime's library is.
+    pub fn with_backend_options(mut self, options: BackendOptions) -> Self {
+        self.backends = options;
+        self
     }
 
     /// The engine and its allocator.
@@ -116,11 +123,9 @@ pub struct LoadedModel {
     pub name: String,
     /// Its file.
     pub path: PathBuf,
-    /// The backend running it.
-    pub backend: BackendName,
     /// The sha256 of its file.
     pub digest: Digest,
-    graph: Arc<TractGraph>,
+    graph: SharedModel,
 }
 
 impl LoadedModel {
@@ -129,9 +134,14 @@ impl LoadedModel {
         self.graph.signature()
     }
 
+    /// Which backend runs it and where, e.g. `tract (cpu)`.
+    pub fn backend(&self) -> String {
+        self.graph.describe()
+    }
+
     /// The loaded model itself, to call without a stage (benchmarks compare
     /// against this).
-    pub fn graph(&self) -> &Arc<TractGraph> {
+    pub fn graph(&self) -> &SharedModel {
         &self.graph
     }
 }

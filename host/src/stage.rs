@@ -2,13 +2,12 @@
 //! it, and the limits armed around every call.
 
 use crate::backend::Diagnostics;
-use crate::backend::granted_models;
-use crate::backend::tract::TractGraph;
+use crate::backend::{SharedModel, granted_models};
 use crate::bindings::{self, Config, ErrorKind, GuestError, StageInfo, Tensor};
 use crate::engine::{EPOCH_TICK, Metering};
 use crate::error::StageError;
 use crate::sandbox::{Denials, Grants, wasi_ctx};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter, Store, Trap, UpdateDeadline, WasmBacktrace};
@@ -121,7 +120,7 @@ pub struct LoadedStage {
     engine: Engine,
     pre: bindings::StagePre<StageHost>,
     config: Config,
-    models: Vec<(String, Arc<TractGraph>)>,
+    models: Vec<(String, SharedModel)>,
     limits: StageLimits,
     grants: Grants,
     metering: Metering,
@@ -143,7 +142,7 @@ pub struct StageSetup {
     /// Its configuration: the `config` table as JSON texts, and its files.
     pub config: Config,
     /// The models it may load, by the names the pipeline gives them.
-    pub models: Vec<(String, Arc<TractGraph>)>,
+    pub models: Vec<(String, SharedModel)>,
     /// Its limits.
     pub limits: StageLimits,
     /// What it may touch.

@@ -11,12 +11,12 @@ use outpost_signing::{Digest, SecretKey};
 use std::path::{Path, PathBuf};
 
 /// Keys `a`, `b`, `c` and a root (version 1, threshold 2) signed by all three.
-struct Publisher {
+pub(crate) struct Publisher {
     scratch: Scratch,
 }
 
 impl Publisher {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let publisher = Publisher {
             scratch: Scratch::new(),
         };
@@ -42,7 +42,7 @@ impl Publisher {
         publisher
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.scratch.path().join(name)
     }
 
@@ -93,7 +93,7 @@ impl Publisher {
 
     /// The pipeline file `pipeline` as bundle `dir` named `name`, version
     /// `version`, signed by `signers`.
-    fn bundle(
+    pub(crate) fn bundle(
         &self,
         pipeline: &Path,
         name: &str,
@@ -137,7 +137,7 @@ impl Publisher {
         )
     }
 
-    fn trust_args(&self, roots: &[&str]) -> Vec<String> {
+    pub(crate) fn trust_args(&self, roots: &[&str]) -> Vec<String> {
         let mut args = Vec::new();
         for r in roots {
             args.extend(["--trust".into(), self.path(r).display().to_string()]);
@@ -167,7 +167,7 @@ impl Publisher {
     }
 }
 
-trait AssertOk {
+pub(crate) trait AssertOk {
     fn assert_ok(&self);
 }
 

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod allocator;
+mod backends;
 mod bundles;
 mod compat;
 mod demo;

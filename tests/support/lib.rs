@@ -75,6 +75,16 @@ pub fn fetched(name: &str) -> PathBuf {
     )
 }
 
+/// ONNX Runtime's shared library for the native backend
+/// (`OUTPOST_ONNXRUNTIME_LIB`, else where `host/onnxruntime/fetch.py` puts it).
+pub fn onnxruntime_lib() -> PathBuf {
+    let path = std::env::var_os("OUTPOST_ONNXRUNTIME_LIB").map_or_else(
+        || target_dir().join("onnxruntime/libonnxruntime.so"),
+        PathBuf::from,
+    );
+    must_exist(path, "fetch it with `python3 host/onnxruntime/fetch.py`")
+}
+
 /// The Python with numpy, onnxruntime and tokenizers (`OUTPOST_PYTHON`, else
 /// the venv `tests/run.sh` makes in target/py).
 pub fn python() -> PathBuf {

@@ -4,16 +4,11 @@
 //! each request only binds its inputs' concrete sizes to the model's symbolic
 //! dimensions (batch, sequence) and runs the plan.
 
-use super::{Diagnostics, ModelSignature};
+use super::{Model, ModelSignature};
 use crate::bindings::{Dim, ElementType, TensorSpec};
-use std::collections::HashMap;
 use std::sync::Arc;
 use tract_onnx::prelude::*;
-use wasmtime_wasi_nn::backend::{
-    BackendError, BackendExecutionContext, BackendGraph, Id, NamedTensor,
-};
 use wasmtime_wasi_nn::wit::Tensor as NnTensor;
-use wasmtime_wasi_nn::{ExecutionContext, Graph};
 
 /// A model loaded into tract, shared by every instance that uses it.
 pub struct TractGraph {
@@ -80,131 +75,45 @@ impl TractGraph {
             signature,
         })
     }
+}
 
-    /// The model's declared inputs and outputs.
-    pub fn signature(&self) -> &ModelSignature {
+impl Model for TractGraph {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn signature(&self) -> &ModelSignature {
         &self.signature
     }
 
-    /// Runs the model on `inputs`, matched to the model's inputs by name, and
-    /// returns every output under its declared name.
-    pub fn compute(&self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, String> {
-        let mut by_name: HashMap<String, NnTensor> =
-            inputs.into_iter().map(|t| (t.name, t.tensor)).collect();
-        let mut ordered = Vec::with_capacity(self.signature.inputs.len());
-        for spec in &self.signature.inputs {
-            let tensor = by_name.remove(&spec.name).ok_or_else(|| {
-                format!(
-                    "model '{}' needs input '{}' ({}), which was not given",
-                    self.name,
-                    spec.name,
-                    spec.shape_string()
-                )
-            })?;
-            ordered.push(tensor);
-        }
-        if let Some(extra) = by_name.keys().next() {
-            return Err(format!(
-                "model '{}' has no input '{extra}'; its inputs are: {}",
-                self.name,
-                self.input_names()
-            ));
-        }
-        self.run_ordered(ordered)
+    fn describe(&self) -> String {
+        "tract (cpu)".to_owned()
     }
 
-    fn input_names(&self) -> String {
-        self.signature
+    fn run(&self, inputs: Vec<NnTensor>) -> Result<Vec<NnTensor>, String> {
+        let values = self
+            .signature
             .inputs
             .iter()
-            .map(|s| s.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
-    /// Runs on inputs given in the model's input order.
-    fn run_ordered(&self, inputs: Vec<NnTensor>) -> Result<Vec<NamedTensor>, String> {
-        let mut values: TVec<TValue> = TVec::with_capacity(inputs.len());
-        let mut symbols: HashMap<&str, u32> = HashMap::new();
-        for (spec, tensor) in self.signature.inputs.iter().zip(inputs) {
-            self.check_input(spec, &tensor, &mut symbols)?;
-            values.push(
-                to_tract(&tensor)
-                    .map_err(|e| format!("model '{}' input '{}': {e}", self.name, spec.name))?
-                    .into_tvalue(),
-            );
-        }
+            .zip(&inputs)
+            .map(|(spec, tensor)| {
+                to_tract(tensor)
+                    .map(IntoTValue::into_tvalue)
+                    .map_err(|e| format!("model '{}' input '{}': {e}", self.name, spec.name))
+            })
+            .collect::<Result<TVec<TValue>, String>>()?;
         let outputs = self
             .plan
             .run(values)
             .map_err(|e| format!("model '{}' failed while computing: {e:#}", self.name))?;
         outputs
-            .into_iter()
+            .iter()
             .zip(&self.signature.outputs)
             .map(|(value, spec)| {
-                let tensor = from_tract(&value)
-                    .map_err(|e| format!("model '{}' output '{}': {e}", self.name, spec.name))?;
-                Ok(NamedTensor {
-                    name: spec.name.clone(),
-                    tensor,
-                })
+                from_tract(value)
+                    .map_err(|e| format!("model '{}' output '{}': {e}", self.name, spec.name))
             })
             .collect()
-    }
-
-    /// Element type, rank, fixed sizes, and consistent symbolic sizes.
-    fn check_input<'a>(
-        &self,
-        spec: &'a TensorSpec,
-        tensor: &NnTensor,
-        symbols: &mut HashMap<&'a str, u32>,
-    ) -> Result<(), String> {
-        let got = format!("{}{:?}", ElementType::from_nn(tensor.ty), tensor.dimensions);
-        let wrong = |why: String| {
-            format!(
-                "model '{}' input '{}' expects {} but got {got}: {why}",
-                self.name,
-                spec.name,
-                spec.shape_string()
-            )
-        };
-        if let Some(ty) = spec.element_type
-            && ty.to_nn() != Some(tensor.ty)
-        {
-            return Err(wrong(format!(
-                "element type {} is not {ty}",
-                ElementType::from_nn(tensor.ty)
-            )));
-        }
-        let Some(dims) = &spec.dims else {
-            return Ok(());
-        };
-        if dims.len() != tensor.dimensions.len() {
-            return Err(wrong(format!(
-                "rank {} is not {}",
-                tensor.dimensions.len(),
-                dims.len()
-            )));
-        }
-        for (i, (dim, &size)) in dims.iter().zip(&tensor.dimensions).enumerate() {
-            match dim {
-                Dim::Fixed(n) if *n != size => {
-                    return Err(wrong(format!("dimension {i} must be {n}")));
-                }
-                Dim::Symbol(s) => match symbols.get(s.as_str()) {
-                    Some(&bound) if bound != size => {
-                        return Err(wrong(format!(
-                            "dimension {i} ({s}) is {size} but another input has {s} = {bound}"
-                        )));
-                    }
-                    _ => {
-                        symbols.insert(s.as_str(), size);
-                    }
-                },
-                Dim::Fixed(_) => {}
-            }
-        }
-        Ok(())
     }
 }
 
@@ -264,18 +173,17 @@ fn to_tract(tensor: &NnTensor) -> Result<Tensor, String> {
     let ty = ElementType::from_nn(tensor.ty);
     let dt = datum_type(ty).ok_or_else(|| format!("tract has no {ty} tensors"))?;
     let shape: Vec<usize> = tensor.dimensions.iter().map(|&d| d as usize).collect();
-    let expected =
-        crate::tensor::element_count(&tensor.dimensions).and_then(|n| n.checked_mul(ty.size()));
-    if expected != Some(tensor.data.len()) {
+    let mut t = Tensor::zero_dt(dt, &shape).map_err(|e| e.to_string())?;
+    let bytes = t.as_bytes_mut();
+    if bytes.len() != tensor.data.len() {
         return Err(format!(
             "shape {:?} of {ty} needs {} bytes but the tensor carries {}",
             tensor.dimensions,
-            expected.map_or_else(|| "too many".to_owned(), |n| n.to_string()),
+            bytes.len(),
             tensor.data.len()
         ));
     }
-    let mut t = Tensor::zero_dt(dt, &shape).map_err(|e| e.to_string())?;
-    t.as_bytes_mut().copy_from_slice(&tensor.data);
+    bytes.copy_from_slice(&tensor.data);
     Ok(t)
 }
 
@@ -293,126 +201,4 @@ fn from_tract(value: &TValue) -> Result<NnTensor, String> {
         ty,
         data: value.as_bytes().to_vec(),
     })
-}
-
-/// The graph handed to one store's wasi-nn: a shared handle on a
-/// [`TractGraph`] plus that store's [`Diagnostics`].
-struct TractNnGraph {
-    graph: Arc<TractGraph>,
-    diagnostics: Diagnostics,
-}
-
-impl TractGraph {
-    /// This model as a wasi-nn graph for one store, whose failures are
-    /// recorded in `diagnostics`.
-    pub fn to_nn_graph(self: &Arc<Self>, diagnostics: &Diagnostics) -> Graph {
-        let boxed: Box<dyn BackendGraph> = Box::new(TractNnGraph {
-            graph: self.clone(),
-            diagnostics: diagnostics.clone(),
-        });
-        Graph::from(boxed)
-    }
-}
-
-impl BackendGraph for TractNnGraph {
-    fn init_execution_context(&self) -> Result<ExecutionContext, BackendError> {
-        let n = self.graph.signature.inputs.len();
-        let context: Box<dyn BackendExecutionContext> = Box::new(TractContext {
-            graph: self.graph.clone(),
-            diagnostics: self.diagnostics.clone(),
-            inputs: vec![None; n],
-            outputs: Vec::new(),
-        });
-        Ok(ExecutionContext::from(context))
-    }
-}
-
-/// One execution context: inputs set by index (witx) or passed to `compute`
-/// by name (WIT).
-struct TractContext {
-    graph: Arc<TractGraph>,
-    diagnostics: Diagnostics,
-    inputs: Vec<Option<NnTensor>>,
-    outputs: Vec<NamedTensor>,
-}
-
-impl TractContext {
-    fn fail(&self, message: String) -> BackendError {
-        self.diagnostics.record(message.clone());
-        BackendError::BackendAccess(wasmtime::Error::msg(message))
-    }
-}
-
-impl TractContext {
-    fn index_of(&self, id: &Id, specs: &[TensorSpec], what: &str) -> Result<usize, BackendError> {
-        match id {
-            Id::Index(i) if (*i as usize) < specs.len() => Ok(*i as usize),
-            Id::Name(n) => specs.iter().position(|s| &s.name == n).ok_or_else(|| {
-                self.fail(format!(
-                    "model '{}' has no {what} named '{n}'",
-                    self.graph.name
-                ))
-            }),
-            Id::Index(i) => Err(self.fail(format!(
-                "model '{}' has {} {what}s; index {i} is out of range",
-                self.graph.name,
-                specs.len()
-            ))),
-        }
-    }
-}
-
-impl BackendExecutionContext for TractContext {
-    fn set_input(&mut self, id: Id, tensor: &NnTensor) -> Result<(), BackendError> {
-        let i = self.index_of(&id, &self.graph.signature.inputs, "input")?;
-        self.inputs[i] = Some(tensor.clone());
-        Ok(())
-    }
-
-    fn get_output(&mut self, id: Id) -> Result<NnTensor, BackendError> {
-        let i = self.index_of(&id, &self.graph.signature.outputs, "output")?;
-        self.outputs
-            .get(i)
-            .map(|t| t.tensor.clone())
-            .ok_or_else(|| {
-                self.fail(format!(
-                    "model '{}': call compute before reading outputs",
-                    self.graph.name
-                ))
-            })
-    }
-
-    fn compute(
-        &mut self,
-        inputs: Option<Vec<NamedTensor>>,
-    ) -> Result<Option<Vec<NamedTensor>>, BackendError> {
-        match inputs {
-            Some(named) => {
-                let started = std::time::Instant::now();
-                let result = self.graph.compute(named);
-                self.diagnostics
-                    .add_inference(started.elapsed())
-                    .map_err(|e| self.fail(e))?;
-                result.map(Some).map_err(|e| self.fail(e))
-            }
-            None => {
-                let mut ordered = Vec::with_capacity(self.inputs.len());
-                for (i, slot) in self.inputs.iter().enumerate() {
-                    ordered.push(slot.clone().ok_or_else(|| {
-                        self.fail(format!(
-                            "model '{}': input {i} ('{}') was not set",
-                            self.graph.name, self.graph.signature.inputs[i].name
-                        ))
-                    })?);
-                }
-                let started = std::time::Instant::now();
-                let result = self.graph.run_ordered(ordered);
-                self.diagnostics
-                    .add_inference(started.elapsed())
-                    .map_err(|e| self.fail(e))?;
-                self.outputs = result.map_err(|e| self.fail(e))?;
-                Ok(None)
-            }
-        }
-    }
 }

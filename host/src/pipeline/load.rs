@@ -2,9 +2,9 @@
 //! bundle), preloading models, compiling and initialising stages, and wiring
 //! and checking the tensors between them.
 
-use super::spec::{BackendName, PipelineSpec, StageSpec};
+use super::spec::{PipelineSpec, StageSpec};
 use super::{Host, LoadedModel, Pipeline, PipelineStage};
-use crate::backend::tract::TractGraph;
+use crate::backend::load_model;
 use crate::bindings::{Config, File, TensorSpec};
 use crate::error::PipelineError;
 use crate::sandbox::{DirGrant, Grants};
@@ -13,7 +13,6 @@ use outpost_signing::Digest;
 use outpost_signing::bundle::VerifiedBundle;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// One pipeline being loaded from one source.
@@ -212,21 +211,23 @@ impl Loader<'_> {
             .iter()
             .map(|(name, model)| {
                 let (path, bytes) = self.read(&model.path)?;
-                let graph = match model.backend {
-                    BackendName::Tract => {
-                        TractGraph::load(name, &bytes).map_err(|e| PipelineError::Model {
-                            model: name.clone(),
-                            path: path.clone(),
-                            message: e.to_string(),
-                        })?
-                    }
-                };
+                let graph = load_model(
+                    name,
+                    &bytes,
+                    model.backend,
+                    model.target,
+                    &self.host.backends,
+                )
+                .map_err(|e| PipelineError::Model {
+                    model: name.clone(),
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
                 Ok(LoadedModel {
                     name: name.clone(),
                     path,
-                    backend: model.backend,
                     digest: self.digest_of(&model.path, &bytes),
-                    graph: Arc::new(graph),
+                    graph,
                 })
             })
             .collect::<Result<Vec<_>, PipelineError>>()?;

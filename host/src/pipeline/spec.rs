@@ -1,5 +1,6 @@
 //! The pipeline file: TOML, parsed strictly. See `README.md` for the schema.
 
+pub use crate::backend::{BackendName, ExecutionTarget};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -43,21 +44,15 @@ pub struct PipelineMeta {
 pub struct ModelSpec {
     /// The model file, relative to the pipeline file.
     pub path: PathBuf,
-    /// Which backend runs it.
+    /// Which backend runs it (the device may override it).
     #[serde(default)]
     pub backend: BackendName,
+    /// Where it runs: wasi-nn's execution target.
+    #[serde(default)]
+    pub target: ExecutionTarget,
     /// How the file is encoded.
     #[serde(default)]
     pub encoding: Encoding,
-}
-
-/// The backends a model can name.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BackendName {
-    /// tract-onnx, in-process, pure Rust.
-    #[default]
-    Tract,
 }
 
 /// Model encodings.

@@ -6,16 +6,17 @@ mod trust;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use outpost_host::backend::tract::TractGraph;
+use outpost_host::backend::{
+    BackendName, BackendOptions, ExecutionTarget, SharedModel, load_model,
+};
 use outpost_host::{Allocator, EngineOptions, Host, Pipeline, RunError};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Outpost runs pipelines of sandboxed WebAssembly stages on edge devices.
 /// Stages call models through wasi-nn; the host preloads the models and runs
-/// them with tract.
+/// them with tract or, where the pipeline or --backend asks, ONNX Runtime.
 #[derive(Parser)]
 #[command(name = "outpost", version, about, long_about = None)]
 struct Cli {
@@ -29,6 +30,18 @@ struct Cli {
     /// Meter fuel, so stages may set limits.fuel (a deterministic CPU budget).
     #[arg(long, global = true)]
     fuel: bool,
+    /// Run every model on this backend (`tract` or `onnxruntime`), whatever
+    /// the pipeline names; the same signed bundle runs either way.
+    #[arg(long, global = true, value_name = "BACKEND")]
+    backend: Option<BackendName>,
+    /// ONNX Runtime's shared library (default: $ORT_DYLIB_PATH, else
+    /// libonnxruntime.so beside outpost or on the loader's path).
+    #[arg(long, global = true, value_name = "PATH")]
+    onnxruntime_lib: Option<PathBuf>,
+    /// Intra-op threads of each ONNX Runtime session (default: ONNX
+    /// Runtime's, one per physical core).
+    #[arg(long, global = true, value_name = "N")]
+    onnxruntime_threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -201,7 +214,8 @@ enum Command {
     Exec {
         /// The program (a core module with `_start`).
         program: PathBuf,
-        /// A model to preload, as NAME=PATH (ONNX, run by tract). Repeatable.
+        /// A model to preload, as NAME=PATH (ONNX, run by tract unless
+        /// --backend says otherwise). Repeatable.
         #[arg(short, long, value_name = "NAME=PATH")]
         model: Vec<String>,
         /// Wall-clock limit in milliseconds.
@@ -264,7 +278,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         fuel: cli.fuel,
         ..EngineOptions::default()
     };
-    let host = || -> Result<Host> { Ok(Host::new(&options)?) };
+    let backends = BackendOptions {
+        force: cli.backend,
+        onnxruntime_library: cli.onnxruntime_lib,
+        onnxruntime_threads: cli.onnxruntime_threads,
+    };
+    let host =
+        || -> Result<Host> { Ok(Host::new(&options)?.with_backend_options(backends.clone())) };
     match cli.command {
         Command::Run {
             pipeline,
@@ -383,7 +403,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let host = host()?;
             let models = model
                 .iter()
-                .map(|m| preload(m))
+                .map(|m| preload(m, &backends))
                 .collect::<Result<Vec<_>>>()?;
             let code = outpost_host::compat::exec(
                 host.runtime(),
@@ -463,13 +483,19 @@ fn running_bundle(
     }
 }
 
-fn preload(arg: &str) -> Result<(String, Arc<TractGraph>)> {
+fn preload(arg: &str, backends: &BackendOptions) -> Result<(String, SharedModel)> {
     let Some((name, path)) = arg.split_once('=') else {
         bail!("--model {arg}: expected NAME=PATH, e.g. --model intent=intent.onnx");
     };
     let bytes =
         std::fs::read(path).with_context(|| format!("model '{name}': cannot read {path}"))?;
-    let graph =
-        TractGraph::load(name, &bytes).with_context(|| format!("model '{name}' ({path})"))?;
-    Ok((name.to_owned(), Arc::new(graph)))
+    let model = load_model(
+        name,
+        &bytes,
+        BackendName::Tract,
+        ExecutionTarget::Cpu,
+        backends,
+    )
+    .with_context(|| format!("model '{name}' ({path})"))?;
+    Ok((name.to_owned(), model))
 }

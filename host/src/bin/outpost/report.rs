@@ -17,7 +17,7 @@ pub fn inspect(pipeline: &Pipeline) -> Value {
             json!({
                 "name": m.name,
                 "path": m.path.display().to_string(),
-                "backend": format!("{:?}", m.backend).to_lowercase(),
+                "backend": m.backend(),
                 "digest": m.digest.to_string(),
                 "inputs": specs(&m.signature().inputs),
                 "outputs": specs(&m.signature().outputs),
