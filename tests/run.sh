@@ -7,6 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+source tests/python-env.sh
+
 step() { printf '\n== %s (at %ds)\n' "$*" "$SECONDS"; }
 
 step "toolchain targets"
@@ -14,12 +16,7 @@ rustup target add wasm32-wasip2 wasm32-wasip1
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 step "python reference environment (target/py)"
-if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
-    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-        apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
-    fi
-fi
-[ -x target/py/bin/python ] || python3 -m venv target/py
+python_env
 target/py/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 
 step "models"
@@ -36,7 +33,7 @@ cargo clippy --all-targets -- -D warnings
 # The host without the native backend (pure Rust, tract only) must build too.
 cargo clippy -p outpost-host --no-default-features --all-targets -- -D warnings
 cargo clippy --target wasm32-wasip2 -p outpost-guest -p bert-tokenizer -p infer -p mean-pool \
-    -p classify -p image-normalize -p fail -p hostile -- -D warnings
+    -p classify -p image-normalize -p fail -p hostile -p echo -- -D warnings
 cargo clippy --target wasm32-wasip1 -p wasi-nn-classic -- -D warnings
 
 step "build the host"
@@ -46,6 +43,9 @@ step "tests"
 export OUTPOST_PYTHON="$PWD/target/py/bin/python"
 export OUTPOST_ONNXRUNTIME_LIB="$PWD/target/onnxruntime/libonnxruntime.so"
 cargo test --workspace --exclude wasi-nn-classic
+step "the benchmark, short (dev profile: checks it runs, measures nothing)"
+cargo bench -p outpost-host --bench outpost --profile dev -- --quick --json target/bench/quick.json
+
 step "the README's demo, signed"
 bash host/pipelines/demo/signed-demo.sh "stop the conveyor" | grep -q stop_conveyor
 step "done"

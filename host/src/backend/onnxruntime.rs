@@ -61,6 +61,15 @@ fn library(options: &BackendOptions) -> Result<Arc<Library>, String> {
     Ok(loaded)
 }
 
+/// A session builder on the library this process uses for the backend
+/// (loading it as [`OrtModel::load`] would): for tools and benchmarks that
+/// want plain ONNX Runtime sessions beside the host's. ONNX Runtime allows
+/// one environment per process, so they must share the host's.
+pub fn session_builder(options: &BackendOptions) -> Result<SessionBuilder, String> {
+    let library = library(options)?;
+    Session::builder(&library.environment).map_err(|e| e.to_string())
+}
+
 /// The execution providers the loaded library was built with, of those
 /// Outpost knows how to use.
 fn available_providers() -> Vec<&'static str> {

@@ -2,12 +2,19 @@
 //!
 //! A model is parsed, typed and optimised once, when the host preloads it;
 //! each request only binds its inputs' concrete sizes to the model's symbolic
-//! dimensions (batch, sequence) and runs the plan.
+//! dimensions (batch, sequence) and runs the plan. Execution states (the
+//! per-node value slots, constants and operator states tract sets up before
+//! a run) are kept between requests and reused.
 
 use super::{Model, ModelSignature};
 use crate::bindings::{Dim, ElementType, TensorSpec};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::model::TypedSimpleState;
+
+/// Idle execution states kept per model: as many as requests ran at once,
+/// up to this many.
+const MAX_IDLE_STATES: usize = 8;
 use wasmtime_wasi_nn::wit::Tensor as NnTensor;
 
 /// A model loaded into tract, shared by every instance that uses it.
@@ -15,6 +22,7 @@ pub struct TractGraph {
     name: String,
     plan: Arc<TypedRunnableModel>,
     signature: ModelSignature,
+    idle: Mutex<Vec<TypedSimpleState>>,
 }
 
 /// Why tract could not load a model.
@@ -73,6 +81,7 @@ impl TractGraph {
             name: name.to_owned(),
             plan,
             signature,
+            idle: Mutex::new(Vec::new()),
         })
     }
 }
@@ -102,10 +111,27 @@ impl Model for TractGraph {
                     .map_err(|e| format!("model '{}' input '{}': {e}", self.name, spec.name))
             })
             .collect::<Result<TVec<TValue>, String>>()?;
-        let outputs = self
-            .plan
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let mut state = match idle {
+            Some(state) => state,
+            None => self
+                .plan
+                .spawn()
+                .map_err(|e| format!("model '{}': cannot prepare a run: {e:#}", self.name))?,
+        };
+        // A state whose run failed is dropped, not reused.
+        let outputs = state
             .run(values)
             .map_err(|e| format!("model '{}' failed while computing: {e:#}", self.name))?;
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE_STATES {
+            idle.push(state);
+        }
+        drop(idle);
         outputs
             .iter()
             .zip(&self.signature.outputs)
