@@ -110,20 +110,51 @@ struct ModelBench {
     label: &'static str,
     on_tract: Pipeline,
     on_ort: Pipeline,
+    on_tract_specialized: Pipeline,
     tract_plan: std::sync::Arc<tract_onnx::prelude::TypedRunnableModel>,
+    outpost_plan: std::sync::Arc<tract_onnx::prelude::TypedRunnableModel>,
     ort_session: ort::session::Session,
     input_names: Vec<String>,
 }
 
+/// The model as tract's own passes optimise it, or as Outpost's backend
+/// does (its general plan).
 fn load_tract_plan(
     bytes: &[u8],
+    as_outpost: bool,
 ) -> Result<std::sync::Arc<tract_onnx::prelude::TypedRunnableModel>> {
     use tract_onnx::prelude::*;
-    let plan = tract_onnx::onnx()
+    let typed = tract_onnx::onnx()
         .model_for_read(&mut std::io::Cursor::new(bytes))?
-        .into_optimized()?
-        .into_runnable()?;
-    Ok(plan)
+        .into_typed()?;
+    let optimised = if as_outpost {
+        outpost_host::backend::tract::optimise(typed)?
+    } else {
+        typed.into_optimized()?
+    };
+    optimised.into_runnable()
+}
+
+/// `pipeline` (in host/pipelines/minilm) with its model asking tract for
+/// shape-specialised plans, written under target/bench.
+fn specialised_copy(pipeline: &Path) -> Result<PathBuf> {
+    let dir = pipeline.parent().context("pipeline has no directory")?;
+    let text = std::fs::read_to_string(pipeline)?
+        .replace(
+            "path = \"fetched/",
+            &format!("specialize = 2\npath = \"{}/fetched/", dir.display()),
+        )
+        .replace(
+            "tokenizer = \"fetched/",
+            &format!("tokenizer = \"{}/fetched/", dir.display()),
+        )
+        .replace("../../../target", &target_dir().display().to_string());
+    let out = target_dir()
+        .join("bench")
+        .join(pipeline.file_name().context("pipeline has no name")?);
+    std::fs::create_dir_all(target_dir().join("bench"))?;
+    std::fs::write(&out, text)?;
+    Ok(out)
 }
 
 impl ModelBench {
@@ -143,6 +174,7 @@ impl ModelBench {
             )
         })?;
         let on_ort = ort_host.load_pipeline(&path)?;
+        let on_tract_specialized = tract_host.load_pipeline(&specialised_copy(&path)?)?;
         let bytes = std::fs::read(
             repo()
                 .join("host/pipelines/minilm/fetched")
@@ -163,21 +195,24 @@ impl ModelBench {
             label,
             on_tract,
             on_ort,
-            tract_plan: load_tract_plan(&bytes)?,
+            on_tract_specialized,
+            tract_plan: load_tract_plan(&bytes, false)?,
+            outpost_plan: load_tract_plan(&bytes, true)?,
             ort_session,
             input_names,
         })
     }
 }
 
-const VARIANTS: [&str; 7] = [
+const VARIANTS: [&str; 8] = [
     "outpost pipeline, tract",
     "outpost model stage, tract",
     "tract direct",
-    "tract direct, state reused",
+    "tract direct, Outpost's plan",
     "onnxruntime direct",
     "outpost pipeline, onnxruntime",
     "outpost model stage, onnxruntime",
+    "outpost model stage, tract, shape-specialised",
 ];
 
 fn bench_shape(m: &mut ModelBench, seq: usize, batch: usize, quick: bool) -> Result<Value> {
@@ -206,6 +241,7 @@ fn bench_shape(m: &mut ModelBench, seq: usize, batch: usize, quick: bool) -> Res
             .collect()
     };
     let (tract_stage_in, ort_stage_in) = (stage_inputs(&m.on_tract)?, stage_inputs(&m.on_ort)?);
+    let specialized_in = stage_inputs(&m.on_tract_specialized)?;
     let direct: Vec<(String, Vec<usize>, Vec<i64>)> = m
         .input_names
         .iter()
@@ -224,7 +260,9 @@ fn bench_shape(m: &mut ModelBench, seq: usize, batch: usize, quick: bool) -> Res
             .map(|(_, shape, v)| Ok(TractTensor::from_shape(shape, v)?.into_tvalue()))
             .collect()
     };
-    let mut state = m.tract_plan.spawn()?;
+    // Outpost's general plan, with its execution state reused as the
+    // backend does: the model stage minus the sandbox.
+    let mut state = m.outpost_plan.spawn()?;
 
     let mut run = |variant: usize| -> Result<Duration> {
         match variant {
@@ -250,9 +288,13 @@ fn bench_shape(m: &mut ModelBench, seq: usize, batch: usize, quick: bool) -> Res
                 Ok(())
             }),
             5 => time(|| Ok(m.on_ort.run(request())?)),
-            _ => {
+            6 => {
                 let given = ort_stage_in.clone();
                 time(|| Ok(m.on_ort.stages()[1].stage().run(given)?))
+            }
+            _ => {
+                let given = specialized_in.clone();
+                time(|| Ok(m.on_tract_specialized.stages()[1].stage().run(given)?))
             }
         }
     };
@@ -282,24 +324,26 @@ fn bench_shape(m: &mut ModelBench, seq: usize, batch: usize, quick: bool) -> Res
     let ratios = json!({
         "outpost_pipeline_tract/tract_direct": r(0, 2),
         "outpost_model_stage_tract/tract_direct": r(1, 2),
-        "tract_state_reused/tract_direct": r(3, 2),
+        "outpost_model_stage_tract/outposts_plan_direct": r(1, 3),
+        "outposts_plan_direct/tract_direct": r(3, 2),
         "tract_direct/onnxruntime_direct": r(2, 4),
+        "outpost_model_stage_tract/onnxruntime_direct": r(1, 4),
+        "outpost_model_stage_tract_specialised/onnxruntime_direct": r(7, 4),
         "outpost_pipeline_onnxruntime/onnxruntime_direct": r(5, 4),
         "outpost_model_stage_onnxruntime/onnxruntime_direct": r(6, 4),
     });
     println!(
-        "{:<10} {seq:>4} {batch:>3} {rounds:>4} | {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} | {:>6.3} {:>6.3} {:>6.3} {:>6.3} {:>6.3}",
+        "{:<8} {seq:>4} {batch:>3} {rounds:>4} |{}| {:>5.2} {:>5.2} {:>5.2} {:>5.2} {:>5.2} {:>5.2} {:>5.2}",
         m.label,
-        ms(medians[0]),
-        ms(medians[1]),
-        ms(medians[2]),
-        ms(medians[3]),
-        ms(medians[4]),
-        ms(medians[5]),
-        ms(medians[6]),
+        medians
+            .iter()
+            .map(|d| format!("{:>7.2}", ms(*d)))
+            .collect::<String>(),
+        r(1, 3),
         r(0, 2),
-        r(1, 2),
         r(2, 4),
+        r(1, 4),
+        r(7, 4),
         r(5, 4),
         r(6, 4),
     );
@@ -345,21 +389,25 @@ fn models(args: &Args, ort: &BackendOptions) -> Result<Vec<Value>> {
             .join(", ")
     );
     println!(
-        "{:<10} {:>4} {:>3} {:>4} | {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} | {:>6} {:>6} {:>6} {:>6} {:>6}",
+        "ratios: 1/3 the sandbox (model stage over the same plan called directly), 0/2 whole \
+         pipeline over plain tract, 2/4 plain tract over ONNX Runtime, 1/4 and 7/4 Outpost on \
+         tract (general, shape-specialised) over ONNX Runtime, 5/4 and 6/4 Outpost on ONNX \
+         Runtime (pipeline, model stage) over ONNX Runtime"
+    );
+    println!(
+        "{:<8} {:>4} {:>3} {:>4} |{}| {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5}",
         "model",
         "seq",
         "bat",
         "runs",
-        "[0]",
-        "[1]",
-        "[2]",
-        "[3]",
-        "[4]",
-        "[5]",
-        "[6]",
+        (0..VARIANTS.len())
+            .map(|i| format!("{:>7}", format!("[{i}]")))
+            .collect::<String>(),
+        "1/3",
         "0/2",
-        "1/2",
         "2/4",
+        "1/4",
+        "7/4",
         "5/4",
         "6/4"
     );

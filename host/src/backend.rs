@@ -12,7 +12,9 @@ pub mod onnxruntime;
 mod options;
 pub mod tract;
 
-pub use options::{BackendName, BackendOptions, ExecutionTarget, LoadModelError, load_model};
+pub use options::{
+    BackendName, BackendOptions, ExecutionTarget, LoadModelError, ModelSettings, load_model,
+};
 
 use crate::bindings::{Dim, ElementType, TensorSpec};
 use std::collections::HashMap;

@@ -169,6 +169,24 @@ fn targets_the_device_cannot_serve_are_refused_naming_the_fix() {
 }
 
 #[test]
+fn a_model_onnxruntime_cannot_read_is_named() {
+    let scratch = Scratch::new();
+    let model = scratch.write("broken.onnx", b"\x08\x07 this is not a protobuf model");
+    let text = std::fs::read_to_string(demo_pipeline(&scratch, "backend = \"onnxruntime\""))
+        .unwrap()
+        .replace(
+            &demo_dir().join("intent.onnx").display().to_string(),
+            &model.display().to_string(),
+        );
+    let pipeline = scratch.write("broken.toml", text);
+    classify(&pipeline, &native_args()).expect_error(&[
+        "model 'intent'",
+        &model.display().to_string(),
+        "onnxruntime: cannot load the model",
+    ]);
+}
+
+#[test]
 fn a_missing_onnxruntime_library_is_named_with_the_fix() {
     let scratch = Scratch::new();
     let pipeline = demo_pipeline(&scratch, "backend = \"onnxruntime\"");

@@ -91,6 +91,16 @@ fn minilm_l6_int8_matches_onnxruntime() {
     );
 }
 
+/// Padded to 128 tokens and run on a plan specialised to that shape.
+#[test]
+fn minilm_l6_int8_on_a_shape_specialised_plan_matches_onnxruntime() {
+    check_against_onnxruntime(
+        "minilm-l6-int8-fixed.toml",
+        "minilm-l6-int8.onnx",
+        "last_hidden_state",
+    );
+}
+
 #[test]
 fn tokenizer_matches_hugging_face() {
     let tokenizer = fetched("tokenizer.json");

@@ -82,6 +82,19 @@ impl fmt::Display for ExecutionTarget {
     }
 }
 
+/// What a pipeline asks of one model's backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ModelSettings {
+    /// The backend it names (the device may force another).
+    pub backend: BackendName,
+    /// Where it should run.
+    pub target: ExecutionTarget,
+    /// tract only: keep up to this many plans specialised to concrete input
+    /// shapes (0: one symbolic plan for every shape). See
+    /// [`TractGraph::load`](super::tract::TractGraph::load).
+    pub specialize: usize,
+}
+
 /// The device operator's side of the backend choice.
 #[derive(Clone, Debug, Default)]
 pub struct BackendOptions {
@@ -130,11 +143,11 @@ pub enum LoadModelError {
 pub fn load_model(
     name: &str,
     bytes: &[u8],
-    backend: BackendName,
-    target: ExecutionTarget,
+    settings: ModelSettings,
     options: &BackendOptions,
 ) -> Result<SharedModel, LoadModelError> {
-    match options.force.unwrap_or(backend) {
+    let target = settings.target;
+    match options.force.unwrap_or(settings.backend) {
         BackendName::Tract => {
             if target != ExecutionTarget::Cpu && options.force.is_none() {
                 return Err(LoadModelError::Target {
@@ -143,7 +156,11 @@ pub fn load_model(
                     hint: "tract runs on the CPU; set backend = \"onnxruntime\" for a GPU, or target = \"cpu\"",
                 });
             }
-            Ok(Arc::new(TractGraph::load(name, bytes)?))
+            Ok(Arc::new(TractGraph::load(
+                name,
+                bytes,
+                settings.specialize,
+            )?))
         }
         BackendName::Onnxruntime => load_onnxruntime(name, bytes, target, options),
     }

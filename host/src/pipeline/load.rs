@@ -4,7 +4,7 @@
 
 use super::spec::{PipelineSpec, StageSpec};
 use super::{Host, LoadedModel, Pipeline, PipelineStage};
-use crate::backend::load_model;
+use crate::backend::{ModelSettings, load_model};
 use crate::bindings::{Config, File, TensorSpec};
 use crate::error::PipelineError;
 use crate::sandbox::{DirGrant, Grants};
@@ -214,8 +214,11 @@ impl Loader<'_> {
                 let graph = load_model(
                     name,
                     &bytes,
-                    model.backend,
-                    model.target,
+                    ModelSettings {
+                        backend: model.backend,
+                        target: model.target,
+                        specialize: model.specialize,
+                    },
                     &self.host.backends,
                 )
                 .map_err(|e| PipelineError::Model {

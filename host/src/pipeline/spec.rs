@@ -50,6 +50,11 @@ pub struct ModelSpec {
     /// Where it runs: wasi-nn's execution target.
     #[serde(default)]
     pub target: ExecutionTarget,
+    /// tract: how many plans specialised to concrete input shapes to keep
+    /// (0, the default: one plan for every shape). Worth it when shapes
+    /// repeat, e.g. a tokenizer padding to max_length.
+    #[serde(default)]
+    pub specialize: usize,
     /// How the file is encoded.
     #[serde(default)]
     pub encoding: Encoding,

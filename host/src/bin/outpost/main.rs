@@ -6,9 +6,7 @@ mod trust;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use outpost_host::backend::{
-    BackendName, BackendOptions, ExecutionTarget, SharedModel, load_model,
-};
+use outpost_host::backend::{BackendName, BackendOptions, ModelSettings, SharedModel, load_model};
 use outpost_host::{Allocator, EngineOptions, Host, Pipeline, RunError};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -489,13 +487,7 @@ fn preload(arg: &str, backends: &BackendOptions) -> Result<(String, SharedModel)
     };
     let bytes =
         std::fs::read(path).with_context(|| format!("model '{name}': cannot read {path}"))?;
-    let model = load_model(
-        name,
-        &bytes,
-        BackendName::Tract,
-        ExecutionTarget::Cpu,
-        backends,
-    )
-    .with_context(|| format!("model '{name}' ({path})"))?;
+    let model = load_model(name, &bytes, ModelSettings::default(), backends)
+        .with_context(|| format!("model '{name}' ({path})"))?;
     Ok((name.to_owned(), model))
 }
