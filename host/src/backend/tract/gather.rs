@@ -47,7 +47,9 @@ fn next_rewrite(model: &TypedModel) -> TractResult<Option<TypedModelPatch>> {
         let Some(gather) = node.op_as::<Gather>() else {
             continue;
         };
-        if gather.axis != 0 || node.inputs.len() != 2 {
+        // A lookup that also converts (`output_type`) would convert the
+        // per-row operands too; leave it.
+        if gather.axis != 0 || gather.output_type.is_some() || node.inputs.len() != 2 {
             continue;
         }
         if let Some(patch) = rewrite(model, node, gather)? {
