@@ -5,19 +5,9 @@
 //! do is refused with the fix named.
 
 use crate::bundles::{AssertOk, Publisher};
+use crate::minilm::SENTENCES;
 use outpost_e2e::{Run, Scratch, cosine, demo_dir, onnxruntime_lib, outpost, repo, tensor_values};
 use std::path::Path;
-
-const SENTENCES: [&str; 8] = [
-    "A man is eating food.",
-    "A man is eating a piece of bread.",
-    "The girl is carrying a baby.",
-    "A man is riding a horse.",
-    "A woman is playing violin.",
-    "Two men pushed carts through the woods.",
-    "A monkey is playing drums.",
-    "Le café coûte 3,50 € — naïve résumé!",
-];
 
 fn native_args() -> Vec<String> {
     vec![

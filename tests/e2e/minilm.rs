@@ -4,7 +4,8 @@
 use outpost_e2e::{Scratch, cosine, fetched, outpost, reference, repo, tensor_values};
 use serde_json::json;
 
-const SENTENCES: [&str; 8] = [
+/// Sentences the MiniLM tests embed: paraphrases, unrelated ones, non-ASCII.
+pub(crate) const SENTENCES: [&str; 8] = [
     "A man is eating food.",
     "A man is eating a piece of bread.",
     "The girl is carrying a baby.",
