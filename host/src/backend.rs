@@ -119,12 +119,13 @@ fn check_input<'a>(
     symbols: &mut HashMap<&'a str, u32>,
 ) -> Result<(), String> {
     let ty = ElementType::from_nn(tensor.ty);
-    let got = format!("{ty}{:?}", tensor.dimensions);
+    // Only a failing check pays for the message.
     let wrong = |why: String| {
         format!(
-            "model '{model}' input '{}' expects {} but got {got}: {why}",
+            "model '{model}' input '{}' expects {} but got {ty}{:?}: {why}",
             spec.name,
-            spec.shape_string()
+            spec.shape_string(),
+            tensor.dimensions
         )
     };
     if let Some(expected) = spec.element_type

@@ -85,33 +85,35 @@ fn available_providers() -> Vec<&'static str> {
         .collect()
 }
 
+/// Registers provider `E` when the library has it, noting what took and why
+/// what did not.
+fn try_register<E: ExecutionProvider + Default>(
+    builder: &mut SessionBuilder,
+    registered: &mut Vec<&'static str>,
+    failures: &mut Vec<String>,
+) {
+    match E::is_available().and_then(|available| {
+        if available {
+            E::default().register(builder).map(|()| true)
+        } else {
+            Ok(false)
+        }
+    }) {
+        Ok(true) => registered.push(E::NAME),
+        Ok(false) => {}
+        Err(e) => failures.push(format!("{}: {e}", E::NAME)),
+    }
+}
+
 /// Registers TensorRT then CUDA, each when the library has it; at least one
 /// must take.
 fn register_gpu(
     builder: &mut SessionBuilder,
     library: &Library,
 ) -> Result<Vec<&'static str>, String> {
-    let mut registered = Vec::new();
-    let mut failures = Vec::new();
-    let mut attempt =
-        |name: &'static str,
-         available: ort::Result<bool>,
-         register: &dyn Fn(&mut SessionBuilder) -> ort::Result<()>| {
-            match available {
-                Ok(true) => match register(builder) {
-                    Ok(()) => registered.push(name),
-                    Err(e) => failures.push(format!("{name}: {e}")),
-                },
-                Ok(false) => {}
-                Err(e) => failures.push(format!("{name}: {e}")),
-            }
-        };
-    attempt(ep::TensorRT::NAME, ep::TensorRT::is_available(), &|b| {
-        ep::TensorRT::default().register(b)
-    });
-    attempt(ep::CUDA::NAME, ep::CUDA::is_available(), &|b| {
-        ep::CUDA::default().register(b)
-    });
+    let (mut registered, mut failures) = (Vec::new(), Vec::new());
+    try_register::<ep::TensorRT>(builder, &mut registered, &mut failures);
+    try_register::<ep::CUDA>(builder, &mut registered, &mut failures);
     if registered.is_empty() {
         let mut message = format!(
             "target \"gpu\" needs ONNX Runtime's TensorRT or CUDA execution provider, but the library at {} offers {}",
