@@ -1,6 +1,6 @@
-//! What the sandbox costs per request: epoch interruption and the memory
-//! limiter on and off (and fuel on), and fresh-instance instantiation with
-//! the pooling allocator versus on-demand, all in one run.
+//! What the sandbox's checks cost per request: epoch interruption and the
+//! memory limiter on and off (and fuel on), in one run. Fresh instantiation
+//! (pooling vs on-demand) is measured by the benchmark (`host/benches`).
 //!
 //!     cargo run -p outpost-host --example sandbox_overhead -- host/pipelines/minilm/minilm-l3.toml
 //!
@@ -8,7 +8,7 @@
 //! speed falls on all of them alike.
 
 use anyhow::{Context, Result};
-use outpost_host::{Allocator, EngineOptions, Host, Pipeline, Tensor};
+use outpost_host::{EngineOptions, Host, Pipeline, Tensor};
 use std::time::{Duration, Instant};
 
 const SENTENCE: &str =
@@ -93,26 +93,5 @@ fn main() -> Result<()> {
         );
     }
 
-    println!("fresh instance + init per stage (median of {ROUNDS}):");
-    for allocator in [Allocator::Pooling, Allocator::OnDemand] {
-        let host = Host::new(&EngineOptions {
-            allocator: Some(allocator),
-            ..EngineOptions::default()
-        })?;
-        let pipeline = host.load_pipeline(path.as_ref())?;
-        for step in pipeline.stages() {
-            let mut times = Vec::with_capacity(ROUNDS);
-            for _ in 0..ROUNDS {
-                let start = Instant::now();
-                step.stage().instantiate_fresh()?;
-                times.push(start.elapsed());
-            }
-            println!(
-                "  {allocator:?} {:<10} {:>9.1} µs",
-                step.stage().name(),
-                median(times).as_secs_f64() * 1e6
-            );
-        }
-    }
     Ok(())
 }
