@@ -160,14 +160,11 @@ impl Bundle {
 
     /// Checks the signatures over the manifest against `root`.
     pub fn verify(self, root: &TrustRoot) -> Result<VerifiedBundle> {
-        let report = root
-            .check(&self.manifest_bytes, &self.signatures.signatures)
-            .map_err(|e| {
-                Error::Signature(format!(
-                    "bundle '{}' version {} ({}): {e}",
-                    self.manifest.bundle.name, self.manifest.bundle.version, SIGNATURES_FILE
-                ))
-            })?;
+        let what = format!(
+            "bundle '{}' version {} ({SIGNATURES_FILE})",
+            self.manifest.bundle.name, self.manifest.bundle.version
+        );
+        let report = root.check(&what, &self.manifest_bytes, &self.signatures.signatures)?;
         Ok(VerifiedBundle {
             bundle: self,
             report,
@@ -393,16 +390,19 @@ impl VersionStore {
         let digest = bundle.manifest_digest().to_string();
         if let Some((version, seen)) = self.accepted(&info.name)? {
             if info.version < version {
-                return Err(Error::Rollback(format!(
-                    "bundle '{}' version {} is older than version {version}, which this device already accepted",
-                    info.name, info.version
-                )));
+                return Err(Error::OlderVersion {
+                    bundle: info.name.clone(),
+                    version: info.version,
+                    accepted: version,
+                });
             }
             if info.version == version && seen != digest {
-                return Err(Error::Rollback(format!(
-                    "bundle '{}' version {version} differs from the version {version} this device already accepted ({seen}); publish a higher version",
-                    info.name
-                )));
+                return Err(Error::SameVersionDifferentContent {
+                    bundle: info.name.clone(),
+                    version,
+                    accepted: seen,
+                    found: digest,
+                });
             }
         }
         Ok(())

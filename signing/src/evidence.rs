@@ -7,7 +7,7 @@ use crate::dsse::Envelope;
 use crate::keys::{PublicKey, SecretKey};
 use crate::manifest::{BlobKind, Manifest};
 use crate::time::Timestamp;
-use crate::{Digest, Error, Result};
+use crate::{Digest, Error, EvidenceCheck, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -88,50 +88,69 @@ pub fn verify(envelope_bytes: &[u8], expected: &Expectation<'_>) -> Result<Evide
         .iter()
         .any(|s| s.keyid == id && s.verifies(expected.device, &message))
     {
-        return Err(Error::Signature(format!(
-            "evidence is not signed by device key {id}"
-        )));
+        return Err(Error::EvidenceNotSigned { key: id });
     }
     let evidence: Evidence = serde_json::from_slice(&envelope.payload_bytes(what)?)
         .map_err(|e| Error::malformed(what, e.to_string()))?;
-    let mismatch = |m: String| Err(Error::Trust(format!("evidence from device {id}: {m}")));
+    let mismatch = |check: EvidenceCheck, message: String| {
+        Err(Error::EvidenceMismatch {
+            device: id.clone(),
+            message,
+            check,
+        })
+    };
     if evidence.device_key != expected.device.to_string() || evidence.device_key_id != id.as_str() {
-        return mismatch(format!(
-            "names device key {}, not the one it is signed with",
-            evidence.device_key
-        ));
+        return mismatch(
+            EvidenceCheck::DeviceKey,
+            format!(
+                "names device key {}, not the one it is signed with",
+                evidence.device_key
+            ),
+        );
     }
     if evidence.nonce != expected.nonce {
-        return mismatch(format!(
-            "nonce '{}' is not the '{}' sent (stale or replayed)",
-            evidence.nonce, expected.nonce
-        ));
+        return mismatch(
+            EvidenceCheck::Nonce,
+            format!(
+                "nonce '{}' is not the '{}' sent (stale or replayed)",
+                evidence.nonce, expected.nonce
+            ),
+        );
     }
     let made: Timestamp = evidence.timestamp.parse()?;
     if expected.now.0 - made.0 > expected.max_age_s || made.0 - expected.now.0 > 300 {
-        return mismatch(format!(
-            "made at {made}, the verifier's clock says {}; allowed age {} s",
-            expected.now, expected.max_age_s
-        ));
+        return mismatch(
+            EvidenceCheck::Age,
+            format!(
+                "made at {made}, the verifier's clock says {}; allowed age {} s",
+                expected.now, expected.max_age_s
+            ),
+        );
     }
     if let Some((manifest, digest)) = &expected.bundle {
         let Some(running) = &evidence.bundle else {
-            return mismatch(format!(
-                "runs no bundle; expected '{}' version {}",
-                manifest.bundle.name, manifest.bundle.version
-            ));
+            return mismatch(
+                EvidenceCheck::Bundle,
+                format!(
+                    "runs no bundle; expected '{}' version {}",
+                    manifest.bundle.name, manifest.bundle.version
+                ),
+            );
         };
         if running.name != manifest.bundle.name || running.version != manifest.bundle.version {
-            return mismatch(format!(
-                "runs '{}' version {}; expected '{}' version {}",
-                running.name, running.version, manifest.bundle.name, manifest.bundle.version
-            ));
+            return mismatch(
+                EvidenceCheck::Bundle,
+                format!(
+                    "runs '{}' version {}; expected '{}' version {}",
+                    running.name, running.version, manifest.bundle.name, manifest.bundle.version
+                ),
+            );
         }
         if running.manifest != digest.to_string() {
-            return mismatch(format!(
-                "runs manifest {}; expected {digest}",
-                running.manifest
-            ));
+            return mismatch(
+                EvidenceCheck::Bundle,
+                format!("runs manifest {}; expected {digest}", running.manifest),
+            );
         }
         for (kind, label, map) in [
             (BlobKind::Component, "stage", &running.stages),
@@ -139,18 +158,24 @@ pub fn verify(envelope_bytes: &[u8], expected: &Expectation<'_>) -> Result<Evide
         ] {
             for (name, d) in map.iter() {
                 if manifest.blobs.get(d).is_none_or(|b| b.kind != kind) {
-                    return mismatch(format!(
-                        "{label} '{name}' runs {d}, which is not a {label} of the expected bundle"
-                    ));
+                    return mismatch(
+                        EvidenceCheck::Bundle,
+                        format!(
+                            "{label} '{name}' runs {d}, which is not a {label} of the expected bundle"
+                        ),
+                    );
                 }
             }
             // And nothing of the bundle is missing from what runs.
             for (d, blob) in manifest.blobs.iter().filter(|(_, b)| b.kind == kind) {
                 if !map.values().any(|v| v == d) {
-                    return mismatch(format!(
-                        "the bundle's {label} {d} ({}) is not among what the device runs",
-                        blob.name
-                    ));
+                    return mismatch(
+                        EvidenceCheck::Bundle,
+                        format!(
+                            "the bundle's {label} {d} ({}) is not among what the device runs",
+                            blob.name
+                        ),
+                    );
                 }
             }
         }

@@ -23,5 +23,5 @@ pub mod root;
 pub mod time;
 
 pub use digest::{Digest, ParseDigestError};
-pub use error::{Error, Result};
+pub use error::{Error, EvidenceCheck, RejectReason, Result};
 pub use keys::{KeyId, PublicKey, SecretKey};

@@ -6,7 +6,7 @@
 use crate::bundle::VerifiedBundle;
 use crate::dsse::Envelope;
 use crate::keys::{PublicKey, SecretKey};
-use crate::manifest::BlobKind;
+use crate::manifest::{BlobKind, Manifest};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -177,8 +177,18 @@ impl Policy {
     /// fails only if the policy requires it; provenance that is present is
     /// always checked, and a forged or mismatched one is refused.
     pub fn check(&self, bundle: &VerifiedBundle) -> Result<Option<CheckedProvenance>> {
+        self.check_provenance(bundle.manifest(), bundle.provenance())
+    }
+
+    /// [`Policy::check`] on its parts: a manifest (already verified by the
+    /// caller) and the bytes of its `provenance.json`, if any.
+    pub fn check_provenance(
+        &self,
+        manifest: &Manifest,
+        provenance: Option<&[u8]>,
+    ) -> Result<Option<CheckedProvenance>> {
         let p = &self.provenance;
-        let name = &bundle.manifest().bundle.name;
+        let name = &manifest.bundle.name;
         let builders = || {
             p.builders
                 .iter()
@@ -186,21 +196,20 @@ impl Policy {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let Some(bytes) = bundle.provenance() else {
+        if p.required && p.builders.is_empty() {
+            return Err(Error::ProvenanceNoBuilders);
+        }
+        let Some(bytes) = provenance else {
             if p.required {
-                return Err(Error::Trust(format!(
-                    "bundle '{name}' has no provenance.json, and the policy requires provenance from: {}",
-                    builders()
-                )));
+                return Err(Error::ProvenanceMissing {
+                    bundle: name.clone(),
+                    builders: builders(),
+                });
             }
             return Ok(None);
         };
         if p.builders.is_empty() {
-            return if p.required {
-                Err(Error::Trust("the policy requires provenance but trusts no builder; add [[provenance.builders]]".into()))
-            } else {
-                Ok(None)
-            };
+            return Ok(None);
         }
         let what = "provenance.json";
         let envelope = Envelope::parse(bytes, what, IN_TOTO_PAYLOAD_TYPE)?;
@@ -214,10 +223,10 @@ impl Policy {
                 .then_some(b)
         });
         let Some(builder) = signer else {
-            return Err(Error::Trust(format!(
-                "bundle '{name}': provenance.json is not signed by any builder the policy trusts ({})",
-                builders()
-            )));
+            return Err(Error::ProvenanceUntrusted {
+                bundle: name.clone(),
+                builders: builders(),
+            });
         };
         let statement: Statement = serde_json::from_slice(&envelope.payload_bytes(what)?)
             .map_err(|e| Error::malformed(what, format!("not an in-toto statement: {e}")))?;
@@ -234,12 +243,13 @@ impl Policy {
         }
         let claimed = &statement.predicate.run_details.builder.id;
         if claimed != &builder.id {
-            return Err(Error::Trust(format!(
-                "bundle '{name}': provenance signed by builder '{}' claims to come from builder '{claimed}'",
-                builder.id
-            )));
+            return Err(Error::ProvenanceBuilderMismatch {
+                bundle: name.clone(),
+                signer: builder.id.clone(),
+                claimed: claimed.clone(),
+            });
         }
-        for (digest, blob) in &bundle.manifest().blobs {
+        for (digest, blob) in &manifest.blobs {
             if blob.kind == BlobKind::File {
                 continue;
             }
@@ -249,10 +259,12 @@ impl Policy {
                 .iter()
                 .any(|s| s.digest.get("sha256").is_some_and(|d| d == hex))
             {
-                return Err(Error::Trust(format!(
-                    "bundle '{name}': provenance does not cover blob {digest} ({}); it was not built by '{}'",
-                    blob.name, builder.id
-                )));
+                return Err(Error::ProvenanceNotCovered {
+                    bundle: name.clone(),
+                    digest: digest.clone(),
+                    name: blob.name.clone(),
+                    builder: builder.id.clone(),
+                });
             }
         }
         Ok(Some(CheckedProvenance {

@@ -311,10 +311,24 @@ fn rotation_and_revocation() {
     p.verify(&bundle, &["root1.json", "same.json"])
         .expect_error(&["does not follow version 1"]);
 
-    // Version 3 revokes a: a's signature no longer counts.
+    // Versions are consecutive (TUF): version 3 cannot follow version 1.
     p.root(
         "root3.json",
         3,
+        &["b", "c", "d"],
+        2,
+        "2099-01-01T00:00:00Z",
+        &[],
+        &["a", "b", "c", "d"],
+    )
+    .assert_ok();
+    p.verify(&bundle, &["root1.json", "root3.json"])
+        .expect_error(&["root version 3 does not follow version 1", "must be version 2"]);
+
+    // A version 2 that revokes a: a's signature no longer counts.
+    p.root(
+        "revoke-a.json",
+        2,
         &["a", "b", "c"],
         2,
         "2099-01-01T00:00:00Z",
@@ -323,7 +337,7 @@ fn rotation_and_revocation() {
     )
     .assert_ok();
     let ab = p.demo_bundle("ab", 1, &["a", "b"]);
-    p.verify(&ab, &["root1.json", "root3.json"]).expect_error(&[
+    p.verify(&ab, &["root1.json", "revoke-a.json"]).expect_error(&[
         "threshold not met",
         &p.key_id("a"),
         "key is revoked",

@@ -1,0 +1,8 @@
+//! Tests of the trust layer through its public API, one module per area.
+// Tests panic on what they did not expect; that is their report.
+#![allow(clippy::unwrap_used)]
+
+mod attestation;
+mod common;
+mod roots;
+mod versions;
