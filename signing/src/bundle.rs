@@ -6,6 +6,7 @@
 //! checked against its digest and size as it is read.
 
 use crate::dsse::SignatureEntry;
+use crate::durable::write_atomic;
 use crate::keys::{SecretKey, read_bounded};
 use crate::manifest::{MAX_BLOB_BYTES, MAX_BLOBS, MAX_MANIFEST_BYTES, Manifest};
 use crate::root::{SignatureReport, TrustRoot};
@@ -59,12 +60,10 @@ impl Bundle {
         manifest.validate()?;
         std::fs::create_dir_all(dir.join(BLOB_DIR)).map_err(|e| Error::io(dir, e))?;
         for (digest, bytes) in blobs {
-            let path = blob_path(dir, digest);
-            std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
+            write_atomic(&blob_path(dir, digest), bytes, 0o644)?;
         }
         let text = manifest.to_toml()?;
-        let path = dir.join(MANIFEST_FILE);
-        std::fs::write(&path, &text).map_err(|e| Error::io(&path, e))?;
+        write_atomic(&dir.join(MANIFEST_FILE), text.as_bytes(), 0o644)?;
         let bundle = Self {
             dir: dir.to_owned(),
             manifest_bytes: text.into_bytes(),
@@ -133,9 +132,8 @@ impl Bundle {
 
     /// Attaches a provenance envelope (`provenance.json`).
     pub fn attach_provenance(&mut self, envelope: &crate::dsse::Envelope) -> Result<()> {
-        let path = self.dir.join(PROVENANCE_FILE);
         let json = envelope.to_json();
-        std::fs::write(&path, &json).map_err(|e| Error::io(&path, e))?;
+        write_atomic(&self.dir.join(PROVENANCE_FILE), json.as_bytes(), 0o644)?;
         self.provenance = Some(json.into_bytes());
         Ok(())
     }
@@ -152,10 +150,9 @@ impl Bundle {
     }
 
     fn write_signatures(&self) -> Result<()> {
-        let path = self.dir.join(SIGNATURES_FILE);
         let text = serde_json::to_string_pretty(&self.signatures)
             .map_err(|e| Error::malformed(SIGNATURES_FILE, e.to_string()))?;
-        std::fs::write(&path, text).map_err(|e| Error::io(&path, e))
+        write_atomic(&self.dir.join(SIGNATURES_FILE), text.as_bytes(), 0o644)
     }
 
     /// Checks the signatures over the manifest against `root`.
@@ -414,10 +411,10 @@ impl VersionStore {
         let info = &bundle.manifest().bundle;
         let digest = bundle.manifest_digest().to_string();
         std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
-        let path = self.path(&info.name);
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, format!("{} {digest}\n", info.version))
-            .map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+        write_atomic(
+            &self.path(&info.name),
+            format!("{} {digest}\n", info.version).as_bytes(),
+            0o644,
+        )
     }
 }

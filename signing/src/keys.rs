@@ -135,8 +135,11 @@ impl SecretKey {
             .map_err(|e| Error::malformed("secret key", e.to_string()))?;
         write_private(path, text.as_bytes())?;
         let public_path = public_path(path);
-        std::fs::write(&public_path, format!("{}\n", self.public()))
-            .map_err(|e| Error::io(&public_path, e))
+        crate::durable::write_atomic(
+            &public_path,
+            format!("{}\n", self.public()).as_bytes(),
+            0o644,
+        )
     }
 
     /// Reads a key written by [`SecretKey::save`]. Refuses a file that
@@ -191,18 +194,10 @@ pub fn public_path(path: &Path) -> std::path::PathBuf {
     name.into()
 }
 
-/// Creates `path` with mode 0600; fails if it exists.
+/// Creates `path` with mode 0600, atomically and durably; fails if it
+/// exists (see [`crate::durable::write_new`]).
 pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path).map_err(|e| Error::io(path, e))?;
-    file.write_all(contents).map_err(|e| Error::io(path, e))
+    crate::durable::write_new(path, contents, 0o600)
 }
 
 /// Reads a file of at most `limit` bytes as UTF-8.

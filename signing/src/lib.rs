@@ -14,6 +14,7 @@
 pub mod bundle;
 mod digest;
 pub mod dsse;
+pub mod durable;
 mod error;
 pub mod evidence;
 pub mod keys;

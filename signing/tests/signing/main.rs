@@ -4,5 +4,6 @@
 
 mod attestation;
 mod common;
+mod durable;
 mod roots;
 mod versions;
