@@ -8,7 +8,7 @@
 use crate::dsse::SignatureEntry;
 use crate::durable::write_atomic;
 use crate::keys::{SecretKey, read_bounded};
-use crate::manifest::{MAX_BLOB_BYTES, MAX_BLOBS, MAX_MANIFEST_BYTES, Manifest};
+use crate::manifest::{MAX_BLOB_BYTES, MAX_MANIFEST_BYTES, Manifest};
 use crate::root::{SignatureReport, TrustRoot};
 use crate::{Digest, Error, Result};
 use serde::{Deserialize, Serialize};
@@ -23,7 +23,8 @@ pub const SIGNATURES_FILE: &str = "signatures.json";
 pub const BLOB_DIR: &str = "blobs";
 /// The provenance envelope's file name (optional).
 pub const PROVENANCE_FILE: &str = "provenance.json";
-const MAX_SIGNATURES_BYTES: u64 = 1 << 20;
+/// The largest `signatures.json` accepted.
+pub const MAX_SIGNATURES_BYTES: u64 = 1 << 20;
 
 /// `signatures.json`: ed25519 signatures over the exact bytes of
 /// `manifest.toml`, each recording its key id.
@@ -100,14 +101,38 @@ impl Bundle {
         })
     }
 
-    /// Opens a bundle directory, or unpacks a bundle archive into `staging`
-    /// (which must not exist yet) and opens that.
-    pub fn open(path: &Path, staging: &Path) -> Result<Self> {
+    /// Opens and verifies a bundle: a directory (its signatures checked
+    /// here, its blobs as they are read), or an archive, whose signatures
+    /// are checked before its blobs are unpacked into `staging` (which must
+    /// not exist yet; see [`crate::archive::unpack_verified`]).
+    pub fn open_verified(path: &Path, root: &TrustRoot, staging: &Path) -> Result<VerifiedBundle> {
         if path.is_dir() {
-            return Self::open_dir(path);
+            return Self::open_dir(path)?.verify(root);
         }
-        unpack(path, staging)?;
-        Self::open_dir(staging)
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        crate::archive::unpack_verified(
+            std::io::BufReader::new(file),
+            &path.display().to_string(),
+            root,
+            staging,
+        )
+    }
+
+    /// A bundle in `dir` from documents already read (by the archive reader).
+    pub(crate) fn from_parts(
+        dir: PathBuf,
+        manifest_bytes: Vec<u8>,
+        manifest: Manifest,
+        signatures: Signatures,
+        provenance: Option<Vec<u8>>,
+    ) -> Self {
+        Self {
+            dir,
+            manifest_bytes,
+            manifest,
+            signatures,
+            provenance,
+        }
     }
 
     /// The manifest.
@@ -237,6 +262,27 @@ impl VerifiedBundle {
         Ok(bytes)
     }
 
+    /// Writes the manifest, signatures and provenance into the bundle's
+    /// directory (which exists), exactly as they were verified.
+    pub(crate) fn write_documents(&self) -> Result<()> {
+        let bundle = &self.bundle;
+        let mut files = vec![
+            (MANIFEST_FILE, bundle.manifest_bytes.clone()),
+            (
+                SIGNATURES_FILE,
+                serde_json::to_vec_pretty(&bundle.signatures)
+                    .map_err(|e| Error::malformed(SIGNATURES_FILE, e.to_string()))?,
+            ),
+        ];
+        if let Some(provenance) = &bundle.provenance {
+            files.push((PROVENANCE_FILE, provenance.clone()));
+        }
+        for (name, bytes) in files {
+            write_atomic(&bundle.dir.join(name), &bytes, 0o644)?;
+        }
+        Ok(())
+    }
+
     /// Reads and checks every blob.
     pub fn check_all_blobs(&self) -> Result<()> {
         for digest in self.manifest().blobs.keys() {
@@ -246,103 +292,7 @@ impl VerifiedBundle {
     }
 }
 
-/// Writes the bundle directory `dir` as a tar archive at `out`.
-pub fn pack(dir: &Path, out: &Path) -> Result<()> {
-    let bundle = Bundle::open_dir(dir)?;
-    let file = std::fs::File::create(out).map_err(|e| Error::io(out, e))?;
-    let mut builder = tar::Builder::new(file);
-    builder.mode(tar::HeaderMode::Deterministic);
-    let mut names = vec![MANIFEST_FILE.to_owned(), SIGNATURES_FILE.to_owned()];
-    if bundle.provenance.is_some() {
-        names.push(PROVENANCE_FILE.to_owned());
-    }
-    for digest in bundle.manifest.blobs.keys() {
-        let hex = digest.trim_start_matches("sha256:");
-        names.push(format!("{BLOB_DIR}/{hex}"));
-    }
-    for name in names {
-        let path = dir.join(&name);
-        builder
-            .append_path_with_name(&path, &name)
-            .map_err(|e| Error::io(&path, e))?;
-    }
-    builder
-        .into_inner()
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io(out, e))
-}
-
-/// Unpacks a bundle archive into `dest` (created; must not exist), accepting
-/// only the files a bundle has, each within its size limit.
-pub fn unpack(archive: &Path, dest: &Path) -> Result<()> {
-    let what = archive.display().to_string();
-    let bad = |message: String| Error::malformed(what.clone(), message);
-    let file = std::fs::File::open(archive).map_err(|e| Error::io(archive, e))?;
-    std::fs::create_dir_all(dest.parent().unwrap_or(Path::new(".")))
-        .map_err(|e| Error::io(dest, e))?;
-    std::fs::create_dir(dest).map_err(|e| Error::io(dest, e))?;
-    std::fs::create_dir(dest.join(BLOB_DIR)).map_err(|e| Error::io(dest, e))?;
-    let mut archive_reader = tar::Archive::new(file);
-    let entries = archive_reader
-        .entries()
-        .map_err(|e| bad(format!("not a bundle archive: {e}")))?;
-    let mut count = 0usize;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| bad(format!("not a bundle archive: {e}")))?;
-        count += 1;
-        if count > MAX_BLOBS + 3 {
-            return Err(bad(format!("more than {} entries", MAX_BLOBS + 3)));
-        }
-        let name = entry
-            .path()
-            .map_err(|e| bad(e.to_string()))?
-            .to_string_lossy()
-            .into_owned();
-        if entry.header().entry_type() != tar::EntryType::Regular {
-            return Err(bad(format!("entry '{name}' is not a regular file")));
-        }
-        let limit = match name.as_str() {
-            MANIFEST_FILE => MAX_MANIFEST_BYTES as u64,
-            SIGNATURES_FILE => MAX_SIGNATURES_BYTES,
-            PROVENANCE_FILE => crate::dsse::MAX_ENVELOPE_BYTES as u64,
-            blob if blob.strip_prefix("blobs/").is_some_and(|h| {
-                h.len() == 64
-                    && h.bytes()
-                        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
-            }) =>
-            {
-                MAX_BLOB_BYTES
-            }
-            other => {
-                return Err(bad(format!(
-                    "unexpected entry '{other}'; a bundle holds manifest.toml, signatures.json, provenance.json and blobs/<sha256>"
-                )));
-            }
-        };
-        let size = entry.header().size().map_err(|e| bad(e.to_string()))?;
-        if size > limit {
-            return Err(Error::TooLarge {
-                what: format!("{what}: {name}"),
-                size,
-                limit,
-            });
-        }
-        let target = dest.join(&name);
-        let mut out = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&target)
-            .map_err(|e| bad(format!("entry '{name}' twice or unwritable: {e}")))?;
-        let copied = std::io::copy(&mut (&mut entry).take(limit), &mut out)
-            .map_err(|e| Error::io(&target, e))?;
-        if copied != size {
-            return Err(bad(format!(
-                "entry '{name}' is truncated: {copied} of {size} bytes"
-            )));
-        }
-    }
-    Ok(())
-}
+pub use crate::archive::pack;
 
 /// What versions of each bundle a device has accepted, so an older one (a
 /// rollback) or a different one under the same version is refused.

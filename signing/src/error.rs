@@ -225,6 +225,66 @@ pub enum Error {
     )]
     NoTrustRoot,
 
+    // Bundle archives.
+    /// An archive entry is not where it must be: `manifest.toml` first,
+    /// `signatures.json` second, `provenance.json` (optional) third, so they
+    /// are verified before any blob is written.
+    #[error(
+        "{archive}: entry '{entry}' where {expected} must come; a bundle archive starts with manifest.toml, signatures.json (and provenance.json), then the blobs. Repack it with `outpost pack`"
+    )]
+    EntryOrder {
+        /// The archive.
+        archive: String,
+        /// The entry found (`(end of archive)` if none).
+        entry: String,
+        /// What must come there.
+        expected: &'static str,
+    },
+    /// An archive entry a bundle never holds: another name, a path outside
+    /// the bundle, a link, a directory, a device, a long-name or pax header.
+    #[error(
+        "{archive}: entry '{entry}': {reason}; a bundle archive holds only regular files named manifest.toml, signatures.json, provenance.json and blobs/<sha256 hex>. Repack it with `outpost pack`"
+    )]
+    UnexpectedEntry {
+        /// The archive.
+        archive: String,
+        /// The entry's name, escaped.
+        entry: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A blob entry the signed manifest does not list; refused before a
+    /// byte of it is written.
+    #[error(
+        "{archive}: entry '{entry}' is not a blob the signed manifest lists; refused before writing it"
+    )]
+    UnlistedEntry {
+        /// The archive.
+        archive: String,
+        /// The entry's name.
+        entry: String,
+    },
+    /// An entry given twice.
+    #[error("{archive}: entry '{entry}' appears twice; refused")]
+    DuplicateEntry {
+        /// The archive.
+        archive: String,
+        /// The entry's name.
+        entry: String,
+    },
+    /// A blob the signed manifest lists is not in the archive.
+    #[error(
+        "{archive}: blob {digest} ({name}) is listed in the signed manifest but missing from the archive; repack it with `outpost pack`"
+    )]
+    MissingBlob {
+        /// The archive.
+        archive: String,
+        /// The blob's digest.
+        digest: String,
+        /// Its file name in the manifest.
+        name: String,
+    },
+
     // Bundle versions.
     /// A bundle older than a version the device already accepted (rollback).
     #[error(

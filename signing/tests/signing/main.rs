@@ -2,6 +2,7 @@
 // Tests panic on what they did not expect; that is their report.
 #![allow(clippy::unwrap_used)]
 
+mod archive;
 mod attestation;
 mod common;
 mod durable;
