@@ -6,5 +6,6 @@ mod archive;
 mod attestation;
 mod common;
 mod durable;
+mod fuzz_seeds;
 mod roots;
 mod versions;
