@@ -323,7 +323,10 @@ fn rotation_and_revocation() {
     )
     .assert_ok();
     p.verify(&bundle, &["root1.json", "root3.json"])
-        .expect_error(&["root version 3 does not follow version 1", "must be version 2"]);
+        .expect_error(&[
+            "root version 3 does not follow version 1",
+            "must be version 2",
+        ]);
 
     // A version 2 that revokes a: a's signature no longer counts.
     p.root(
@@ -337,11 +340,8 @@ fn rotation_and_revocation() {
     )
     .assert_ok();
     let ab = p.demo_bundle("ab", 1, &["a", "b"]);
-    p.verify(&ab, &["root1.json", "revoke-a.json"]).expect_error(&[
-        "threshold not met",
-        &p.key_id("a"),
-        "key is revoked",
-    ]);
+    p.verify(&ab, &["root1.json", "revoke-a.json"])
+        .expect_error(&["threshold not met", &p.key_id("a"), "key is revoked"]);
 }
 
 #[test]
@@ -852,4 +852,176 @@ fn a_bundle_that_fails_to_load_is_not_recorded_as_accepted() {
         .expect_error(&["stage 's'", "refusing to start"]);
     assert!(!p.path("state/accepted/broken.accepted").exists());
     assert!(!p.path("state/running.json").exists());
+}
+
+/// A ustar header for a regular file `name` of `size` bytes.
+fn tar_header(name: &str, size: u64) -> [u8; 512] {
+    let mut header = [0u8; 512];
+    header[..name.len()].copy_from_slice(name.as_bytes());
+    header[100..108].copy_from_slice(b"0000644\0");
+    header[108..116].copy_from_slice(b"0000000\0");
+    header[116..124].copy_from_slice(b"0000000\0");
+    header[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+    header[136..148].copy_from_slice(b"00000000000\0");
+    header[148..156].copy_from_slice(b"        ");
+    header[156] = b'0';
+    header[257..263].copy_from_slice(b"ustar\0");
+    header[263..265].copy_from_slice(b"00");
+    let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
+    header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    header
+}
+
+/// The names of a tar archive's entries, in order.
+fn tar_names(bytes: &[u8]) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut at = 0;
+    while at + 512 <= bytes.len() && bytes[at] != 0 {
+        let header = &bytes[at..at + 512];
+        let end = header[..100].iter().position(|&b| b == 0).unwrap_or(100);
+        names.push(String::from_utf8_lossy(&header[..end]).into_owned());
+        let size_text = std::str::from_utf8(&header[124..135]).unwrap();
+        let size = u64::from_str_radix(size_text.trim_matches(['\0', ' ']), 8).unwrap();
+        at += 512 + size.div_ceil(512) as usize * 512;
+    }
+    names
+}
+
+/// Writes an archive: `documents` (name, bytes) in full, then an entry
+/// `blobs/<hex>` of `huge` zero bytes, streamed so the test holds no copy.
+fn archive_with_huge_entry(out: &Path, documents: &[(&str, Vec<u8>)], huge: u64) {
+    use std::io::Write;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(out).unwrap());
+    let pad = |file: &mut std::io::BufWriter<std::fs::File>, len: u64| {
+        let rest = (512 - len % 512) % 512;
+        file.write_all(&vec![0u8; rest as usize]).unwrap();
+    };
+    for (name, bytes) in documents {
+        file.write_all(&tar_header(name, bytes.len() as u64))
+            .unwrap();
+        file.write_all(bytes).unwrap();
+        pad(&mut file, bytes.len() as u64);
+    }
+    let name = format!("blobs/{}", Digest::of(b"not this").hex());
+    file.write_all(&tar_header(&name, huge)).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    let mut left = huge;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64);
+        file.write_all(&chunk[..n as usize]).unwrap();
+        left -= n;
+    }
+    pad(&mut file, huge);
+    file.write_all(&[0u8; 1024]).unwrap();
+    file.flush().unwrap();
+}
+
+/// Bytes allocated on disk for everything under `dir` (files and folders).
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(dir) else {
+        return 0;
+    };
+    let mut total = meta.blocks() * 512;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            total += disk_usage(&entry.unwrap().path());
+        }
+    }
+    total
+}
+
+#[test]
+fn pack_puts_the_manifest_and_signatures_first() {
+    let p = Publisher::new();
+    let bundle = p.demo_bundle("v1", 1, &["a", "b"]);
+    let archive = p.path("v1.bundle");
+    outpost(&[
+        "pack".as_ref(),
+        bundle.as_os_str(),
+        "--out".as_ref(),
+        archive.as_os_str(),
+    ])
+    .assert_ok();
+    let names = tar_names(&std::fs::read(&archive).unwrap());
+    assert_eq!(
+        &names[..2],
+        ["manifest.toml", "signatures.json"],
+        "{names:?}"
+    );
+    assert!(
+        names[2..].iter().all(|n| n.starts_with("blobs/")),
+        "{names:?}"
+    );
+}
+
+/// Issue 9: an unsigned `.bundle` archive with a 300 MB entry named like a
+/// blob was written out in full to the state directory before any
+/// signature check. Now it is refused after reading its manifest and
+/// signatures, and (signed or not) an entry the manifest does not list is
+/// never written.
+#[test]
+fn a_huge_entry_in_an_archive_is_refused_before_it_reaches_the_disk() {
+    const HUGE: u64 = 300 * 1000 * 1000;
+    let p = Publisher::new();
+    let state = p.path("state");
+
+    let unsigned = p.demo_bundle("unsigned", 1, &[]);
+    let archive = p.path("unsigned.bundle");
+    let read = |name: &str| std::fs::read(unsigned.join(name)).unwrap();
+    archive_with_huge_entry(
+        &archive,
+        &[
+            ("manifest.toml", read("manifest.toml")),
+            ("signatures.json", read("signatures.json")),
+        ],
+        HUGE,
+    );
+    assert!(std::fs::metadata(&archive).unwrap().len() > HUGE);
+    p.run(&archive, &["root1.json"]).expect_error(&[
+        "unsigned.bundle",
+        "bundle 'intent-demo' version 1 (signatures.json)",
+        "threshold not met: 0 valid signature(s) of the 2 required",
+    ]);
+    let written = disk_usage(&state);
+    eprintln!("unsigned archive with a {HUGE}-byte entry: {written} bytes under the state dir");
+    assert!(
+        written < 1 << 20,
+        "{written} bytes written under {}",
+        state.display()
+    );
+    std::fs::remove_file(&archive).unwrap();
+
+    // Signed, but the entry is not a blob the signed manifest lists.
+    let signed = p.demo_bundle("signed", 1, &["a", "b"]);
+    let archive = p.path("signed.bundle");
+    let read = |name: &str| std::fs::read(signed.join(name)).unwrap();
+    archive_with_huge_entry(
+        &archive,
+        &[
+            ("manifest.toml", read("manifest.toml")),
+            ("signatures.json", read("signatures.json")),
+        ],
+        HUGE,
+    );
+    p.run(&archive, &["root1.json"]).expect_error(&[
+        "signed.bundle",
+        "is not a blob the signed manifest lists; refused before writing it",
+    ]);
+    let written = disk_usage(&state);
+    eprintln!(
+        "signed archive with an unlisted {HUGE}-byte entry: {written} bytes under the state dir"
+    );
+    assert!(
+        written < 1 << 20,
+        "{written} bytes written under {}",
+        state.display()
+    );
+    std::fs::remove_file(&archive).unwrap();
+
+    // Blobs before the signatures: refused, naming the fix.
+    let archive = p.path("reordered.bundle");
+    archive_with_huge_entry(&archive, &[("manifest.toml", read("manifest.toml"))], 1000);
+    p.run(&archive, &["root1.json"])
+        .expect_error(&["where signatures.json must come", "outpost pack"]);
 }
