@@ -52,22 +52,90 @@ pub trait Model: Send + Sync {
 /// A loaded model as the host holds it.
 pub type SharedModel = Arc<dyn Model>;
 
+/// Why running a model failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelFailure {
+    /// The inputs were wrong or the backend reported an error.
+    Failed(String),
+    /// The backend panicked; the panic was caught and the host carries on.
+    Panicked {
+        /// The model's name in the pipeline.
+        model: String,
+        /// The panic's message.
+        message: String,
+    },
+}
+
+impl ModelFailure {
+    /// What went wrong, for people.
+    pub fn message(&self) -> String {
+        match self {
+            ModelFailure::Failed(message) => message.clone(),
+            ModelFailure::Panicked { model, message } => {
+                format!("model '{model}': the backend panicked: {message}")
+            }
+        }
+    }
+}
+
+impl From<String> for ModelFailure {
+    fn from(message: String) -> Self {
+        ModelFailure::Failed(message)
+    }
+}
+
+impl std::fmt::Display for ModelFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message())
+    }
+}
+
+/// Runs `f`, a call into a backend for `model`, turning a panic into
+/// [`ModelFailure::Panicked`]. Backends are large libraries fed with
+/// tensors a stage chose; an input one of them does not expect must fail
+/// that request, not the process. (Profiles keep `panic = "unwind"` for
+/// this; see the workspace's Cargo.toml.)
+pub fn catch_panic<T>(
+    model: &str,
+    doing: &str,
+    f: impl FnOnce() -> Result<T, String>,
+) -> Result<T, ModelFailure> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(result) => result.map_err(ModelFailure::Failed),
+        Err(payload) => Err(ModelFailure::Panicked {
+            model: model.to_owned(),
+            message: format!("{} (while {doing})", panic_message(payload.as_ref())),
+        }),
+    }
+}
+
+/// The text of a panic's payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_owned()
+    }
+}
+
 impl dyn Model {
     /// Runs the model on `inputs`, matched to its inputs by name, and returns
     /// every output under its declared name.
-    pub fn compute(&self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, String> {
+    pub fn compute(&self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, ModelFailure> {
         let specs = &self.signature().inputs;
         let mut by_name: HashMap<String, NnTensor> =
             inputs.into_iter().map(|t| (t.name, t.tensor)).collect();
         let mut ordered = Vec::with_capacity(specs.len());
         for spec in specs {
             let tensor = by_name.remove(&spec.name).ok_or_else(|| {
-                format!(
+                ModelFailure::from(format!(
                     "model '{}' needs input '{}' ({}), which was not given",
                     self.name(),
                     spec.name,
                     spec.shape_string()
-                )
+                ))
             })?;
             ordered.push(tensor);
         }
@@ -77,27 +145,36 @@ impl dyn Model {
                 "model '{}' has no input '{extra}'; its inputs are: {}",
                 self.name(),
                 names.join(", ")
-            ));
+            )
+            .into());
         }
         self.run_ordered(ordered)
     }
 
     /// Checks inputs given in the model's declared order, runs the model,
     /// and names its outputs.
-    pub fn run_ordered(&self, inputs: Vec<NnTensor>) -> Result<Vec<NamedTensor>, String> {
+    ///
+    /// A panic inside the backend does not unwind into the caller: it comes
+    /// back as [`ModelFailure::Panicked`]. What a backend keeps between runs
+    /// stays sound: tract's execution state of the run that panicked is
+    /// dropped with the unwinding, never pooled again; ONNX Runtime keeps
+    /// its run state in C++, which Rust panics do not reach, and its session
+    /// lock is taken past poisoning.
+    pub fn run_ordered(&self, inputs: Vec<NnTensor>) -> Result<Vec<NamedTensor>, ModelFailure> {
         let signature = self.signature();
         let mut symbols: HashMap<&str, u32> = HashMap::new();
         for (spec, tensor) in signature.inputs.iter().zip(&inputs) {
             check_input(self.name(), spec, tensor, &mut symbols)?;
         }
-        let outputs = self.run(inputs)?;
+        let outputs = catch_panic(self.name(), "computing", || self.run(inputs))?;
         if outputs.len() != signature.outputs.len() {
             return Err(format!(
                 "model '{}' returned {} outputs but declares {}",
                 self.name(),
                 outputs.len(),
                 signature.outputs.len()
-            ));
+            )
+            .into());
         }
         Ok(outputs
             .into_iter()
@@ -186,6 +263,7 @@ pub struct Diagnostics(Arc<Mutex<NnState>>);
 #[derive(Default)]
 struct NnState {
     last_error: Option<String>,
+    panicked: Option<(String, String)>,
     inference_time: Duration,
     inference_limit: Option<Duration>,
     inference_timed_out: bool,
@@ -213,6 +291,23 @@ impl Diagnostics {
         self.with(|s| s.last_error = Some(message));
     }
 
+    /// Remembers a failed model run: its message, and the model and panic
+    /// message if the backend panicked.
+    pub fn record_failure(&self, failure: &ModelFailure) {
+        self.with(|s| {
+            s.last_error = Some(failure.message());
+            if let ModelFailure::Panicked { model, message } = failure {
+                s.panicked = Some((model.clone(), message.clone()));
+            }
+        });
+    }
+
+    /// The model whose backend panicked during the current call, and the
+    /// panic's message.
+    pub fn panicked(&self) -> Option<(String, String)> {
+        self.with(|s| s.panicked.clone())
+    }
+
     /// Takes the latest failure, leaving none.
     pub fn take(&self) -> Option<String> {
         self.with(|s| s.last_error.take())
@@ -237,6 +332,21 @@ impl Diagnostics {
         })
     }
 
+    /// Runs `f` against a model, counting its time as inference, and records
+    /// how it failed, if it did.
+    pub fn timed<T>(&self, f: impl FnOnce() -> Result<T, ModelFailure>) -> Result<T, String> {
+        let started = Instant::now();
+        let result = f();
+        if let Err(over) = self.add_inference(started.elapsed()) {
+            self.record(over.clone());
+            return Err(over);
+        }
+        result.map_err(|failure| {
+            self.record_failure(&failure);
+            failure.message()
+        })
+    }
+
     /// Time spent in models during the current call.
     pub fn inference_time(&self) -> Duration {
         self.with(|s| s.inference_time)
@@ -251,6 +361,7 @@ impl Diagnostics {
     pub fn reset(&self) {
         self.with(|s| {
             s.last_error = None;
+            s.panicked = None;
             s.inference_time = Duration::ZERO;
             s.inference_timed_out = false;
         });
@@ -337,13 +448,10 @@ impl NnContext {
     }
 
     /// Runs `f` against the model, counting its time as inference.
-    fn timed<T>(&self, f: impl FnOnce() -> Result<T, String>) -> Result<T, BackendError> {
-        let started = Instant::now();
-        let result = f();
+    fn timed<T>(&self, f: impl FnOnce() -> Result<T, ModelFailure>) -> Result<T, BackendError> {
         self.diagnostics
-            .add_inference(started.elapsed())
-            .map_err(|e| self.fail(e))?;
-        result.map_err(|e| self.fail(e))
+            .timed(f)
+            .map_err(|e| BackendError::BackendAccess(wasmtime::Error::msg(e)))
     }
 }
 

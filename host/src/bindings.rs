@@ -1,13 +1,20 @@
 //! Host-side bindings for the `stage` world in `wit/`.
 //!
-//! Only the exports are used from here: the `wasi:nn` imports are served by
-//! `wasmtime_wasi_nn::wit::add_to_linker`, so the generated import traits stay
-//! unimplemented.
+//! The exports are called by `stage`; the `wasi:nn` imports are served by
+//! `crate::nn`, whose types stand for the interfaces' resources.
 #![allow(missing_docs)]
 
 wasmtime::component::bindgen!({
     world: "stage",
     path: "../wit",
+    // Every host function may trap (a stage past its wasi-nn limits).
+    imports: { default: trappable },
+    with: {
+        "wasi:nn/graph.graph": crate::nn::GraphEntry,
+        "wasi:nn/tensor.tensor": crate::nn::TensorEntry,
+        "wasi:nn/inference.graph-execution-context": crate::nn::ContextEntry,
+        "wasi:nn/errors.error": crate::nn::ErrorEntry,
+    },
 });
 
 // `Config`, `StageInfo`, `Tensor` and `StageError` are in scope at the root

@@ -106,15 +106,23 @@ struct Collector<'a> {
 impl Collector<'_> {
     fn add(&mut self, bytes: Vec<u8>, kind: BlobKind, name: String) -> Digest {
         let digest = Digest::of(&bytes);
-        if let std::collections::btree_map::Entry::Vacant(slot) =
-            self.entries.entry(digest.to_string())
-        {
-            slot.insert(BlobEntry {
-                size: bytes.len() as u64,
-                kind,
-                name,
-            });
-            self.blobs.push((digest, bytes));
+        match self.entries.entry(digest.to_string()) {
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(BlobEntry {
+                    size: bytes.len() as u64,
+                    kind,
+                    name,
+                });
+                self.blobs.push((digest, bytes));
+            }
+            // The same bytes as a file and as a component or model: the blob
+            // takes the kind the host executes or loads it as (a file slot
+            // takes a blob of any kind; the others only their own).
+            std::collections::btree_map::Entry::Occupied(mut slot) => {
+                if slot.get().kind == BlobKind::File {
+                    slot.get_mut().kind = kind;
+                }
+            }
         }
         digest
     }

@@ -48,17 +48,37 @@ pub enum StageError {
         /// The deadline.
         limit_ms: u64,
     },
-    /// The stage tried to grow its memory past its limit.
+    /// The stage tried to grow its memory past its limit, or to hold more
+    /// wasi-nn tensors, contexts and outputs in the host than it may.
     #[error(
-        "pipeline '{pipeline}', stage '{stage}' exceeded its memory limit of {limit_mib} MiB (limits.memory_mib)"
+        "pipeline '{pipeline}', stage '{stage}' exceeded its memory limit of {limit_mib} MiB: {detail}"
     )]
     MemoryLimit {
         /// The pipeline's name.
         pipeline: String,
         /// The stage's name.
         stage: String,
-        /// The limit.
+        /// The limit that was hit.
         limit_mib: u64,
+        /// Which memory: its linear memory (`limits.memory_mib`) or what it
+        /// holds through wasi-nn in the host (`limits.nn_memory_mib`,
+        /// `limits.nn_resources`).
+        detail: String,
+    },
+    /// The backend panicked while running a model for the stage. The panic
+    /// was caught: the request fails, the host and the model carry on.
+    #[error(
+        "pipeline '{pipeline}', stage '{stage}': inference failed: model '{model}': the backend panicked: {message}"
+    )]
+    BackendPanic {
+        /// The pipeline's name.
+        pipeline: String,
+        /// The stage's name.
+        stage: String,
+        /// The model's name in the pipeline.
+        model: String,
+        /// The panic's message.
+        message: String,
     },
     /// The stage returned tensors that are not what it declared, or whose
     /// bytes do not match their shape.

@@ -20,6 +20,7 @@ pub mod cache;
 pub mod compat;
 pub mod engine;
 pub mod error;
+pub mod nn;
 pub mod pipeline;
 pub mod sandbox;
 pub mod stage;

@@ -33,34 +33,121 @@ pub struct DirGrant {
     pub writable: bool,
 }
 
-/// Attempts a store made that its grants did not allow.
-#[derive(Clone, Default)]
-pub struct Denials(Arc<Mutex<Vec<String>>>);
+/// Lines about refused operations one stage may log per minute, across all
+/// its instances; past that they are counted, and the count is logged when
+/// the minute is over. A hostile stage can make refusals as fast as it can
+/// loop; the device's log must not grow with it.
+const LOG_LINES_PER_WINDOW: u32 = 10;
+const LOG_WINDOW: Duration = Duration::from_secs(60);
+
+/// The rate-limited log of one stage.
+pub struct StageLog {
+    stage: String,
+    window: Mutex<LogWindow>,
+}
+
+struct LogWindow {
+    started: std::time::Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl StageLog {
+    /// A log for `stage`.
+    pub fn new(stage: &str) -> Arc<Self> {
+        Arc::new(Self {
+            stage: stage.to_owned(),
+            window: Mutex::new(LogWindow {
+                started: std::time::Instant::now(),
+                logged: 0,
+                suppressed: 0,
+            }),
+        })
+    }
+
+    /// Logs `message` unless this stage has used up its lines for the
+    /// current window; returns whether it was written.
+    pub fn log(&self, message: &str) -> bool {
+        let mut w = self
+            .window
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if w.started.elapsed() >= LOG_WINDOW {
+            if w.suppressed > 0 {
+                eprintln!(
+                    "outpost: stage '{}': {} more refused operations in the last {} s were not logged",
+                    self.stage,
+                    w.suppressed,
+                    LOG_WINDOW.as_secs()
+                );
+            }
+            *w = LogWindow {
+                started: std::time::Instant::now(),
+                logged: 0,
+                suppressed: 0,
+            };
+        }
+        if w.logged >= LOG_LINES_PER_WINDOW {
+            w.suppressed += 1;
+            return false;
+        }
+        w.logged += 1;
+        eprintln!("outpost: stage '{}': {message}", self.stage);
+        true
+    }
+}
+
+/// Attempts a store made that its grants did not allow: the first is kept
+/// for the error, the rest only counted.
+#[derive(Clone)]
+pub struct Denials {
+    state: Arc<Mutex<DenialState>>,
+    log: Arc<StageLog>,
+}
+
+#[derive(Default)]
+struct DenialState {
+    first: Option<String>,
+    count: u64,
+}
 
 impl Denials {
-    fn record(&self, stage: &str, message: String) {
-        eprintln!("outpost: stage '{stage}': {message}");
-        self.0
+    /// Denials logged to `log`.
+    pub fn new(log: Arc<StageLog>) -> Self {
+        Self {
+            state: Arc::default(),
+            log,
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut DenialState) -> R) -> R {
+        f(&mut self
+            .state
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(message);
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    fn record(&self, message: String) {
+        self.log.log(&message);
+        self.with(|s| {
+            s.count += 1;
+            s.first.get_or_insert(message);
+        });
     }
 
     /// The first denial since the last [`Denials::reset`].
     pub fn first(&self) -> Option<String> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .first()
-            .cloned()
+        self.with(|s| s.first.clone())
+    }
+
+    /// How many denials since the last [`Denials::reset`].
+    pub fn count(&self) -> u64 {
+        self.with(|s| s.count)
     }
 
     /// Forgets earlier denials (a new call starts).
     pub fn reset(&self) {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
+        self.with(|s| *s = DenialState::default());
     }
 }
 
@@ -71,7 +158,7 @@ impl Denials {
 /// itself, and reads its environment as one list, so a file or variable
 /// that was not granted never reaches the host and cannot be logged; socket
 /// and clock use does reach it, and is.
-pub fn wasi_ctx(stage: &str, grants: &Grants, denials: &Denials) -> Result<WasiCtx, String> {
+pub fn wasi_ctx(grants: &Grants, denials: &Denials) -> Result<WasiCtx, String> {
     let mut builder = WasiCtxBuilder::new();
     for (key, value) in &grants.env {
         builder.env(key, value);
@@ -87,7 +174,7 @@ pub fn wasi_ctx(stage: &str, grants: &Grants, denials: &Denials) -> Result<WasiC
             .map_err(|e| format!("granted directory {}: {e:#}", dir.host.display()))?;
     }
     let allowed = grants.network.clone();
-    let (name, log) = (stage.to_owned(), denials.clone());
+    let log = denials.clone();
     builder.allow_ip_name_lookup(false);
     builder.allow_udp(false);
     // TCP sockets may be created so that every connection attempt reaches
@@ -110,13 +197,13 @@ pub fn wasi_ctx(stage: &str, grants: &Grants, denials: &Denials) -> Result<WasiC
                 ),
                 _ => format!("network access to {addr} ({use_:?}) denied: not granted; add \"{addr}\" to [stages.grants] network"),
             };
-            log.record(&name, message);
+            log.record(message);
         }
         Box::pin(async move { ok })
     });
     if !grants.clocks {
-        builder.wall_clock(FrozenClock::new(stage));
-        builder.monotonic_clock(FrozenClock::new(stage));
+        builder.wall_clock(FrozenClock::new(&denials.log));
+        builder.monotonic_clock(FrozenClock::new(&denials.log));
     }
     Ok(builder.build())
 }
@@ -124,23 +211,22 @@ pub fn wasi_ctx(stage: &str, grants: &Grants, denials: &Denials) -> Result<WasiC
 /// A clock that stands still at zero and logs its first reading (reading
 /// it is no failure, so it is not a denial).
 struct FrozenClock {
-    stage: String,
+    log: Arc<StageLog>,
     logged: std::sync::atomic::AtomicBool,
 }
 
 impl FrozenClock {
-    fn new(stage: &str) -> Self {
+    fn new(log: &Arc<StageLog>) -> Self {
         Self {
-            stage: stage.to_owned(),
+            log: log.clone(),
             logged: false.into(),
         }
     }
 
     fn note(&self) {
         if !self.logged.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            eprintln!(
-                "outpost: stage '{}': read a clock, which stands still without a grant; set clocks = true in [stages.grants] for real time",
-                self.stage
+            self.log.log(
+                "read a clock, which stands still without a grant; set clocks = true in [stages.grants] for real time",
             );
         }
     }

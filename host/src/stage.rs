@@ -1,24 +1,29 @@
 //! One stage of a pipeline: its compiled component, the instances that serve
 //! it, and the limits armed around every call.
 
-use crate::backend::Diagnostics;
-use crate::backend::{SharedModel, granted_models};
+use crate::backend::{Diagnostics, SharedModel};
 use crate::bindings::{self, Config, ErrorKind, GuestError, StageInfo, Tensor};
 use crate::engine::{EPOCH_TICK, Metering};
 use crate::error::StageError;
-use crate::sandbox::{Denials, Grants, wasi_ctx};
-use std::sync::Mutex;
+use crate::nn::{NnLedger, NnState, NnView};
+use crate::sandbox::{Denials, Grants, StageLog, wasi_ctx};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter, Store, Trap, UpdateDeadline, WasmBacktrace};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_nn::wit::{WasiNnCtx, WasiNnView};
 
 /// Limits armed on every call into a stage.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StageLimits {
     /// Largest linear memory, in bytes.
     pub memory_bytes: usize,
+    /// Most bytes of wasi-nn tensors, contexts and outputs the stage may hold
+    /// in the host at once (outside its linear memory, so not seen by the
+    /// memory limiter).
+    pub nn_memory_bytes: usize,
+    /// Most wasi-nn resources the stage may hold at once.
+    pub nn_resources: usize,
     /// Most table elements.
     pub table_elements: usize,
     /// Wall-clock deadline of one call, not counting time inside models.
@@ -35,6 +40,8 @@ impl Default for StageLimits {
     fn default() -> Self {
         Self {
             memory_bytes: 256 << 20,
+            nn_memory_bytes: 256 << 20,
+            nn_resources: 256,
             table_elements: 100_000,
             timeout: Duration::from_secs(10),
             inference_timeout: Duration::from_secs(60),
@@ -52,7 +59,7 @@ const MAX_IDLE_INSTANCES: usize = 4;
 pub struct StageHost {
     wasi: WasiCtx,
     table: ResourceTable,
-    nn: WasiNnCtx,
+    nn: NnState,
     limiter: StageLimiter,
     diagnostics: Diagnostics,
     denials: Denials,
@@ -107,8 +114,8 @@ impl ResourceLimiter for StageLimiter {
 pub fn stage_linker(engine: &Engine) -> wasmtime::Result<Linker<StageHost>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-    wasmtime_wasi_nn::wit::add_to_linker(&mut linker, |h: &mut StageHost| {
-        WasiNnView::new(&mut h.table, &mut h.nn)
+    crate::nn::add_to_linker(&mut linker, |h: &mut StageHost| {
+        NnView::new(&mut h.table, &mut h.nn)
     })?;
     Ok(linker)
 }
@@ -126,6 +133,7 @@ pub struct LoadedStage {
     metering: Metering,
     info: StageInfo,
     idle: Mutex<Vec<Instance>>,
+    log: Arc<StageLog>,
 }
 
 struct Instance {
@@ -163,6 +171,7 @@ impl LoadedStage {
             .instantiate_pre(component)
             .and_then(bindings::StagePre::new)
             .map_err(|e| StageLoadError::Link(format!("{e:#}")))?;
+        let setup_name = setup.name.clone();
         let mut stage = Self {
             pipeline: setup.pipeline,
             name: setup.name,
@@ -181,6 +190,7 @@ impl LoadedStage {
                 outputs: Vec::new(),
             },
             idle: Mutex::new(Vec::new()),
+            log: StageLog::new(&setup_name),
         };
         let mut instance = stage.instantiate().map_err(StageLoadError::Stage)?;
         stage.arm(&mut instance.store);
@@ -226,8 +236,14 @@ impl LoadedStage {
                 Ok(outputs)
             }
             Ok(Err(reported)) => {
+                // A stage that caught a limit, a denial or a backend panic
+                // and reported it itself is dropped all the same: it may
+                // have been half-way through something when refused.
+                let limited = self.limit_or_denial(&instance.store, "").is_some();
                 let error = self.reported(reported, &instance.store);
-                self.release(instance);
+                if !limited {
+                    self.release(instance);
+                }
                 Err(error)
             }
             Err(e) => Err(self.classify(e, &instance.store)),
@@ -243,20 +259,22 @@ impl LoadedStage {
     /// A fresh instance with `init` done.
     fn instantiate(&self) -> Result<Instance, StageError> {
         let diagnostics = Diagnostics::with_inference_limit(self.limits.inference_timeout);
-        let denials = Denials::default();
-        let wasi = wasi_ctx(&self.name, &self.grants, &denials).map_err(|message| {
-            StageError::Instantiate {
-                pipeline: self.pipeline.clone(),
-                stage: self.name.clone(),
-                message,
-            }
+        let denials = Denials::new(self.log.clone());
+        let wasi = wasi_ctx(&self.grants, &denials).map_err(|message| StageError::Instantiate {
+            pipeline: self.pipeline.clone(),
+            stage: self.name.clone(),
+            message,
         })?;
         let host = StageHost {
             wasi,
             table: ResourceTable::new(),
             // No backends: guests cannot load model bytes of their own, only
             // the models granted to them, by name.
-            nn: WasiNnCtx::new(Vec::new(), granted_models(&self.models, &diagnostics)),
+            nn: NnState::new(
+                &self.models,
+                diagnostics.clone(),
+                NnLedger::new(self.limits.nn_memory_bytes, self.limits.nn_resources),
+            ),
             limiter: StageLimiter {
                 memory_bytes: self.limits.memory_bytes,
                 table_elements: self.limits.table_elements,
@@ -315,6 +333,7 @@ impl LoadedStage {
         }
         let host = store.data_mut();
         host.limiter.hit_memory_limit = false;
+        host.nn.ledger_mut().clear_exceeded();
         host.call_started = Instant::now();
         host.diagnostics.reset();
         host.denials.reset();
@@ -356,6 +375,23 @@ impl LoadedStage {
                 pipeline,
                 stage,
                 limit_mib: (self.limits.memory_bytes >> 20) as u64,
+                detail: "its linear memory may not grow past it (limits.memory_mib)".to_owned(),
+            });
+        }
+        if let Some(exceeded) = host.nn.ledger().exceeded() {
+            return Some(StageError::MemoryLimit {
+                pipeline,
+                stage,
+                limit_mib: (self.limits.nn_memory_bytes >> 20) as u64,
+                detail: exceeded.to_owned(),
+            });
+        }
+        if let Some((model, message)) = host.diagnostics.panicked() {
+            return Some(StageError::BackendPanic {
+                pipeline,
+                stage,
+                model,
+                message,
             });
         }
         if host.diagnostics.inference_timed_out() {

@@ -114,7 +114,17 @@ impl Tensor {
         let expected =
             element_count(&self.dims).and_then(|n| n.checked_mul(self.element_type.size()));
         match expected {
-            Some(n) if n == self.data.len() => Ok(()),
+            Some(n) if n == self.data.len() => {
+                if self.element_type == ElementType::Utf8
+                    && let Err(e) = std::str::from_utf8(&self.data)
+                {
+                    return Err(format!(
+                        "tensor '{}' is utf8 but its bytes are not valid UTF-8 ({e}); return u8 for raw bytes",
+                        self.name
+                    ));
+                }
+                Ok(())
+            }
             Some(n) => Err(format!(
                 "tensor '{}' has shape {:?} of {} ({n} bytes) but carries {} bytes",
                 self.name,
@@ -342,6 +352,22 @@ mod tests {
         );
         assert!(err(json!({"type": "i64", "data": []})).contains("missing key 'dims'"));
         assert!(err(json!(3)).contains("'ids'"));
+    }
+
+    #[test]
+    fn utf8_tensors_must_hold_valid_utf8() {
+        let text = |data: Vec<u8>| Tensor {
+            name: "label".into(),
+            dims: vec![data.len() as u32],
+            element_type: ElementType::Utf8,
+            data,
+        };
+        assert!(text("stop".into()).check_layout().is_ok());
+        let e = text(vec![b's', 0xff, 0xfe]).check_layout().unwrap_err();
+        assert!(
+            e.contains("'label'") && e.contains("not valid UTF-8"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -36,7 +36,7 @@ fn each_failure_is_typed_and_the_next_request_is_served() {
     let ok = host.load_pipeline(&fail_pipeline(&scratch, "ok")).unwrap();
 
     type IsExpected = fn(&StageError) -> bool;
-    let cases: [(&str, IsExpected, &str); 4] = [
+    let cases: [(&str, IsExpected, &str); 5] = [
         (
             "error",
             |e| matches!(e, StageError::Reported { .. }),
@@ -56,6 +56,12 @@ fn each_failure_is_typed_and_the_next_request_is_served() {
             "bad-type",
             |e| matches!(e, StageError::BadOutput { .. }),
             "element type i64 is not f32",
+        ),
+        // Issue 9: utf8 outputs were checked for length only.
+        (
+            "bad-utf8",
+            |e| matches!(e, StageError::BadOutput { .. }),
+            "tensor 'x' is utf8 but its bytes are not valid UTF-8",
         ),
     ];
     for (mode, is_expected, words) in cases {
@@ -213,4 +219,82 @@ fn fuel_needs_a_metering_host() {
         .load_pipeline(&intent_pipeline(&scratch, "fuel = 100000000"))
         .unwrap();
     assert_eq!(pipeline.run(ids()).unwrap()[0].dims, [1, 8]);
+}
+
+/// A backend that panics on every run, as tract did on token ids past its
+/// vocabulary (issue 9), standing in for any backend bug a stage's inputs
+/// can reach.
+struct PanickingBackend {
+    signature: outpost_host::backend::ModelSignature,
+}
+
+impl outpost_host::backend::Model for PanickingBackend {
+    fn name(&self) -> &str {
+        "intent"
+    }
+    fn signature(&self) -> &outpost_host::backend::ModelSignature {
+        &self.signature
+    }
+    fn describe(&self) -> String {
+        "a backend that panics".into()
+    }
+    fn run(
+        &self,
+        _inputs: Vec<wasmtime_wasi_nn::wit::Tensor>,
+    ) -> Result<Vec<wasmtime_wasi_nn::wit::Tensor>, String> {
+        panic!("range start index 21152 out of range for slice of length 864")
+    }
+}
+
+#[test]
+fn a_backend_panic_fails_the_request_not_the_host() {
+    use outpost_host::stage::{LoadedStage, StageLimits, StageSetup, stage_linker};
+    let runtime = outpost_host::Runtime::new(&EngineOptions::default()).unwrap();
+    let engine = runtime.engine();
+    let linker = stage_linker(engine).unwrap();
+    let component = wasmtime::component::Component::from_file(engine, plugin("hostile")).unwrap();
+    let ids = |name: &str| outpost_host::TensorSpec {
+        name: name.into(),
+        element_type: Some(outpost_host::ElementType::I64),
+        dims: None,
+    };
+    let model: outpost_host::backend::SharedModel = std::sync::Arc::new(PanickingBackend {
+        signature: outpost_host::backend::ModelSignature {
+            inputs: vec![ids("input_ids"), ids("attention_mask")],
+            outputs: vec![ids("logits")],
+        },
+    });
+    let config = outpost_host::bindings::Config {
+        entries: vec![("attack".into(), "\"bad-ids\"".into())],
+        files: Vec::new(),
+    };
+    let stage = LoadedStage::new(
+        &linker,
+        &component,
+        StageSetup {
+            pipeline: "panicky".into(),
+            name: "attacker".into(),
+            config,
+            models: vec![("intent".into(), model)],
+            limits: StageLimits::default(),
+            grants: Default::default(),
+            metering: runtime.metering(),
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    for _ in 0..3 {
+        match stage.run(vec![Tensor::text("x", "go")]) {
+            Err(StageError::BackendPanic {
+                pipeline,
+                stage,
+                model,
+                message,
+            }) => {
+                assert_eq!((pipeline.as_str(), stage.as_str()), ("panicky", "attacker"));
+                assert_eq!(model, "intent");
+                assert!(message.contains("out of range for slice"), "{message}");
+            }
+            other => panic!("expected a backend panic, got {other:?}"),
+        }
+    }
 }

@@ -19,6 +19,23 @@ fn rss_mib() -> u64 {
         / 1024
 }
 
+/// Peak resident memory since the last [`reset_peak`], MiB.
+fn peak_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        / 1024
+}
+
+/// Starts measuring the peak anew (Linux: "5" to clear_refs resets VmHWM).
+fn reset_peak() {
+    std::fs::write("/proc/self/clear_refs", "5").unwrap();
+}
+
 fn hostile(
     host: &Host,
     scratch: &Scratch,
@@ -27,8 +44,10 @@ fn hostile(
     limits: &str,
     grants: &str,
 ) -> Pipeline {
+    // Every attacker may load the demo's model as "intent".
     let toml = format!(
-        "[pipeline]\nname = \"{attack}\"\ninputs = [\"x\"]\n[[stages]]\nname = \"attacker\"\ncomponent = \"{}\"\nconfig = {{ attack = \"{attack}\"{extra_config} }}\nlimits = {{ {limits} }}\ngrants = {{ {grants} }}\n",
+        "[pipeline]\nname = \"{attack}\"\ninputs = [\"x\"]\n[models.intent]\npath = \"{}\"\n[[stages]]\nname = \"attacker\"\ncomponent = \"{}\"\nmodels = [\"intent\"]\nconfig = {{ attack = \"{attack}\"{extra_config} }}\nlimits = {{ {limits} }}\ngrants = {{ {grants} }}\n",
+        demo_dir().join("intent.onnx").display(),
         plugin("hostile").display()
     );
     let path = scratch.write(&format!("{attack}.toml"), toml);
@@ -178,6 +197,65 @@ fn hostile_stages_fail_typed_and_the_host_carries_on() {
             "network access denied: the stage has no network grant",
             Duration::ZERO,
         ),
+        // Issue 9: token ids past the vocabulary made tract panic and the
+        // process die; the host checks them against the lookup table.
+        (
+            "bad-ids",
+            "",
+            "",
+            "",
+            |e| {
+                matches!(
+                    e,
+                    StageError::Reported {
+                        kind: outpost_host::bindings::ErrorKind::Inference,
+                        ..
+                    }
+                )
+            },
+            "input 'input_ids': value 21152 at position 1 is out of range: it indexes a table of 108 rows",
+            Duration::ZERO,
+        ),
+        // Issue 9: wasi-nn tensors live in the host, outside the stage's
+        // linear memory; a loop of them drove the host to 5.4 GB.
+        (
+            "nn-tensors",
+            ", bytes = 1048576",
+            "memory_mib = 64, timeout_ms = 20000",
+            "",
+            |e| matches!(e, StageError::MemoryLimit { limit_mib: 64, .. }),
+            "limits.nn_memory_mib",
+            Duration::ZERO,
+        ),
+        (
+            "nn-contexts",
+            "",
+            "timeout_ms = 20000",
+            "",
+            |e| matches!(e, StageError::MemoryLimit { .. }),
+            "over the limit of 256 (limits.nn_resources)",
+            Duration::ZERO,
+        ),
+        (
+            "nn-errors",
+            "",
+            "nn_resources = 1000, timeout_ms = 20000",
+            "",
+            |e| matches!(e, StageError::MemoryLimit { .. }),
+            "over the limit of 1000 (limits.nn_resources)",
+            Duration::ZERO,
+        ),
+        // A denial the stage caught and reported itself still costs it its
+        // instance: the second request meets a fresh one, which tries again.
+        (
+            "socket-once",
+            ", address = \"127.0.0.1:9\"",
+            "",
+            "",
+            |e| matches!(e, StageError::CapabilityDenied { .. }),
+            "network access denied",
+            Duration::ZERO,
+        ),
         (
             "unknown-model",
             "",
@@ -190,6 +268,7 @@ fn hostile_stages_fail_typed_and_the_host_carries_on() {
     ];
     for (attack, config, limits, grants, is_expected, words, deadline) in attacks {
         let pipeline = hostile(&host, &scratch, attack, config, limits, grants);
+        reset_peak();
         for round in 0..2 {
             let (error, took) = stage_error(&pipeline);
             assert!(
@@ -209,6 +288,16 @@ fn hostile_stages_fail_typed_and_the_host_carries_on() {
             demo_still_works(&demo);
         }
         drop(pipeline);
+        let peak = peak_mib();
+        eprintln!("{attack} ({limits}): peak resident memory {peak} MiB, baseline {baseline} MiB");
+        // Issue 9: the host-side wasi-nn resources of a stage with
+        // memory_mib = 64 stay within that (plus its own linear memory).
+        if attack.starts_with("nn-") {
+            assert!(
+                peak <= baseline + 128,
+                "{attack}: peak resident memory {peak} MiB, baseline {baseline} MiB"
+            );
+        }
         let now = rss_mib();
         assert!(
             now <= baseline + 64,

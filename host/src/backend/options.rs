@@ -120,6 +120,14 @@ pub enum LoadModelError {
     /// ONNX Runtime could not be loaded, or could not load the model.
     #[error("onnxruntime: {0}")]
     Onnxruntime(String),
+    /// The backend panicked while loading the model; the host carries on.
+    #[error("{backend} panicked while loading the model: {message}")]
+    Panicked {
+        /// The backend.
+        backend: BackendName,
+        /// The panic's message.
+        message: String,
+    },
     /// This host was built without the backend.
     #[error(
         "the model asks for backend '{0}', which this outpost was built without; rebuild it with `--features {0}`, or run the model on tract with `--backend tract`"
@@ -139,8 +147,27 @@ pub enum LoadModelError {
 
 /// Loads the ONNX model in `bytes`, which the pipeline calls `name`, on the
 /// backend and target the pipeline asks for, unless `options` overrides the
-/// backend.
+/// backend. A panic inside the backend (a model it cannot digest) becomes
+/// [`LoadModelError::Panicked`].
 pub fn load_model(
+    name: &str,
+    bytes: &[u8],
+    settings: ModelSettings,
+    options: &BackendOptions,
+) -> Result<SharedModel, LoadModelError> {
+    let backend = options.force.unwrap_or(settings.backend);
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        load_unguarded(name, bytes, settings, options)
+    }))
+    .unwrap_or_else(|payload| {
+        Err(LoadModelError::Panicked {
+            backend,
+            message: super::panic_message(payload.as_ref()),
+        })
+    })
+}
+
+fn load_unguarded(
     name: &str,
     bytes: &[u8],
     settings: ModelSettings,

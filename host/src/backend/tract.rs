@@ -6,6 +6,7 @@
 //! per-node value slots, constants and operator states tract sets up before
 //! a run) are kept between requests and reused.
 
+mod bounds;
 mod gather;
 
 use super::{Model, ModelSignature};
@@ -27,6 +28,8 @@ pub struct TractGraph {
     general: Runner,
     /// Plans for particular shapes, when the pipeline asks for them.
     specialized: Option<Specialized>,
+    /// Inputs that index tables, checked before every run.
+    index_bounds: Vec<bounds::IndexBound>,
 }
 
 /// A plan and the execution states kept for it.
@@ -175,6 +178,8 @@ impl TractGraph {
             )?,
         };
         let simplified = simplify(typed).map_err(|e| fail("simplification failed", e))?;
+        let index_bounds =
+            bounds::index_bounds(&simplified).map_err(|e| fail("index analysis failed", e))?;
         let specialized = (specialize > 0).then(|| Specialized {
             source: simplified.clone(),
             capacity: specialize,
@@ -190,6 +195,7 @@ impl TractGraph {
             signature,
             general: Runner::new(plan),
             specialized,
+            index_bounds,
         })
     }
 
@@ -241,6 +247,14 @@ impl Model for TractGraph {
     }
 
     fn run(&self, inputs: Vec<NnTensor>) -> Result<Vec<NnTensor>, String> {
+        for bound in &self.index_bounds {
+            if let (Some(spec), Some(tensor)) = (
+                self.signature.inputs.get(bound.input),
+                inputs.get(bound.input),
+            ) {
+                bounds::check_indices(&self.name, &spec.name, bound, tensor)?;
+            }
+        }
         let runner = self
             .specialized
             .as_ref()

@@ -11,6 +11,7 @@ use crate::sandbox::{DirGrant, Grants};
 use crate::stage::{LoadedStage, StageLimits, StageLoadError, StageSetup};
 use outpost_signing::Digest;
 use outpost_signing::bundle::VerifiedBundle;
+use outpost_signing::manifest::BlobKind;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -47,7 +48,13 @@ impl Loader<'_> {
         }
     }
 
-    fn read(&self, relative: &Path) -> Result<(PathBuf, Vec<u8>), PipelineError> {
+    /// Reads the file a pipeline names for a `kind` slot. From a bundle, the
+    /// blob must be listed as that kind in the signed manifest (a `file`
+    /// slot takes any blob; a component or model slot only its own kind), so
+    /// a blob signed as data is never compiled or loaded as a model, and
+    /// provenance, which covers every component and model blob, covers
+    /// everything the host executes.
+    fn read(&self, relative: &Path, kind: BlobKind) -> Result<(PathBuf, Vec<u8>), PipelineError> {
         let path = self.display_path(relative);
         match self.source {
             Source::Dir(_) => {
@@ -57,7 +64,21 @@ impl Loader<'_> {
                 })?;
                 Ok((path, bytes))
             }
-            Source::Bundle(bundle) => Ok((path, bundle.read_blob(&relative.to_string_lossy())?)),
+            Source::Bundle(bundle) => {
+                let digest = relative.to_string_lossy();
+                if let Some(entry) = bundle.manifest().blobs.get(digest.as_ref())
+                    && kind != BlobKind::File
+                    && entry.kind != kind
+                {
+                    return Err(self.invalid(format!(
+                        "blob {digest} ('{}') is signed as a {} but the pipeline uses it as a {}; a blob is used only as the kind the manifest gives it (re-bundle with `outpost bundle`)",
+                        entry.name,
+                        kind_name(entry.kind),
+                        kind_name(kind)
+                    )));
+                }
+                Ok((path, bundle.read_blob(&digest)?))
+            }
         }
     }
 
@@ -112,8 +133,13 @@ impl Loader<'_> {
                 usize::try_from(m).unwrap_or(usize::MAX >> 20) << 20
             })
         };
+        let memory_bytes = mib(l.memory_mib, d.memory_bytes);
         let limits = StageLimits {
-            memory_bytes: mib(l.memory_mib, d.memory_bytes),
+            memory_bytes,
+            nn_memory_bytes: mib(l.nn_memory_mib, memory_bytes),
+            nn_resources: l
+                .nn_resources
+                .map_or(d.nn_resources, |n| usize::try_from(n).unwrap_or(usize::MAX)),
             table_elements: l.table_elements.map_or(d.table_elements, |n| {
                 usize::try_from(n).unwrap_or(usize::MAX)
             }),
@@ -210,7 +236,7 @@ impl Loader<'_> {
             .models
             .iter()
             .map(|(name, model)| {
-                let (path, bytes) = self.read(&model.path)?;
+                let (path, bytes) = self.read(&model.path, BlobKind::Model)?;
                 let graph = load_model(
                     name,
                     &bytes,
@@ -323,7 +349,7 @@ impl Loader<'_> {
         }
         let mut files = Vec::with_capacity(spec.files.len());
         for (name, relative) in &spec.files {
-            let (_, data) = self.read(relative)?;
+            let (_, data) = self.read(relative, BlobKind::File)?;
             files.push(File {
                 name: name.clone(),
                 data,
@@ -344,7 +370,7 @@ impl Loader<'_> {
             path: component_path.clone(),
             message,
         };
-        let bytes = match self.read(&spec.component) {
+        let bytes = match self.read(&spec.component, BlobKind::Component) {
             Ok((_, bytes)) => bytes,
             Err(PipelineError::Read { source, .. }) => {
                 return Err(component_error(format!(
@@ -561,5 +587,14 @@ fn list_or_none<'a>(names: impl Iterator<Item = &'a str>) -> String {
         "(none)".to_owned()
     } else {
         names.join(", ")
+    }
+}
+
+fn kind_name(kind: BlobKind) -> &'static str {
+    match kind {
+        BlobKind::Pipeline => "pipeline",
+        BlobKind::Component => "component",
+        BlobKind::Model => "model",
+        BlobKind::File => "file",
     }
 }

@@ -178,6 +178,12 @@ pub struct LimitsSpec {
     pub max_output_mib: Option<u64>,
     /// Most table elements.
     pub table_elements: Option<u64>,
+    /// Most bytes of wasi-nn tensors, execution contexts and outputs the
+    /// stage may hold in the host at once, MiB (default: `memory_mib`).
+    pub nn_memory_mib: Option<u64>,
+    /// Most wasi-nn resources (graphs, contexts, tensors, errors) the stage
+    /// may hold at once.
+    pub nn_resources: Option<u64>,
 }
 
 #[cfg(test)]

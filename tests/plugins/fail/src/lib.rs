@@ -3,6 +3,7 @@
 //! - `"panic"`: `run` panics (a trap);
 //! - `"bad-length"`: returns a tensor whose bytes do not match its dims;
 //! - `"bad-type"`: returns i64 where it declared f32;
+//! - `"bad-utf8"`: returns a utf8 tensor whose bytes are not UTF-8;
 //! - `"ok"`: passes `x` through, so a pipeline around it works.
 //!
 //! Input and output: `x`, f32 [n].
@@ -48,6 +49,12 @@ impl Stage for Fail {
                 let values = vec![1i64; x.dims.iter().product::<u32>() as usize];
                 Ok(vec![Tensor::from_i64("x", x.dims.clone(), &values)?])
             }
+            "bad-utf8" => Ok(vec![Tensor {
+                name: "x".into(),
+                dims: vec![3],
+                element_type: ElementType::Utf8,
+                data: vec![0xff, 0xfe, b'A'],
+            }]),
             _ => Ok(vec![x]),
         }
     }

@@ -4,13 +4,26 @@
 //! `loop`, `recurse`, `alloc`, `huge-output` (config `bytes`), `read-file`,
 //! `list-root`, `env`, `socket` (config `address`), `clock`, `unknown-model`,
 //! `none` (behaves).
+//!
+//! Against wasi-nn (config `model`, a model the stage is granted):
+//! `bad-ids` computes with token ids far outside the model's vocabulary;
+//! `nn-tensors` makes `bytes`-sized wasi-nn tensors in a loop and keeps them;
+//! `nn-contexts` makes execution contexts in a loop; `nn-errors` provokes
+//! wasi-nn errors in a loop and keeps them.
+//!
+//! `socket-once` tries the socket on its instance's first call only (a denial
+//! it reports itself), and from then on returns how many calls that
+//! instance has served: a host that reused the instance would answer.
 
+use outpost_guest::bindings::wasi::nn::{graph, tensor};
 use outpost_guest::{Config, Inputs, Stage, StageError, StageInfo, Tensor, TensorSpec};
 
 struct Hostile {
     attack: String,
     bytes: u64,
     address: String,
+    model: String,
+    calls: u32,
 }
 
 impl Stage for Hostile {
@@ -19,6 +32,8 @@ impl Stage for Hostile {
             attack: config.require("attack")?,
             bytes: config.get_or("bytes", 1 << 30)?,
             address: config.get_or("address", "127.0.0.1:9".to_owned())?,
+            model: config.get_or("model", "intent".to_owned())?,
+            calls: 0,
         })
     }
 
@@ -29,6 +44,7 @@ impl Stage for Hostile {
     }
 
     fn run(&mut self, _inputs: Inputs) -> Result<Vec<Tensor>, StageError> {
+        self.calls += 1;
         let report = |values: &[f32]| {
             Ok(vec![Tensor::from_f32(
                 "y",
@@ -86,6 +102,53 @@ impl Stage for Hostile {
                 report(&[since_epoch])
             }
             "unknown-model" => outpost_guest::nn::Model::load("not-granted").map(|_| Vec::new()),
+            "socket-once" if self.calls == 1 => match std::net::TcpStream::connect(&self.address) {
+                Ok(_) => report(&[-1.0]),
+                Err(e) => Err(StageError::internal(format!(
+                    "connecting to {}: {e}",
+                    self.address
+                ))),
+            },
+            "socket-once" => report(&[self.calls as f32]),
+            "bad-ids" => {
+                let model = outpost_guest::nn::Model::load(&self.model)?;
+                let ids: Vec<i64> = vec![101, 21152, 102, 0];
+                let mask: Vec<i64> = vec![1; ids.len()];
+                let outputs = model.compute(&[
+                    Tensor::from_i64("input_ids", vec![1, ids.len() as u32], &ids)?,
+                    Tensor::from_i64("attention_mask", vec![1, mask.len() as u32], &mask)?,
+                ])?;
+                report(&[outputs.len() as f32])
+            }
+            "nn-tensors" => {
+                let n = usize::try_from(self.bytes).unwrap_or(usize::MAX);
+                let data = vec![7u8; n];
+                let mut hoard = Vec::new();
+                loop {
+                    hoard.push(tensor::Tensor::new(
+                        &[n as u32],
+                        tensor::TensorType::U8,
+                        &data,
+                    ));
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "nn-contexts" => {
+                let graph = graph::load_by_name(&self.model)
+                    .map_err(|e| StageError::inference(e.data()))?;
+                let mut hoard = Vec::new();
+                loop {
+                    hoard.push(graph.init_execution_context());
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "nn-errors" => {
+                let mut hoard = Vec::new();
+                loop {
+                    hoard.push(graph::load_by_name("not-granted"));
+                    std::hint::black_box(&hoard);
+                }
+            }
             _ => report(&[0.0]),
         }
     }

@@ -1,0 +1,410 @@
+//! wasi-nn as stages see it: the WIT interfaces (`graph`, `tensor`,
+//! `inference`, `errors`) served by the host, with every resource a stage
+//! creates in the host charged to that stage.
+//!
+//! A stage's linear memory is bounded by its `ResourceLimiter`, but a tensor
+//! it constructs is copied into the host, an execution context holds model
+//! state there, and every output and error is a host allocation too. Left
+//! uncounted, a stage with `memory_mib = 64` that builds tensors in a loop
+//! grows the host without bound. So each resource is weighed when it is
+//! created and released when it is dropped or consumed: bytes against
+//! `limits.nn_memory_mib` (default `memory_mib`), entries against
+//! `limits.nn_resources`. A stage that would pass either traps, the call
+//! fails with `StageError::MemoryLimit`, and the instance is dropped.
+//!
+//! Models come only from the host's preloaded, verified set, by name
+//! (`load-by-name`); `load` of model bytes from a guest is refused.
+
+use crate::backend::{Diagnostics, SharedModel};
+use crate::bindings::wasi::nn::{errors, graph, inference, tensor};
+use std::collections::HashMap;
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+use wasmtime_wasi_nn::backend::NamedTensor;
+use wasmtime_wasi_nn::wit::Tensor as NnTensor;
+
+/// Bytes charged for a resource beyond its data: the host's bookkeeping.
+const ENTRY_OVERHEAD: usize = 64;
+
+/// What a stage's wasi-nn resources hold in the host, and its limits.
+#[derive(Debug)]
+pub struct NnLedger {
+    bytes: usize,
+    entries: usize,
+    max_bytes: usize,
+    max_entries: usize,
+    /// What was refused, once a limit was hit.
+    exceeded: Option<String>,
+}
+
+impl NnLedger {
+    /// An empty ledger with these limits.
+    pub fn new(max_bytes: usize, max_entries: usize) -> Self {
+        Self {
+            bytes: 0,
+            entries: 0,
+            max_bytes,
+            max_entries,
+            exceeded: None,
+        }
+    }
+
+    /// Bytes held now.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Resources held now.
+    pub fn entries(&self) -> usize {
+        self.entries
+    }
+
+    /// What passed a limit, if anything did since the last [`NnLedger::clear_exceeded`].
+    pub fn exceeded(&self) -> Option<&str> {
+        self.exceeded.as_deref()
+    }
+
+    /// Forgets a breach (a new call starts on a sound instance).
+    pub fn clear_exceeded(&mut self) {
+        self.exceeded = None;
+    }
+
+    /// Charges one resource of `bytes`, or refuses it, remembering why.
+    fn charge(&mut self, what: &str, bytes: usize) -> wasmtime::Result<Charge> {
+        let weight = bytes.saturating_add(ENTRY_OVERHEAD);
+        let bytes_after = self.bytes.saturating_add(weight);
+        let refusal = if self.entries >= self.max_entries {
+            Some(format!(
+                "a new wasi-nn {what} would be its resource number {}, over the limit of {} (limits.nn_resources); drop tensors and contexts it no longer needs",
+                self.entries + 1,
+                self.max_entries
+            ))
+        } else if bytes_after > self.max_bytes {
+            Some(format!(
+                "a new wasi-nn {what} of {bytes} bytes would make the stage hold {bytes_after} bytes in the host, over its limit of {} MiB (limits.nn_memory_mib)",
+                self.max_bytes >> 20
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = refusal {
+            self.exceeded.get_or_insert(message.clone());
+            return Err(wasmtime::Error::msg(message));
+        }
+        self.bytes = bytes_after;
+        self.entries += 1;
+        Ok(Charge(weight))
+    }
+
+    fn release(&mut self, charge: Charge) {
+        self.bytes = self.bytes.saturating_sub(charge.0);
+        self.entries = self.entries.saturating_sub(1);
+    }
+}
+
+/// What one resource was charged.
+#[derive(Debug)]
+struct Charge(usize);
+
+/// A `graph`: a preloaded model.
+pub struct GraphEntry {
+    model: SharedModel,
+    charge: Charge,
+}
+
+/// A `tensor` the stage made or a model returned.
+pub struct TensorEntry {
+    tensor: NnTensor,
+    charge: Charge,
+}
+
+/// A `graph-execution-context`.
+pub struct ContextEntry {
+    model: SharedModel,
+    charge: Charge,
+}
+
+/// An `error`.
+pub struct ErrorEntry {
+    code: errors::ErrorCode,
+    message: String,
+    charge: Charge,
+}
+
+/// The wasi-nn state of one stage instance.
+pub struct NnState {
+    models: HashMap<String, SharedModel>,
+    diagnostics: Diagnostics,
+    ledger: NnLedger,
+}
+
+impl NnState {
+    /// The models `models` (by the names the pipeline gives them), with
+    /// failures and inference time recorded in `diagnostics`, and resources
+    /// bounded by `ledger`.
+    pub fn new(
+        models: &[(String, SharedModel)],
+        diagnostics: Diagnostics,
+        ledger: NnLedger,
+    ) -> Self {
+        Self {
+            models: models.iter().cloned().collect(),
+            diagnostics,
+            ledger,
+        }
+    }
+
+    /// What the stage's resources hold.
+    pub fn ledger(&self) -> &NnLedger {
+        &self.ledger
+    }
+
+    /// The ledger, to clear a breach.
+    pub fn ledger_mut(&mut self) -> &mut NnLedger {
+        &mut self.ledger
+    }
+}
+
+/// The view the generated bindings call into.
+pub struct NnView<'a> {
+    table: &'a mut ResourceTable,
+    state: &'a mut NnState,
+}
+
+impl<'a> NnView<'a> {
+    /// A view of one store's resource table and wasi-nn state.
+    pub fn new(table: &'a mut ResourceTable, state: &'a mut NnState) -> Self {
+        Self { table, state }
+    }
+
+    /// A wasi-nn error for the guest, charged like any resource.
+    fn error(
+        &mut self,
+        code: errors::ErrorCode,
+        message: String,
+    ) -> wasmtime::Result<Resource<ErrorEntry>> {
+        let charge = self.state.ledger.charge("error", message.len())?;
+        Ok(self.table.push(ErrorEntry {
+            code,
+            message,
+            charge,
+        })?)
+    }
+
+    fn push_tensor(&mut self, tensor: NnTensor) -> wasmtime::Result<Resource<TensorEntry>> {
+        let bytes = tensor.data.len() + 4 * tensor.dimensions.len();
+        let charge = self.state.ledger.charge("tensor", bytes)?;
+        Ok(self.table.push(TensorEntry { tensor, charge })?)
+    }
+}
+
+struct HasNn;
+
+impl HasData for HasNn {
+    type Data<'a> = NnView<'a>;
+}
+
+/// Adds wasi-nn's WIT interfaces, served by [`NnView`], to `linker`.
+pub fn add_to_linker<T: 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> NnView<'_>,
+) -> wasmtime::Result<()> {
+    graph::add_to_linker::<T, HasNn>(linker, view)?;
+    tensor::add_to_linker::<T, HasNn>(linker, view)?;
+    inference::add_to_linker::<T, HasNn>(linker, view)?;
+    errors::add_to_linker::<T, HasNn>(linker, view)?;
+    Ok(())
+}
+
+type NnResult<T> = wasmtime::Result<Result<Resource<T>, Resource<ErrorEntry>>>;
+
+impl graph::Host for NnView<'_> {
+    fn load(
+        &mut self,
+        _builder: Vec<graph::GraphBuilder>,
+        _encoding: graph::GraphEncoding,
+        _target: graph::ExecutionTarget,
+    ) -> NnResult<GraphEntry> {
+        let message = "stages cannot load model bytes of their own: the host preloads the models the signed pipeline grants this stage; use load-by-name".to_owned();
+        self.state.diagnostics.record(message.clone());
+        Ok(Err(self.error(errors::ErrorCode::Security, message)?))
+    }
+
+    fn load_by_name(&mut self, name: String) -> NnResult<GraphEntry> {
+        let Some(model) = self.state.models.get(&name).cloned() else {
+            let mut granted: Vec<&str> = self.state.models.keys().map(String::as_str).collect();
+            granted.sort_unstable();
+            let message = format!(
+                "no model '{name}' is granted to this stage; it may load: {}",
+                if granted.is_empty() {
+                    "none".to_owned()
+                } else {
+                    granted.join(", ")
+                }
+            );
+            self.state.diagnostics.record(message.clone());
+            return Ok(Err(self.error(errors::ErrorCode::NotFound, message)?));
+        };
+        let charge = self.state.ledger.charge("graph", name.len())?;
+        Ok(Ok(self.table.push(GraphEntry { model, charge })?))
+    }
+}
+
+impl graph::HostGraph for NnView<'_> {
+    fn init_execution_context(&mut self, graph: Resource<GraphEntry>) -> NnResult<ContextEntry> {
+        let model = self.table.get(&graph)?.model.clone();
+        let charge = self.state.ledger.charge("execution context", 0)?;
+        Ok(Ok(self.table.push(ContextEntry { model, charge })?))
+    }
+
+    fn drop(&mut self, graph: Resource<GraphEntry>) -> wasmtime::Result<()> {
+        let entry = self.table.delete(graph)?;
+        self.state.ledger.release(entry.charge);
+        Ok(())
+    }
+}
+
+impl tensor::Host for NnView<'_> {}
+
+impl tensor::HostTensor for NnView<'_> {
+    fn new(
+        &mut self,
+        dimensions: tensor::TensorDimensions,
+        ty: tensor::TensorType,
+        data: tensor::TensorData,
+    ) -> wasmtime::Result<Resource<TensorEntry>> {
+        self.push_tensor(NnTensor {
+            dimensions,
+            ty: nn_type(ty),
+            data,
+        })
+    }
+
+    fn dimensions(
+        &mut self,
+        tensor: Resource<TensorEntry>,
+    ) -> wasmtime::Result<tensor::TensorDimensions> {
+        Ok(self.table.get(&tensor)?.tensor.dimensions.clone())
+    }
+
+    fn ty(&mut self, tensor: Resource<TensorEntry>) -> wasmtime::Result<tensor::TensorType> {
+        Ok(wit_type(self.table.get(&tensor)?.tensor.ty))
+    }
+
+    fn data(&mut self, tensor: Resource<TensorEntry>) -> wasmtime::Result<tensor::TensorData> {
+        Ok(self.table.get(&tensor)?.tensor.data.clone())
+    }
+
+    fn drop(&mut self, tensor: Resource<TensorEntry>) -> wasmtime::Result<()> {
+        let entry = self.table.delete(tensor)?;
+        self.state.ledger.release(entry.charge);
+        Ok(())
+    }
+}
+
+impl inference::Host for NnView<'_> {}
+
+impl inference::HostGraphExecutionContext for NnView<'_> {
+    fn compute(
+        &mut self,
+        context: Resource<ContextEntry>,
+        inputs: Vec<(String, Resource<TensorEntry>)>,
+    ) -> wasmtime::Result<Result<Vec<(String, Resource<TensorEntry>)>, Resource<ErrorEntry>>> {
+        let model = self.table.get(&context)?.model.clone();
+        // The inputs are handed over: they leave the table, and the ledger.
+        let mut named = Vec::with_capacity(inputs.len());
+        for (name, resource) in inputs {
+            let entry = self.table.delete(resource)?;
+            self.state.ledger.release(entry.charge);
+            named.push(NamedTensor {
+                name,
+                tensor: entry.tensor,
+            });
+        }
+        let diagnostics = self.state.diagnostics.clone();
+        match diagnostics.timed(|| model.compute(named)) {
+            Ok(outputs) => {
+                let mut resources = Vec::with_capacity(outputs.len());
+                for NamedTensor { name, tensor } in outputs {
+                    resources.push((name, self.push_tensor(tensor)?));
+                }
+                Ok(Ok(resources))
+            }
+            Err(message) => Ok(Err(self.error(errors::ErrorCode::RuntimeError, message)?)),
+        }
+    }
+
+    fn drop(&mut self, context: Resource<ContextEntry>) -> wasmtime::Result<()> {
+        let entry = self.table.delete(context)?;
+        self.state.ledger.release(entry.charge);
+        Ok(())
+    }
+}
+
+impl errors::Host for NnView<'_> {}
+
+impl errors::HostError for NnView<'_> {
+    fn code(&mut self, error: Resource<ErrorEntry>) -> wasmtime::Result<errors::ErrorCode> {
+        Ok(self.table.get(&error)?.code)
+    }
+
+    fn data(&mut self, error: Resource<ErrorEntry>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&error)?.message.clone())
+    }
+
+    fn drop(&mut self, error: Resource<ErrorEntry>) -> wasmtime::Result<()> {
+        let entry = self.table.delete(error)?;
+        self.state.ledger.release(entry.charge);
+        Ok(())
+    }
+}
+
+fn nn_type(ty: tensor::TensorType) -> wasmtime_wasi_nn::wit::TensorType {
+    use tensor::TensorType as W;
+    use wasmtime_wasi_nn::wit::TensorType as N;
+    match ty {
+        W::Fp16 => N::Fp16,
+        W::Fp32 => N::Fp32,
+        W::Fp64 => N::Fp64,
+        W::Bf16 => N::Bf16,
+        W::U8 => N::U8,
+        W::I32 => N::I32,
+        W::I64 => N::I64,
+    }
+}
+
+fn wit_type(ty: wasmtime_wasi_nn::wit::TensorType) -> tensor::TensorType {
+    use tensor::TensorType as W;
+    use wasmtime_wasi_nn::wit::TensorType as N;
+    match ty {
+        N::Fp16 => W::Fp16,
+        N::Fp32 => W::Fp32,
+        N::Fp64 => W::Fp64,
+        N::Bf16 => W::Bf16,
+        N::U8 => W::U8,
+        N::I32 => W::I32,
+        N::I64 => W::I64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ledger_refuses_past_either_limit_and_frees_on_release() {
+        let mut ledger = NnLedger::new(1000, 3);
+        let a = ledger.charge("tensor", 400).unwrap();
+        assert_eq!(ledger.bytes(), 400 + ENTRY_OVERHEAD);
+        let e = ledger.charge("tensor", 600).unwrap_err().to_string();
+        assert!(e.contains("limits.nn_memory_mib"), "{e}");
+        assert!(ledger.exceeded().is_some());
+        ledger.clear_exceeded();
+        ledger.release(a);
+        assert_eq!((ledger.bytes(), ledger.entries()), (0, 0));
+        let _held: Vec<Charge> = (0..3)
+            .map(|_| ledger.charge("context", 0).unwrap())
+            .collect();
+        let e = ledger.charge("context", 0).unwrap_err().to_string();
+        assert!(e.contains("limits.nn_resources"), "{e}");
+    }
+}
