@@ -551,7 +551,9 @@ fn cold_start(args: &Args) -> Result<Vec<Value>> {
             time(|| {
                 let mut host = Host::new(&EngineOptions::default())?;
                 if cached {
-                    host = host.with_component_cache(&cache);
+                    let key =
+                        outpost_host::cache::CacheKey::load_or_create(&cache.join("cache.key"))?;
+                    host = host.with_component_cache(&cache, key);
                 }
                 let p = host.load_pipeline(&path)?;
                 p.run(vec![Tensor::text("text", "stop the conveyor")])?;

@@ -1,13 +1,20 @@
 //! Precompiled components, cached per engine configuration and target.
 //!
-//! An artifact is stored under the digest of the component it was compiled
-//! from, with its own digest in front of it. It is looked up only by a
-//! component digest that has already been verified (from a signed bundle's
-//! manifest, or computed from the bytes just read), and deserialized only
-//! when its own digest still matches: a truncated or altered artifact is
-//! recompiled, never loaded.
+//! A cached artifact is native code: deserializing one that an attacker
+//! wrote runs their code in the host, outside every sandbox. So an artifact
+//! is stored under the digest of the component it was compiled from, behind
+//! an HMAC-SHA256 keyed by a secret of this device's ([`CacheKey`], a 0600
+//! file beside the device key) over the engine's compatibility hash, that
+//! digest and the artifact. It is looked up only by a component digest that
+//! has already been verified (from a signed bundle's manifest, or computed
+//! from the bytes just read), and deserialized only when the MAC matches:
+//! a truncated, altered, swapped or planted artifact is recompiled, never
+//! loaded. Someone who can write the cache but not read the key cannot make
+//! an artifact the host will load.
 
+use hmac::{Hmac, Mac};
 use outpost_signing::Digest;
+use sha2::Sha256;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use wasmtime::Engine;
@@ -16,6 +23,8 @@ use wasmtime::component::Component;
 /// A directory of precompiled components for one engine.
 pub struct ComponentCache {
     dir: PathBuf,
+    key: CacheKey,
+    engine_hash: u64,
 }
 
 /// Whether a component came from the cache.
@@ -27,22 +36,101 @@ pub enum CacheOutcome {
     Compiled,
 }
 
-const MAGIC: &[u8; 8] = b"OPCWASM1";
+/// Version 2 of the artifact format: a MAC, not a plain digest.
+const MAGIC: &[u8; 8] = b"OPCWASM2";
+const MAC_LEN: usize = 32;
+
+/// The device's secret for authenticating cached artifacts.
+#[derive(Clone)]
+pub struct CacheKey([u8; 32]);
+
+impl std::fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CacheKey(..)")
+    }
+}
+
+/// Why the cache key could not be read or made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CacheKeyError {
+    /// The key file could not be read or written.
+    #[error("component cache key {}: {source}", path.display())]
+    Io {
+        /// The key file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The key file does not hold a key.
+    #[error(
+        "component cache key {}: not 64 hex digits; delete it (and the cache beside it) to make a new one",
+        path.display()
+    )]
+    Malformed {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// No random bytes to make a key from.
+    #[error("cannot make a component cache key: no random bytes: {0}")]
+    Random(String),
+}
+
+impl CacheKey {
+    /// Reads the key at `path`, or makes one there (mode 0600) if there is
+    /// none.
+    pub fn load_or_create(path: &Path) -> Result<Self, CacheKeyError> {
+        let io = |source| CacheKeyError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let bytes = outpost_signing::keys::decode_hex(text.trim())
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .ok_or_else(|| CacheKeyError::Malformed {
+                        path: path.to_owned(),
+                    })?;
+                Ok(Self(bytes))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut key = [0u8; 32];
+                getrandom::fill(&mut key).map_err(|e| CacheKeyError::Random(e.to_string()))?;
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(io)?;
+                }
+                let text = format!("{}\n", outpost_signing::keys::encode_hex(&key));
+                match outpost_signing::keys::write_private(path, text.as_bytes()) {
+                    Ok(()) => Ok(Self(key)),
+                    // Another process made it first: use theirs.
+                    Err(_) if path.exists() => Self::load_or_create(path),
+                    Err(e) => Err(io(std::io::Error::other(e.to_string()))),
+                }
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+}
 
 impl ComponentCache {
     /// A cache under `root`, in a subdirectory for this engine's target and
     /// compilation settings, so artifacts for another target or another
-    /// configuration are never picked up.
-    pub fn new(root: &Path, engine: &Engine) -> Self {
+    /// configuration are never picked up; artifacts are authenticated with
+    /// `key`.
+    pub fn new(root: &Path, engine: &Engine, key: CacheKey) -> Self {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
+        let engine_hash = hasher.finish();
         let dir = root.join(format!(
-            "{}-{}-{:016x}",
+            "{}-{}-{engine_hash:016x}",
             std::env::consts::ARCH,
             std::env::consts::OS,
-            hasher.finish()
         ));
-        Self { dir }
+        Self {
+            dir,
+            key,
+            engine_hash,
+        }
     }
 
     /// The directory artifacts go to.
@@ -54,9 +142,20 @@ impl ComponentCache {
         self.dir.join(format!("{}.cwasm", component.hex()))
     }
 
+    /// The MAC of `artifact`, compiled from the component `digest` by this
+    /// engine.
+    fn mac(&self, digest: &Digest) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key.0)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(MAGIC);
+        mac.update(&self.engine_hash.to_le_bytes());
+        mac.update(digest.as_bytes());
+        mac
+    }
+
     /// The component whose source bytes are `bytes` with digest `digest`
-    /// (already verified by the caller): from the cache if a sound artifact is
-    /// there, else compiled and stored.
+    /// (already verified by the caller): from the cache if an authentic
+    /// artifact is there, else compiled and stored.
     pub fn load(
         &self,
         engine: &Engine,
@@ -74,16 +173,19 @@ impl ComponentCache {
 
     fn cached(&self, engine: &Engine, digest: &Digest) -> Option<Component> {
         let file = std::fs::read(self.path(digest)).ok()?;
-        let (header, artifact) = file.split_at_checked(MAGIC.len() + 32)?;
-        let (magic, recorded) = header.split_at(MAGIC.len());
-        if magic != MAGIC || recorded != Digest::of(artifact).as_bytes() {
+        let (header, artifact) = file.split_at_checked(MAGIC.len() + MAC_LEN)?;
+        let (magic, tag) = header.split_at(MAGIC.len());
+        if magic != MAGIC {
             return None;
         }
+        let mut mac = self.mac(digest);
+        mac.update(artifact);
+        mac.verify_slice(tag).ok()?;
         // SAFETY: wasmtime requires that deserialized bytes were produced by
-        // `Component::serialize` of a compatible engine. These were: the
-        // directory is specific to this engine's compatibility hash, the file
-        // is keyed by the verified digest of its source component, and its
-        // content still hashes to the digest recorded when it was written.
+        // `Component::serialize` of a compatible engine. These were: the MAC,
+        // keyed by a secret only this device holds, covers this engine's
+        // compatibility hash, the verified digest of the source component and
+        // every byte of the artifact, so the artifact is one this host wrote.
         #[allow(unsafe_code)]
         let component = unsafe { Component::deserialize(engine, artifact) };
         component.ok()
@@ -92,9 +194,11 @@ impl ComponentCache {
     fn store(&self, digest: &Digest, component: &Component) -> std::io::Result<()> {
         let artifact = component.serialize().map_err(std::io::Error::other)?;
         std::fs::create_dir_all(&self.dir)?;
-        let mut file = Vec::with_capacity(MAGIC.len() + 32 + artifact.len());
+        let mut mac = self.mac(digest);
+        mac.update(&artifact);
+        let mut file = Vec::with_capacity(MAGIC.len() + MAC_LEN + artifact.len());
         file.extend_from_slice(MAGIC);
-        file.extend_from_slice(Digest::of(&artifact).as_bytes());
+        file.extend_from_slice(&mac.finalize().into_bytes());
         file.extend_from_slice(&artifact);
         let path = self.path(digest);
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));

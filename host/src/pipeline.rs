@@ -6,7 +6,7 @@ pub mod spec;
 
 use crate::backend::{BackendOptions, ModelSignature, SharedModel};
 use crate::bindings::{Tensor, TensorSpec};
-use crate::cache::ComponentCache;
+use crate::cache::{CacheKey, ComponentCache};
 use crate::engine::{EngineError, EngineOptions, Runtime};
 use crate::error::{PipelineError, RunError};
 use crate::stage::{LoadedStage, StageHost, stage_linker};
@@ -52,9 +52,10 @@ impl Host {
     }
 
     /// Keeps precompiled components under `dir` (per target and engine
-    /// settings) so later starts skip compilation.
-    pub fn with_component_cache(mut self, dir: &Path) -> Self {
-        self.cache = Some(ComponentCache::new(dir, self.runtime.engine()));
+    /// settings) so later starts skip compilation; artifacts are
+    /// authenticated with the device's `key`.
+    pub fn with_component_cache(mut self, dir: &Path, key: CacheKey) -> Self {
+        self.cache = Some(ComponentCache::new(dir, self.runtime.engine(), key));
         self
     }
 
@@ -77,6 +78,17 @@ impl Host {
             "bundle '{}' version {} pipeline {}",
             info.name, info.version, info.pipeline
         ));
+        if let Some(entry) = bundle.manifest().blobs.get(&info.pipeline)
+            && entry.kind != outpost_signing::manifest::BlobKind::Pipeline
+        {
+            return Err(PipelineError::Invalid {
+                path: label,
+                message: format!(
+                    "the manifest names blob '{}' as the pipeline, but signs it as a {:?} blob; re-bundle with `outpost bundle`",
+                    entry.name, entry.kind
+                ),
+            });
+        }
         let bytes = bundle.read_blob(&info.pipeline)?;
         let text = String::from_utf8(bytes).map_err(|_| PipelineError::Invalid {
             path: label.clone(),

@@ -59,7 +59,7 @@ impl Publisher {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn root(
+    pub(crate) fn root(
         &self,
         out: &str,
         version: u64,
@@ -127,7 +127,7 @@ impl Publisher {
     }
 
     /// The demo pipeline as bundle `dir`, version `version`, signed by `signers`.
-    fn demo_bundle(&self, dir: &str, version: u64, signers: &[&str]) -> PathBuf {
+    pub(crate) fn demo_bundle(&self, dir: &str, version: u64, signers: &[&str]) -> PathBuf {
         self.bundle(
             &demo_dir().join("intent.toml"),
             "intent-demo",
@@ -147,6 +147,21 @@ impl Publisher {
             self.path("state").display().to_string(),
         ]);
         args
+    }
+
+    /// `verify` on a device of its own, which has accepted no root yet.
+    fn verify_fresh(&self, bundle: &Path, roots: &[&str]) -> Run {
+        static FRESH: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = FRESH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut args = vec!["verify".to_owned(), bundle.display().to_string()];
+        for r in roots {
+            args.extend(["--trust".into(), self.path(r).display().to_string()]);
+        }
+        args.extend([
+            "--state-dir".into(),
+            self.path(&format!("fresh-state-{n}")).display().to_string(),
+        ]);
+        outpost(&args)
     }
 
     fn verify(&self, bundle: &Path, roots: &[&str]) -> Run {
@@ -280,8 +295,13 @@ fn rotation_and_revocation() {
     .assert_ok();
     let bundle = p.demo_bundle("cd", 1, &["c", "d"]);
     p.verify(&bundle, &["root1.json", "root2.json"]).assert_ok();
-    // Without the rotation, d is unknown.
+    // This device now holds root version 2 and moves forward only: the
+    // older root alone is refused, whatever it would allow.
     p.verify(&bundle, &["root1.json"])
+        .expect_error(&["trust root version 1 is older than version 2"]);
+    // The chain checks below are made on devices that hold no root yet.
+    // Without the rotation, d is unknown.
+    p.verify_fresh(&bundle, &["root1.json"])
         .expect_error(&["threshold not met"]);
 
     // A rotation signed only by new keys is refused.
@@ -295,7 +315,7 @@ fn rotation_and_revocation() {
         &["d", "e"],
     )
     .assert_ok();
-    p.verify(&bundle, &["root1.json", "evil.json"])
+    p.verify_fresh(&bundle, &["root1.json", "evil.json"])
         .expect_error(&["rotation refused", "not signed by the previous root's keys"]);
     // A rotation must increase the version.
     p.root(
@@ -308,7 +328,7 @@ fn rotation_and_revocation() {
         &["a", "b", "c", "d"],
     )
     .assert_ok();
-    p.verify(&bundle, &["root1.json", "same.json"])
+    p.verify_fresh(&bundle, &["root1.json", "same.json"])
         .expect_error(&["does not follow version 1"]);
 
     // Versions are consecutive (TUF): version 3 cannot follow version 1.
@@ -322,7 +342,7 @@ fn rotation_and_revocation() {
         &["a", "b", "c", "d"],
     )
     .assert_ok();
-    p.verify(&bundle, &["root1.json", "root3.json"])
+    p.verify_fresh(&bundle, &["root1.json", "root3.json"])
         .expect_error(&[
             "root version 3 does not follow version 1",
             "must be version 2",
@@ -340,7 +360,7 @@ fn rotation_and_revocation() {
     )
     .assert_ok();
     let ab = p.demo_bundle("ab", 1, &["a", "b"]);
-    p.verify(&ab, &["root1.json", "revoke-a.json"])
+    p.verify_fresh(&ab, &["root1.json", "revoke-a.json"])
         .expect_error(&["threshold not met", &p.key_id("a"), "key is revoked"]);
 }
 
@@ -818,7 +838,9 @@ fn the_cache_hits_only_for_the_same_component() {
     let scratch = Scratch::new();
     let host = outpost_host::Host::new(&outpost_host::EngineOptions::default()).unwrap();
     let engine = host.runtime().engine();
-    let cache = ComponentCache::new(scratch.path(), engine);
+    let key =
+        outpost_host::cache::CacheKey::load_or_create(&scratch.path().join("cache.key")).unwrap();
+    let cache = ComponentCache::new(scratch.path(), engine, key);
     let bytes = std::fs::read(outpost_e2e::plugin("mean_pool")).unwrap();
     let digest = Digest::of(&bytes);
     assert_eq!(

@@ -5,8 +5,10 @@
 mod allocator;
 mod backends;
 mod bundles;
+mod cache;
 mod compat;
 mod demo;
+mod device_state;
 mod image;
 mod minilm;
 mod model_inputs;

@@ -7,6 +7,7 @@ mod trust;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use outpost_host::backend::{BackendName, BackendOptions, ModelSettings, SharedModel, load_model};
+use outpost_host::device::DeviceState;
 use outpost_host::{Allocator, EngineOptions, Host, Pipeline, RunError};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -142,8 +143,9 @@ enum Command {
     Verify {
         /// The bundle (directory or archive).
         bundle: PathBuf,
-        /// Trust root(s), oldest first.
-        #[arg(long, required = true)]
+        /// Trust root(s), oldest first, continuing from the root this device
+        /// accepted before (which is used when none is given).
+        #[arg(long)]
         trust: Vec<PathBuf>,
         /// Device state directory (accepted versions).
         #[arg(long)]
@@ -228,7 +230,10 @@ enum Command {
 /// Where a pipeline comes from and how it is trusted.
 #[derive(clap::Args)]
 struct SourceArgs {
-    /// Trust root(s) to verify a bundle against, oldest first.
+    /// Trust root(s) to verify a bundle against, oldest first. The device
+    /// keeps the newest root it accepted and moves forward only: a chain
+    /// must continue from it (consecutive versions), and without --trust it
+    /// is used as is.
     #[arg(long)]
     trust: Vec<PathBuf>,
     /// Run a pipeline file without any signature check. Development only.
@@ -290,7 +295,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             input,
             input_file,
         } => {
-            let host = cached(host()?, &source);
+            let host = cached(host()?, &source)?;
             let pipeline = load(&host, &pipeline, &source, true)?;
             requests::run(&pipeline, &input, &input_file)?;
             Ok(ExitCode::SUCCESS)
@@ -386,7 +391,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Inspect { pipeline, source } => {
-            let host = cached(host()?, &source);
+            let host = cached(host()?, &source)?;
             let pipeline = load(&host, &pipeline, &source, false)?;
 
             println!("{}", report::json_text(&report::inspect(&pipeline)));
@@ -415,11 +420,14 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn cached(host: Host, source: &SourceArgs) -> Host {
+fn cached(host: Host, source: &SourceArgs) -> Result<Host> {
     if source.no_cache {
-        return host;
+        return Ok(host);
     }
-    host.with_component_cache(&trust::state_dir(source.state_dir.as_deref()).join("cache"))
+    let device = DeviceState::open(&trust::state_dir(source.state_dir.as_deref()))?;
+    // The MAC key lives beside the device key, not in the cache directory.
+    let key = device.cache_key()?;
+    Ok(host.with_component_cache(&device.cache_dir(), key))
 }
 
 /// Loads a signed bundle, or an unsigned pipeline file when the operator
@@ -443,13 +451,12 @@ fn load(host: &Host, path: &Path, source: &SourceArgs, accept: bool) -> Result<P
     if source.insecure_unsigned {
         bail!("--insecure-unsigned applies to pipeline files only; a bundle is always verified");
     }
-    let state = trust::state_dir(source.state_dir.as_deref());
+    let device = DeviceState::open(&trust::state_dir(source.state_dir.as_deref()))?;
     let policy = trust::policy(source.policy.as_deref())?;
-    let (verified, _provenance, _staging) =
-        trust::open_verified(path, &source.trust, &policy, &state)?;
+    let (verified, _provenance, _staging) = device.open_verified(path, &source.trust, &policy)?;
     let pipeline = host.load_bundle(&verified)?;
     if accept {
-        trust::accept(&state, &verified, &running_bundle(&verified, &pipeline))?;
+        device.accept(&verified, &running_bundle(&verified, &pipeline))?;
     }
     Ok(pipeline)
 }

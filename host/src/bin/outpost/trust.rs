@@ -2,11 +2,13 @@
 //! opening a bundle for `run`.
 
 use anyhow::{Context, Result, bail};
-use outpost_signing::bundle::{Bundle, VerifiedBundle, VersionStore};
-use outpost_signing::evidence::{Evidence, RunningBundle};
+use outpost_host::device::DeviceState;
+use outpost_host::policy::DevicePolicy;
+use outpost_signing::bundle::Bundle;
+use outpost_signing::evidence::Evidence;
 use outpost_signing::keys::{PublicKey, SecretKey};
-use outpost_signing::provenance::{CheckedProvenance, Policy, SourceRef};
-use outpost_signing::root::{RootBody, RootKey, TrustRoot};
+use outpost_signing::provenance::SourceRef;
+use outpost_signing::root::{RootBody, RootKey};
 use outpost_signing::time::Timestamp;
 use std::path::{Path, PathBuf};
 
@@ -94,25 +96,6 @@ pub fn root_create(args: RootArgs<'_>) -> Result<()> {
     Ok(())
 }
 
-/// Verifies the chain of roots given with `--trust`, oldest first.
-pub fn trust_root(paths: &[PathBuf]) -> Result<TrustRoot> {
-    if paths.is_empty() {
-        bail!(
-            "no trust root: give --trust ROOT.json (repeat it, oldest first, to follow rotations)"
-        );
-    }
-    let chain = paths
-        .iter()
-        .map(|p| {
-            Ok((
-                p.display().to_string(),
-                std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?,
-            ))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(TrustRoot::verify_chain(&chain, Timestamp::now())?)
-}
-
 pub fn sign(bundle: &Path, key: &Path) -> Result<()> {
     if !bundle.is_dir() {
         bail!(
@@ -133,51 +116,9 @@ pub fn sign(bundle: &Path, key: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A staging directory for unpacking an archive, removed on drop.
-pub struct Staging(PathBuf);
-
-impl Staging {
-    pub fn new(state: &Path) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        Self(
-            state
-                .join("staging")
-                .join(format!("{}-{nanos}", std::process::id())),
-        )
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Opens and verifies a bundle (directory or archive): signatures against
-/// the trust root, every blob against the manifest, and the version against
-/// what this device accepted before, and its provenance against `policy`.
-/// Recording it as accepted is [`accept`]'s job, once it has loaded.
-pub fn open_verified(
-    path: &Path,
-    trust: &[PathBuf],
-    policy: &Policy,
-    state: &Path,
-) -> Result<(VerifiedBundle, Option<CheckedProvenance>, Staging)> {
-    let root = trust_root(trust)?;
-    let staging = Staging::new(state);
-    let bundle = Bundle::open(path, &staging.0)
-        .with_context(|| format!("cannot open bundle {}", path.display()))?;
-    let verified = bundle.verify(&root)?;
-    verified.check_all_blobs()?;
-    let provenance = policy.check(&verified)?;
-    VersionStore::new(&state.join("accepted")).check(&verified)?;
-    Ok((verified, provenance, staging))
-}
-
-pub fn verify(path: &Path, trust: &[PathBuf], policy: &Policy, state: &Path) -> Result<()> {
-    let (verified, provenance, _staging) = open_verified(path, trust, policy, state)?;
+pub fn verify(path: &Path, trust: &[PathBuf], policy: &DevicePolicy, state: &Path) -> Result<()> {
+    let device = DeviceState::open(state)?;
+    let (verified, provenance, _staging) = device.open_verified(path, trust, policy)?;
     if let Some(p) = provenance {
         println!(
             "provenance: built by '{}' from {} at {}",
@@ -215,13 +156,13 @@ pub fn verify(path: &Path, trust: &[PathBuf], policy: &Policy, state: &Path) -> 
 }
 
 /// Reads a device policy file, or the empty policy when none is given.
-pub fn policy(path: Option<&Path>) -> Result<Policy> {
+pub fn policy(path: Option<&Path>) -> Result<DevicePolicy> {
     match path {
-        None => Ok(Policy::default()),
+        None => Ok(DevicePolicy::default()),
         Some(p) => {
             let text = std::fs::read_to_string(p)
                 .with_context(|| format!("cannot read policy {}", p.display()))?;
-            Ok(Policy::parse(&text, &p.display().to_string())?)
+            Ok(DevicePolicy::parse(&text, &p.display().to_string())?)
         }
     }
 }
@@ -249,34 +190,10 @@ pub fn attach_provenance(
     Ok(())
 }
 
-/// The device's own key: created on first use with mode 0600 under the
-/// state directory.
-pub fn device_key(state: &Path) -> Result<SecretKey> {
-    let path = state.join("device.key");
-    if !path.exists() {
-        std::fs::create_dir_all(state)
-            .with_context(|| format!("cannot create {}", state.display()))?;
-        SecretKey::generate()?.save(&path)?;
-    }
-    Ok(SecretKey::load(&path)?)
-}
-
-/// Records what the device now runs, for `outpost attest`.
-pub fn record_running(state: &Path, running: &RunningBundle) -> Result<()> {
-    let path = state.join("running.json");
-    let tmp = state.join("running.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(running)?)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
-}
-
 pub fn attest(state: &Path, nonce: &str) -> Result<()> {
-    let key = device_key(state)?;
-    let running = match std::fs::read(state.join("running.json")) {
-        Ok(bytes) => Some(serde_json::from_slice::<RunningBundle>(&bytes).context("running.json")?),
-        Err(_) => None,
-    };
+    let device = DeviceState::open(state)?;
+    let key = device.device_key()?;
+    let running = device.running()?;
     let exe = std::env::current_exe().context("cannot find the host binary")?;
     let binary = std::fs::read(&exe).with_context(|| format!("cannot read {}", exe.display()))?;
     let evidence = Evidence {
@@ -306,13 +223,18 @@ pub fn verify_evidence(args: EvidenceArgs<'_>) -> Result<()> {
     let device = PublicKey::load(args.device_key)?;
     let bytes = std::fs::read(args.evidence)
         .with_context(|| format!("cannot read {}", args.evidence.display()))?;
+    // The expected bundle is checked as the device would (signatures,
+    // blobs), but against the verifier's roots; grants are the device's
+    // business, not the verifier's.
+    let state = DeviceState::open(args.state)?;
     let bundle = match args.bundle {
-        Some(path) => Some(open_verified(
-            path,
-            args.trust,
-            &Policy::default(),
-            args.state,
-        )?),
+        Some(path) => {
+            let root = state.trust_root(args.trust)?;
+            let staging = state.staging();
+            let verified = Bundle::open_verified(path, &root, staging.path())?;
+            verified.check_all_blobs()?;
+            Some((verified, staging))
+        }
         None => None,
     };
     let expected = outpost_signing::evidence::Expectation {
@@ -320,7 +242,7 @@ pub fn verify_evidence(args: EvidenceArgs<'_>) -> Result<()> {
         nonce: args.nonce,
         bundle: bundle
             .as_ref()
-            .map(|(b, _, _)| (b.manifest(), b.manifest_digest())),
+            .map(|(b, _)| (b.manifest(), b.manifest_digest())),
         max_age_s: args.max_age_s,
         now: Timestamp::now(),
     };
@@ -341,13 +263,4 @@ pub fn verify_evidence(args: EvidenceArgs<'_>) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Records a bundle that loaded as accepted (older versions are refused from
-/// now on), and what the device now runs.
-pub fn accept(state: &Path, verified: &VerifiedBundle, running: &RunningBundle) -> Result<()> {
-    VersionStore::new(&state.join("accepted")).accept(verified)?;
-    // The device key exists from the first run on, for `attest`.
-    device_key(state)?;
-    record_running(state, running)
 }
