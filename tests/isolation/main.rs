@@ -8,9 +8,10 @@ use outpost_e2e::{Scratch, demo_dir, plugin};
 use outpost_host::{EngineOptions, Host, Pipeline, RunError, StageError, Tensor};
 use std::time::{Duration, Instant};
 
-fn rss_mib() -> u64 {
+/// A memory figure of this process from /proc/self/status, MiB.
+fn status_mib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
     line.split_whitespace()
         .nth(1)
         .unwrap()
@@ -19,16 +20,14 @@ fn rss_mib() -> u64 {
         / 1024
 }
 
+/// Resident memory now, MiB.
+fn rss_mib() -> u64 {
+    status_mib("VmRSS:")
+}
+
 /// Peak resident memory since the last [`reset_peak`], MiB.
 fn peak_mib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        / 1024
+    status_mib("VmHWM:")
 }
 
 /// Starts measuring the peak anew (Linux: "5" to clear_refs resets VmHWM).
