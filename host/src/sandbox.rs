@@ -251,3 +251,23 @@ impl HostMonotonicClock for FrozenClock {
         0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_logged_at_most_ten_times_a_minute_then_counted() {
+        let log = StageLog::new("noisy");
+        let denials = Denials::new(log.clone());
+        for i in 0..1000 {
+            denials.record(format!("refusal {i}"));
+        }
+        assert_eq!(denials.count(), 1000);
+        assert_eq!(denials.first().as_deref(), Some("refusal 0"));
+        // Another instance of the same stage shares the budget.
+        assert!(!Denials::new(log.clone()).log.log("one more"));
+        let w = log.window.lock().unwrap();
+        assert_eq!((w.logged, w.suppressed), (LOG_LINES_PER_WINDOW, 991));
+    }
+}
