@@ -202,7 +202,15 @@ impl Tensor {
             let bad = || format!("tensor '{name}': data[{i}] = {v} is not a valid {element_type}");
             match element_type {
                 ElementType::F32 => {
-                    bytes.extend((v.as_f64().ok_or_else(bad)? as f32).to_le_bytes())
+                    // Past f32's range the cast gives infinity, which JSON
+                    // cannot carry (`to_json` would write null).
+                    let x = v.as_f64().ok_or_else(bad)? as f32;
+                    if !x.is_finite() {
+                        return Err(format!(
+                            "tensor '{name}': data[{i}] = {v} is out of the range of f32"
+                        ));
+                    }
+                    bytes.extend(x.to_le_bytes())
                 }
                 ElementType::F64 => bytes.extend(v.as_f64().ok_or_else(bad)?.to_le_bytes()),
                 ElementType::I32 => bytes.extend(
@@ -336,6 +344,25 @@ mod tests {
             let tensor = Tensor::from_json("t", &value).unwrap();
             assert_eq!(tensor.to_json(), value, "{ty}");
         }
+    }
+
+    /// Fuzzing (tensor_json): `1e39` as f32 became infinity, which
+    /// `to_json` writes as null, so the tensor did not parse back.
+    #[test]
+    fn f32_past_its_range_is_refused_not_made_infinite() {
+        let f32_of =
+            |v: Value| Tensor::from_json("x", &json!({"dims": [1], "type": "f32", "data": [v]}));
+        let e = f32_of(json!(1e39)).unwrap_err();
+        assert!(
+            e.contains("data[0] = 1e+39 is out of the range of f32"),
+            "{e}"
+        );
+        assert!(f32_of(json!(-1e39)).is_err());
+        let max = f32_of(json!(f32::MAX)).unwrap();
+        assert_eq!(
+            Tensor::from_json("x", &max.to_json()).unwrap().data,
+            max.data
+        );
     }
 
     #[test]
