@@ -3,7 +3,7 @@
 # installs the wasm targets and the pinned Python reference tools, fetches the
 # MiniLM models and ONNX Runtime's library for the native backend (pinned,
 # sha256-checked), builds the plugins and the host once (one profile), then
-# runs formatting, lint and all tests.
+# runs formatting, lint, all tests and a short fuzzing smoke test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,6 +45,9 @@ export OUTPOST_ONNXRUNTIME_LIB="$PWD/target/onnxruntime/libonnxruntime.so"
 cargo test --workspace --exclude wasi-nn-classic
 step "the benchmark, short (dev profile: checks it runs, measures nothing)"
 cargo bench -p outpost-host --bench outpost --profile dev -- --quick --json target/bench/quick.json
+
+step "fuzzing, short: every signing parser for 10 s (nightly + cargo-fuzz, installed when missing)"
+bash tests/fuzz.sh 10 signing
 
 step "the README's demo, signed"
 bash host/pipelines/demo/signed-demo.sh "stop the conveyor" | grep -q stop_conveyor
