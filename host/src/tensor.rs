@@ -365,6 +365,19 @@ mod tests {
         );
     }
 
+    /// Found by host/fuzz `tensor_json`: an f64 written as JSON text and
+    /// read back came back one unit in the last place off, because
+    /// serde_json parsed floats with its fast, inexact path (now
+    /// `float_roundtrip`).
+    #[test]
+    fn f64_survives_json_text() {
+        let value = json!({"dims": [], "type": "f64", "data": [9223372036854750878u64]});
+        let tensor = Tensor::from_json("x", &value).unwrap();
+        let text = serde_json::to_string(&tensor.to_json()).unwrap();
+        let back: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(Tensor::from_json("x", &back).unwrap().data, tensor.data);
+    }
+
     #[test]
     fn json_errors_name_the_tensor_and_the_problem() {
         let err = |v: Value| Tensor::from_json("ids", &v).unwrap_err();

@@ -263,4 +263,11 @@ fn bad_grants_and_limits_are_named() {
         "config = { model = \"intent\" }\nlimits = { memory_mib = 4096 }",
     )
     .expect_error(&["limits.memory_mib = 4096, above the host's largest memory of 1024 MiB"]);
+    // 2^44 MiB used to wrap around to a limit of 0 bytes when shifted into
+    // bytes; it saturates and is refused like any limit past the host's.
+    broken(
+        "config = { model = \"intent\" }",
+        "config = { model = \"intent\" }\nlimits = { memory_mib = 17592186044416 }",
+    )
+    .expect_error(&["above the host's largest memory of 1024 MiB"]);
 }

@@ -128,9 +128,14 @@ impl Loader<'_> {
     fn limits(&self, spec: &StageSpec) -> Result<StageLimits, PipelineError> {
         let d = StageLimits::default();
         let l = &spec.limits;
+        // Saturating: a huge value means "no smaller limit than the host's",
+        // never a wrapped-around tiny one.
         let mib = |v: Option<u64>, default: usize| {
             v.map_or(default, |m| {
-                usize::try_from(m).unwrap_or(usize::MAX >> 20) << 20
+                usize::try_from(m)
+                    .ok()
+                    .and_then(|m| m.checked_mul(1 << 20))
+                    .unwrap_or(usize::MAX)
             })
         };
         let memory_bytes = mib(l.memory_mib, d.memory_bytes);
