@@ -288,19 +288,12 @@ impl DeviceState {
         )))
     }
 
-    /// Opens and verifies a bundle (directory or archive): the trust root
-    /// first, then the signatures (an archive's before any of its blobs is
-    /// written), every blob against the manifest, provenance and grants
-    /// against `policy`, and the version against what this device accepted
-    /// before.
-    /// Recording it as accepted is [`DeviceState::accept`]'s job, once it
-    /// has loaded.
-    pub fn open_verified(
-        &self,
-        path: &Path,
-        trust: &[PathBuf],
-        policy: &DevicePolicy,
-    ) -> Result<(VerifiedBundle, Option<CheckedProvenance>, Staging)> {
+    /// Opens a bundle (directory or archive) and checks its signatures
+    /// against the trust root `trust` continues to (an archive's before any
+    /// of its blobs is written) and every blob against the manifest. No
+    /// device policy or version check: for verifiers, and the first half of
+    /// [`DeviceState::open_verified`].
+    pub fn open_signed(&self, path: &Path, trust: &[PathBuf]) -> Result<(VerifiedBundle, Staging)> {
         let root = self.trust_root(trust)?;
         let staging = self.staging();
         let in_bundle = |source| DeviceError::Bundle {
@@ -313,6 +306,20 @@ impl DeviceState {
         if path.is_dir() {
             verified.check_all_blobs().map_err(in_bundle)?;
         }
+        Ok((verified, staging))
+    }
+
+    /// [`DeviceState::open_signed`], then provenance and grants against
+    /// `policy` and the version against what this device accepted before.
+    /// Recording it as accepted is [`DeviceState::accept`]'s job, once it
+    /// has loaded.
+    pub fn open_verified(
+        &self,
+        path: &Path,
+        trust: &[PathBuf],
+        policy: &DevicePolicy,
+    ) -> Result<(VerifiedBundle, Option<CheckedProvenance>, Staging)> {
+        let (verified, staging) = self.open_signed(path, trust)?;
         let provenance = policy.provenance_policy().check(&verified)?;
         policy.check_grants(verified.manifest())?;
         self.versions().check(&verified)?;

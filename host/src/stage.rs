@@ -239,9 +239,9 @@ impl LoadedStage {
                 // A stage that caught a limit, a denial or a backend panic
                 // and reported it itself is dropped all the same: it may
                 // have been half-way through something when refused.
-                let limited = self.limit_or_denial(&instance.store, "").is_some();
+                // `reported` already turns those into their own variants.
                 let error = self.reported(reported, &instance.store);
-                if !limited {
+                if matches!(error, StageError::Reported { .. }) {
                     self.release(instance);
                 }
                 Err(error)

@@ -228,13 +228,7 @@ pub fn verify_evidence(args: EvidenceArgs<'_>) -> Result<()> {
     // business, not the verifier's.
     let state = DeviceState::open(args.state)?;
     let bundle = match args.bundle {
-        Some(path) => {
-            let root = state.trust_root(args.trust)?;
-            let staging = state.staging();
-            let verified = Bundle::open_verified(path, &root, staging.path())?;
-            verified.check_all_blobs()?;
-            Some((verified, staging))
-        }
+        Some(path) => Some(state.open_signed(path, args.trust)?),
         None => None,
     };
     let expected = outpost_signing::evidence::Expectation {
