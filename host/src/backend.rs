@@ -335,9 +335,15 @@ impl Diagnostics {
     /// Runs `f` against a model, counting its time as inference, and records
     /// how it failed, if it did.
     pub fn timed<T>(&self, f: impl FnOnce() -> Result<T, ModelFailure>) -> Result<T, String> {
+        WAITED.with(|w| w.set(Duration::ZERO));
         let started = Instant::now();
         let result = f();
-        if let Err(over) = self.add_inference(started.elapsed()) {
+        // Waiting for a model another request is using is not inference:
+        // under load it would otherwise turn into InferenceTimeout.
+        let computing = started
+            .elapsed()
+            .saturating_sub(WAITED.with(std::cell::Cell::get));
+        if let Err(over) = self.add_inference(computing) {
             self.record(over.clone());
             return Err(over);
         }
@@ -366,6 +372,19 @@ impl Diagnostics {
             s.inference_timed_out = false;
         });
     }
+}
+
+thread_local! {
+    /// Time the current model call spent waiting for a shared backend
+    /// resource (an ONNX Runtime session another request holds).
+    static WAITED: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
+}
+
+/// Called by a backend on the thread running a model: `waited` of the call
+/// went to waiting for another request, not to computing.
+#[cfg_attr(not(feature = "onnxruntime"), allow(dead_code))]
+pub(crate) fn note_wait(waited: Duration) {
+    WAITED.with(|w| w.set(w.get() + waited));
 }
 
 /// The wasi-nn registry of one store: exactly the models its code was
@@ -500,5 +519,33 @@ impl BackendExecutionContext for NnContext {
                 Ok(None)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Time a backend spends waiting for a model another request holds (an
+    /// ONNX Runtime session) is not inference: under load it would turn
+    /// into InferenceTimeout.
+    #[test]
+    fn waiting_for_a_shared_model_is_not_inference_time() {
+        let d = Diagnostics::with_inference_limit(Duration::from_millis(40));
+        let result = d.timed(|| {
+            note_wait(Duration::from_millis(60));
+            std::thread::sleep(Duration::from_millis(70));
+            Ok(())
+        });
+        assert!(result.is_ok(), "{result:?}");
+        assert!(d.inference_time() < Duration::from_millis(40));
+        assert!(d.inference_time() >= Duration::from_millis(10));
+        // Without a wait the same call is over the limit.
+        let e = d.timed(|| {
+            std::thread::sleep(Duration::from_millis(50));
+            Ok(())
+        });
+        assert!(e.unwrap_err().contains("over its limit of 40 ms"));
     }
 }

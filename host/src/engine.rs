@@ -1,9 +1,6 @@
 //! The one wasmtime [`Engine`] a host runs everything on, how it allocates
 //! instances, and the ticker that drives epoch deadlines.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::Duration;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
@@ -73,7 +70,6 @@ pub struct Runtime {
     allocator: Allocator,
     metering: Metering,
     max_memory_bytes: usize,
-    ticker: Option<Ticker>,
 }
 
 /// Why the engine could not be built.
@@ -99,7 +95,7 @@ impl Runtime {
                 Err(_) => (build(options, Allocator::OnDemand)?, Allocator::OnDemand),
             },
         };
-        let ticker = Some(Ticker::start(&engine)?);
+        start_ticker(&engine)?;
         Ok(Self {
             engine,
             allocator,
@@ -109,7 +105,6 @@ impl Runtime {
                 limits: options.resource_limits,
             },
             max_memory_bytes: options.max_memory_bytes,
-            ticker,
         })
     }
 
@@ -139,14 +134,6 @@ impl Runtime {
     }
 }
 
-impl Drop for Runtime {
-    fn drop(&mut self) {
-        if let Some(ticker) = self.ticker.take() {
-            ticker.stop();
-        }
-    }
-}
-
 fn build(options: &EngineOptions, allocator: Allocator) -> Result<Engine, EngineError> {
     let mut config = Config::new();
     config.wasm_component_model(true);
@@ -167,36 +154,26 @@ fn build(options: &EngineOptions, allocator: Allocator) -> Result<Engine, Engine
     Engine::new(&config).map_err(|e| EngineError(format!("{e:#}")))
 }
 
-/// One thread for the whole host that advances the epoch every
-/// [`EPOCH_TICK`]; stores turn that into per-call deadlines.
-struct Ticker {
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<()>,
-}
-
-impl Ticker {
-    fn start(engine: &Engine) -> Result<Self, EngineError> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let weak = engine.weak();
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("outpost-epoch".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    match weak.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => break,
-                    }
+/// Starts the one thread per engine that advances the epoch every
+/// [`EPOCH_TICK`]; stores turn that into per-call deadlines. It runs as long
+/// as the engine does: stages and pipelines hold the engine, so they keep
+/// their deadlines even after the `Host` that made them is dropped (a ticker
+/// stopped with the host left a served pipeline without any timeout). It
+/// ends within a tick of the last engine handle going away.
+fn start_ticker(engine: &Engine) -> Result<(), EngineError> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("outpost-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
                 }
-            })
-            // Without a ticker no deadline could fire: refuse to run at all.
-            .map_err(|e| EngineError(format!("cannot start the epoch ticker thread: {e}")))?;
-        Ok(Self { stop, thread })
-    }
-
-    fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.thread.join();
-    }
+            }
+        })
+        // Without a ticker no deadline could fire: refuse to run at all.
+        .map_err(|e| EngineError(format!("cannot start the epoch ticker thread: {e}")))?;
+    Ok(())
 }

@@ -139,6 +139,15 @@ pub enum StageError {
         /// stage failed.
         message: String,
     },
+    /// The request's deadline passed while the stage ran. The instance is
+    /// dropped (it was interrupted), the host carries on.
+    #[error("pipeline '{pipeline}', stage '{stage}': the request's deadline passed")]
+    DeadlineExceeded {
+        /// The pipeline's name.
+        pipeline: String,
+        /// The stage's name.
+        stage: String,
+    },
     /// A fresh instance of the stage could not be created.
     #[error("pipeline '{pipeline}', stage '{stage}' could not be instantiated: {message}")]
     Instantiate {
@@ -152,6 +161,31 @@ pub enum StageError {
 }
 
 impl StageError {
+    /// The variant's name (`Trap`, `MemoryLimit`, ...; a reported error
+    /// adds its kind: `Reported(invalid input)` is `InvalidInput`): what
+    /// services report and count failures by.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StageError::Reported { kind, .. } => match kind {
+                ErrorKind::InvalidConfig => "InvalidConfig",
+                ErrorKind::InvalidInput => "InvalidInput",
+                ErrorKind::Inference => "Inference",
+                ErrorKind::Internal => "Internal",
+            },
+            StageError::Trap { .. } => "Trap",
+            StageError::Timeout { .. } => "Timeout",
+            StageError::MemoryLimit { .. } => "MemoryLimit",
+            StageError::BackendPanic { .. } => "BackendPanic",
+            StageError::BadOutput { .. } => "BadOutput",
+            StageError::OutOfFuel { .. } => "OutOfFuel",
+            StageError::OutputTooLarge { .. } => "OutputTooLarge",
+            StageError::InferenceTimeout { .. } => "InferenceTimeout",
+            StageError::CapabilityDenied { .. } => "CapabilityDenied",
+            StageError::DeadlineExceeded { .. } => "DeadlineExceeded",
+            StageError::Instantiate { .. } => "Instantiate",
+        }
+    }
+
     /// The Wasm backtrace of a trap, for `-v` output.
     pub fn backtrace(&self) -> Option<&str> {
         match self {
@@ -242,7 +276,26 @@ pub enum RunError {
         /// What was wrong.
         message: String,
     },
+    /// The request's deadline passed between stages.
+    #[error("pipeline '{pipeline}': the request's deadline passed before stage '{stage}'")]
+    DeadlineExceeded {
+        /// The pipeline's name.
+        pipeline: String,
+        /// The stage that was next.
+        stage: String,
+    },
     /// A stage failed.
     #[error(transparent)]
     Stage(#[from] StageError),
+}
+
+impl RunError {
+    /// Whether the request's deadline is what failed it.
+    pub fn is_deadline(&self) -> bool {
+        matches!(
+            self,
+            RunError::DeadlineExceeded { .. }
+                | RunError::Stage(StageError::DeadlineExceeded { .. })
+        )
+    }
 }

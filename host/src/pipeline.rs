@@ -9,12 +9,13 @@ use crate::bindings::{Tensor, TensorSpec};
 use crate::cache::{CacheKey, ComponentCache};
 use crate::engine::{EngineError, EngineOptions, Runtime};
 use crate::error::{PipelineError, RunError};
-use crate::stage::{LoadedStage, StageHost, stage_linker};
+use crate::stage::{LoadedStage, StageHost, StageTiming, stage_linker};
 use outpost_signing::Digest;
 use outpost_signing::bundle::VerifiedBundle;
 use spec::PipelineSpec;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 use wasmtime::component::{Component, Linker};
 
 /// A host: one engine and linker, any number of pipelines.
@@ -241,8 +242,58 @@ impl Pipeline {
         &self.stages
     }
 
+    /// What the stage producing pipeline output `name` declared for it,
+    /// when it declared it by name.
+    pub fn output_spec(&self, name: &str) -> Option<TensorSpec> {
+        let step = self
+            .stages
+            .iter()
+            .rev()
+            .find(|s| s.outputs.iter().any(|(_, p)| p == name))?;
+        let (stage_side, _) = step.outputs.iter().find(|(_, p)| p == name)?;
+        let mut spec = step
+            .stage
+            .info()
+            .outputs
+            .iter()
+            .find(|s| &s.name == stage_side)?
+            .clone();
+        spec.name = name.to_owned();
+        Some(spec)
+    }
+
+    /// Keeps up to `size` idle instances of every stage: as many as
+    /// requests run at once, so none pays `init` while the pool is warm.
+    pub fn set_pool_size(&self, size: usize) {
+        for step in &self.stages {
+            step.stage.set_pool_size(size);
+        }
+    }
+
+    /// Brings every stage's pool up to `count` idle instances now, instead
+    /// of on the first requests.
+    pub fn warm(&self, count: usize) -> Result<(), RunError> {
+        for step in &self.stages {
+            step.stage.warm(count)?;
+        }
+        Ok(())
+    }
+
     /// Runs one request.
     pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RunError> {
+        self.run_with(inputs, None, &mut Vec::new())
+    }
+
+    /// Runs one request that must finish by `deadline`, if it has one: a
+    /// stage running at the deadline is interrupted, and no stage starts
+    /// after it. The time of each stage that ran is pushed to `timings`, in
+    /// order.
+    pub fn run_with(
+        &self,
+        inputs: Vec<Tensor>,
+        deadline: Option<Instant>,
+        timings: &mut Vec<StageTiming>,
+    ) -> Result<Vec<Tensor>, RunError> {
         let bad = |message: String| RunError::Input {
             pipeline: self.name.clone(),
             message,
@@ -268,6 +319,12 @@ impl Pipeline {
             }
         }
         for step in &self.stages {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(RunError::DeadlineExceeded {
+                    pipeline: self.name.clone(),
+                    stage: step.stage.name().to_owned(),
+                });
+            }
             let mut given = Vec::with_capacity(step.inputs.len());
             for (stage_name, pipe_name, moved) in &step.inputs {
                 let tensor = if *moved {
@@ -286,7 +343,9 @@ impl Pipeline {
                 tensor.name.clone_from(stage_name);
                 given.push(tensor);
             }
-            for mut tensor in step.stage.run(given)? {
+            let (outputs, timing) = step.stage.run_until(given, deadline)?;
+            timings.push(timing);
+            for mut tensor in outputs {
                 if let Some((_, pipe_name)) = step.outputs.iter().find(|(s, _)| s == &tensor.name) {
                     tensor.name.clone_from(pipe_name);
                     env.insert(pipe_name.clone(), tensor);

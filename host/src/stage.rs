@@ -7,6 +7,7 @@ use crate::engine::{EPOCH_TICK, Metering};
 use crate::error::StageError;
 use crate::nn::{NnLedger, NnState, NnView};
 use crate::sandbox::{Denials, Grants, StageLog, wasi_ctx};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker, ResourceTable};
@@ -51,9 +52,20 @@ impl Default for StageLimits {
     }
 }
 
-/// Idle instances kept per stage; more concurrent requests instantiate fresh
-/// ones, which are dropped afterwards.
-const MAX_IDLE_INSTANCES: usize = 4;
+/// Idle instances kept per stage unless [`LoadedStage::set_pool_size`] says
+/// otherwise; more concurrent requests instantiate fresh ones, which are
+/// dropped afterwards.
+pub const DEFAULT_POOL_SIZE: usize = 4;
+
+/// How long one call into a stage took.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StageTiming {
+    /// Wall-clock time of the call, from taking an instance to checked
+    /// outputs (including a fresh instance's `init` when none was idle).
+    pub elapsed: Duration,
+    /// Of which, time inside models.
+    pub inference: Duration,
+}
 
 /// The state of one stage instance's store.
 pub struct StageHost {
@@ -67,6 +79,9 @@ pub struct StageHost {
     /// models.
     call_started: Instant,
     timeout: Duration,
+    /// The request's deadline, when it has one: the call is interrupted at
+    /// whichever comes first.
+    deadline: Option<Instant>,
 }
 
 impl WasiView for StageHost {
@@ -133,12 +148,31 @@ pub struct LoadedStage {
     metering: Metering,
     info: StageInfo,
     idle: Mutex<Vec<Instance>>,
+    pool_size: AtomicUsize,
+    live: Arc<AtomicUsize>,
     log: Arc<StageLog>,
 }
 
 struct Instance {
     store: Store<StageHost>,
     stage: bindings::Stage,
+    _live: LiveInstance,
+}
+
+/// Counts an instance among the stage's live ones while it exists.
+struct LiveInstance(Arc<AtomicUsize>);
+
+impl LiveInstance {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for LiveInstance {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Everything needed to bring a stage up, apart from the engine and linker.
@@ -190,6 +224,8 @@ impl LoadedStage {
                 outputs: Vec::new(),
             },
             idle: Mutex::new(Vec::new()),
+            pool_size: AtomicUsize::new(DEFAULT_POOL_SIZE),
+            live: Arc::new(AtomicUsize::new(0)),
             log: StageLog::new(&setup_name),
         };
         let mut instance = stage.instantiate().map_err(StageLoadError::Stage)?;
@@ -217,23 +253,78 @@ impl LoadedStage {
         &self.limits
     }
 
+    /// How many idle instances the stage keeps for the next requests: a
+    /// service sets it to the number of requests it runs at once, so a
+    /// burst does not pay `init` again for each request.
+    pub fn set_pool_size(&self, size: usize) {
+        self.pool_size.store(size, Ordering::Relaxed);
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.truncate(size);
+        }
+    }
+
+    /// Creates fresh instances (running their `init`) until `count` are
+    /// idle, or the pool is full.
+    pub fn warm(&self, count: usize) -> Result<(), StageError> {
+        let target = count.min(self.pool_size.load(Ordering::Relaxed));
+        while self.idle_instances() < target {
+            let instance = self.instantiate()?;
+            self.release(instance);
+        }
+        Ok(())
+    }
+
+    /// Instances that exist now, idle or serving a request.
+    pub fn live_instances(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Instances waiting for a request.
+    pub fn idle_instances(&self) -> usize {
+        self.idle.lock().map_or(0, |idle| idle.len())
+    }
+
     /// Runs one request through the stage. Outputs are checked against what
     /// the stage declared. An instance that trapped or hit a limit is dropped;
     /// the next request gets a fresh one.
     pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, StageError> {
+        self.run_until(inputs, None).map(|(outputs, _)| outputs)
+    }
+
+    /// [`run`](Self::run), interrupted at `deadline` if it has one (then
+    /// [`StageError::DeadlineExceeded`]), and timed.
+    pub fn run_until(
+        &self,
+        inputs: Vec<Tensor>,
+        deadline: Option<Instant>,
+    ) -> Result<(Vec<Tensor>, StageTiming), StageError> {
+        let started = Instant::now();
         let mut instance = match self.idle.lock().ok().and_then(|mut idle| idle.pop()) {
             Some(instance) => instance,
             None => self.instantiate()?,
         };
         self.arm(&mut instance.store);
+        instance.store.data_mut().deadline = deadline;
+        if self.metering.epochs
+            && let Some(deadline) = deadline
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left < self.limits.timeout {
+                instance.store.set_epoch_deadline(ticks(left));
+            }
+        }
         let result = instance.stage.call_run(&mut instance.store, &inputs);
+        let timing = StageTiming {
+            elapsed: started.elapsed(),
+            inference: instance.store.data().diagnostics.inference_time(),
+        };
         match result {
             Ok(Ok(outputs)) => {
                 // An instance that returned bad tensors is not trusted with
                 // the next request.
                 self.check_outputs(&outputs)?;
                 self.release(instance);
-                Ok(outputs)
+                Ok((outputs, timing))
             }
             Ok(Err(reported)) => {
                 // A stage that caught a limit, a denial or a backend panic
@@ -284,6 +375,7 @@ impl LoadedStage {
             denials,
             call_started: Instant::now(),
             timeout: self.limits.timeout,
+            deadline: None,
         };
         let mut store = Store::new(&self.engine, host);
         if self.metering.limits {
@@ -298,9 +390,15 @@ impl LoadedStage {
                 .call_started
                 .elapsed()
                 .saturating_sub(host.diagnostics.inference_time());
-            Ok(match host.timeout.checked_sub(used) {
-                Some(left) if !left.is_zero() => UpdateDeadline::Continue(ticks(left)),
-                _ => UpdateDeadline::Interrupt,
+            let mut left = host.timeout.checked_sub(used).unwrap_or_default();
+            // The request's deadline counts time inside models too.
+            if let Some(deadline) = host.deadline {
+                left = left.min(deadline.saturating_duration_since(Instant::now()));
+            }
+            Ok(if left.is_zero() {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Continue(ticks(left))
             })
         });
         self.arm(&mut store);
@@ -316,7 +414,11 @@ impl LoadedStage {
                     other => other,
                 })?;
         match stage.call_init(&mut store, &self.config) {
-            Ok(Ok(())) => Ok(Instance { store, stage }),
+            Ok(Ok(())) => Ok(Instance {
+                store,
+                stage,
+                _live: LiveInstance::new(&self.live),
+            }),
             Ok(Err(reported)) => Err(self.reported(reported, &store)),
             Err(e) => Err(self.classify(e, &store)),
         }
@@ -337,11 +439,12 @@ impl LoadedStage {
         host.call_started = Instant::now();
         host.diagnostics.reset();
         host.denials.reset();
+        host.deadline = None;
     }
 
     fn release(&self, instance: Instance) {
         if let Ok(mut idle) = self.idle.lock()
-            && idle.len() < MAX_IDLE_INSTANCES
+            && idle.len() < self.pool_size.load(Ordering::Relaxed)
         {
             idle.push(instance);
         }
@@ -413,6 +516,14 @@ impl LoadedStage {
     fn classify(&self, error: wasmtime::Error, store: &Store<StageHost>) -> StageError {
         let (pipeline, stage) = (self.pipeline.clone(), self.name.clone());
         match error.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt)
+                if store
+                    .data()
+                    .deadline
+                    .is_some_and(|deadline| Instant::now() >= deadline) =>
+            {
+                return StageError::DeadlineExceeded { pipeline, stage };
+            }
             Some(Trap::Interrupt) => {
                 return StageError::Timeout {
                     pipeline,

@@ -366,3 +366,23 @@ fn hostile_stages_fail_typed_and_the_host_carries_on() {
         "{error}"
     );
 }
+
+/// A service keeps pipelines, not the `Host` that loaded them: deadlines
+/// must still fire once the host is gone. (They did not: the epoch ticker
+/// stopped with the host, and `outpost serve` ran a looping stage forever.)
+#[test]
+fn deadlines_hold_after_the_host_is_dropped() {
+    let scratch = Scratch::new();
+    let pipeline = {
+        let host = Host::new(&EngineOptions::default()).unwrap();
+        hostile(&host, &scratch, "loop", "", "timeout_ms = 100", "")
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(stage_error(&pipeline).0.to_string());
+    });
+    let error = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("no deadline fired: the looping stage was never interrupted");
+    assert!(error.contains("timed out after 100 ms"), "{error}");
+}

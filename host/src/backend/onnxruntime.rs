@@ -223,7 +223,9 @@ impl Model for OrtModel {
             })
             .collect::<Result<Vec<SessionInputValue>, String>>()?;
         drop(inputs);
+        let waiting = std::time::Instant::now();
         let mut session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
+        super::note_wait(waiting.elapsed());
         let outputs = session
             .run(values.as_slice())
             .map_err(|e| format!("model '{}' failed while computing: {e}", self.name))?;

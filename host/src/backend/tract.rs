@@ -11,7 +11,8 @@ mod gather;
 
 use super::{Model, ModelSignature};
 use crate::bindings::{Dim, ElementType, TensorSpec};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::model::TypedSimpleState;
 use wasmtime_wasi_nn::wit::Tensor as NnTensor;
@@ -82,35 +83,48 @@ type ShapeKey = Vec<(String, i64)>;
 struct Specialized {
     source: TypedModel,
     capacity: usize,
-    /// Most recently used last. `None`: specialising this shape failed; the
-    /// general plan serves it.
-    plans: Mutex<Vec<(ShapeKey, Option<Arc<Runner>>)>>,
+    /// Most recently used last. A slot is filled once, by the first request
+    /// of its shape; requests of the same shape arriving meanwhile wait for
+    /// that plan instead of making their own. `None`: specialising this
+    /// shape failed; the general plan serves it.
+    plans: Mutex<Vec<(ShapeKey, PlanSlot)>>,
+    /// Plans made so far (for tests: one per shape, however many requests
+    /// asked at once).
+    built: AtomicUsize,
 }
+
+type PlanSlot = Arc<OnceLock<Option<Arc<Runner>>>>;
 
 impl Specialized {
     fn runner(&self, key: ShapeKey) -> Option<Arc<Runner>> {
-        {
+        let slot = {
             let mut plans = self.plans.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(i) = plans.iter().position(|(k, _)| *k == key) {
-                let entry = plans.remove(i);
-                let runner = entry.1.clone();
-                plans.push(entry);
-                return runner;
+            match plans.iter().position(|(k, _)| *k == key) {
+                Some(i) => {
+                    let entry = plans.remove(i);
+                    let slot = entry.1.clone();
+                    plans.push(entry);
+                    slot
+                }
+                None => {
+                    if plans.len() >= self.capacity {
+                        plans.remove(0);
+                    }
+                    let slot = PlanSlot::default();
+                    plans.push((key.clone(), slot.clone()));
+                    slot
+                }
             }
-        }
-        // Made without holding the lock: other shapes keep being served.
-        let runner = self
-            .specialize(&key)
-            .ok()
-            .map(|plan| Arc::new(Runner::new(plan)));
-        let mut plans = self.plans.lock().unwrap_or_else(PoisonError::into_inner);
-        if !plans.iter().any(|(k, _)| *k == key) {
-            if plans.len() >= self.capacity {
-                plans.remove(0);
-            }
-            plans.push((key, runner.clone()));
-        }
-        runner
+        };
+        // Made without holding the list's lock: other shapes keep being
+        // served while this one is optimised.
+        slot.get_or_init(|| {
+            self.built.fetch_add(1, Ordering::Relaxed);
+            self.specialize(&key)
+                .ok()
+                .map(|plan| Arc::new(Runner::new(plan)))
+        })
+        .clone()
     }
 
     fn specialize(&self, key: &ShapeKey) -> TractResult<Arc<TypedRunnableModel>> {
@@ -184,6 +198,7 @@ impl TractGraph {
             source: simplified.clone(),
             capacity: specialize,
             plans: Mutex::new(Vec::new()),
+            built: AtomicUsize::new(0),
         });
         let plan = simplified
             .into_optimized()
@@ -370,4 +385,51 @@ fn from_tract(value: &TValue) -> Result<NnTensor, String> {
         ty,
         data: value.as_bytes().to_vec(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Sixteen requests bringing the same new shape at once make one
+    /// specialised plan between them (the others wait for it), not sixteen.
+    #[test]
+    fn a_new_shape_is_specialised_once_under_concurrent_requests() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/demo/intent.onnx");
+        let graph = TractGraph::load("intent", &std::fs::read(path).unwrap(), 4).unwrap();
+        let specialized = graph.specialized.as_ref().unwrap();
+        let key: ShapeKey = graph
+            .signature
+            .inputs
+            .iter()
+            .flat_map(|s| s.dims.iter().flatten())
+            .filter_map(|d| match d {
+                Dim::Symbol(s) => Some((s.clone(), 7)),
+                Dim::Fixed(_) => None,
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into_iter()
+            .collect();
+        assert!(!key.is_empty(), "the demo model has symbolic dimensions");
+        let barrier = std::sync::Barrier::new(16);
+        let runners: Vec<Option<Arc<Runner>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..16)
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        specialized.runner(key.clone())
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(specialized.built.load(Ordering::Relaxed), 1);
+        let first = runners[0].as_ref().expect("the shape specialises");
+        assert!(
+            runners
+                .iter()
+                .all(|r| Arc::ptr_eq(r.as_ref().unwrap(), first))
+        );
+    }
 }

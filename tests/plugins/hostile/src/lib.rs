@@ -3,7 +3,8 @@
 //!
 //! `loop`, `recurse`, `alloc`, `huge-output` (config `bytes`), `read-file`,
 //! `list-root`, `env`, `socket` (config `address`), `clock`, `unknown-model`,
-//! `none` (behaves).
+//! `none` (behaves), `spin` (not an attack: busy work for config
+//! `iterations`, then returns that count; a slow but sound request).
 //!
 //! Against wasi-nn (config `model`, a model the stage is granted):
 //! `bad-ids` computes with token ids far outside the model's vocabulary;
@@ -24,6 +25,7 @@ struct Hostile {
     address: String,
     model: String,
     calls: u32,
+    iterations: u64,
 }
 
 impl Stage for Hostile {
@@ -34,6 +36,7 @@ impl Stage for Hostile {
             address: config.get_or("address", "127.0.0.1:9".to_owned())?,
             model: config.get_or("model", "intent".to_owned())?,
             calls: 0,
+            iterations: config.get_or("iterations", 100_000_000)?,
         })
     }
 
@@ -53,6 +56,14 @@ impl Stage for Hostile {
             )?])
         };
         match self.attack.as_str() {
+            "spin" => {
+                let mut x = 0u64;
+                for i in 0..self.iterations {
+                    x = std::hint::black_box(x.wrapping_add(i));
+                }
+                std::hint::black_box(x);
+                report(&[self.iterations as f32])
+            }
             "loop" => {
                 let mut n: u64 = 0;
                 loop {
