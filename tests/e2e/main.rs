@@ -13,4 +13,5 @@ mod image;
 mod minilm;
 mod model_inputs;
 mod pipeline_errors;
+mod serve;
 mod stage_errors;

@@ -2,6 +2,7 @@
 
 mod report;
 mod requests;
+mod serve;
 mod trust;
 
 use anyhow::{Context, Result, bail};
@@ -24,8 +25,9 @@ struct Cli {
     verbose: bool,
     /// How instances get memory: `pooling` (fast, reserves address space up
     /// front), `on-demand`, or `auto` (pooling where the address space allows).
-    #[arg(long, global = true, default_value = "auto", value_parser = ["auto", "pooling", "on-demand"])]
-    allocator: String,
+    /// [default: auto]
+    #[arg(long, global = true, value_parser = ["auto", "pooling", "on-demand"])]
+    allocator: Option<String>,
     /// Meter fuel, so stages may set limits.fuel (a deterministic CPU budget).
     #[arg(long, global = true)]
     fuel: bool,
@@ -67,6 +69,49 @@ enum Command {
         /// A file for the pipeline's input, as [NAME=]PATH. Repeat for more requests.
         #[arg(short = 'f', long, value_name = "[NAME=]PATH")]
         input_file: Vec<String>,
+    },
+    /// Serve signed bundles as KServe v2 models over HTTP and gRPC, until
+    /// SIGTERM or SIGINT (then drain: requests in flight finish).
+    ///
+    /// Settings come from the config file (/etc/outpost/outpost.toml, or
+    /// --config); flags override it. Listens on loopback unless configured
+    /// otherwise; a public address needs TLS and a token file, or
+    /// --insecure-listen.
+    ///
+    /// Example: outpost serve --trust root.json intent-demo.bundle
+    Serve {
+        /// Signed bundles to serve (replace the config file's `bundles`).
+        bundles: Vec<PathBuf>,
+        /// The configuration file [default: /etc/outpost/outpost.toml, if present].
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Trust root(s), oldest first (replace the config's `trust`).
+        #[arg(long)]
+        trust: Vec<PathBuf>,
+        /// Device state directory.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Device policy (TOML).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// HTTP address, IP:PORT [default: 127.0.0.1:8000].
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        /// gRPC address, IP:PORT, or "" for none [default: 127.0.0.1:8001].
+        #[arg(long, value_name = "ADDR")]
+        grpc_listen: Option<String>,
+        /// Allow a non-loopback address without TLS and tokens.
+        #[arg(long)]
+        insecure_listen: bool,
+        /// Log lines as `human` text or `json` objects [default: human].
+        #[arg(long, value_parser = ["human", "json"])]
+        log_format: Option<String>,
+        /// Compile every component afresh instead of using the precompiled cache.
+        #[arg(long)]
+        no_cache: bool,
+        /// Check the configuration and bundles (verify, load), then exit.
+        #[arg(long)]
+        check: bool,
     },
     /// Load a pipeline and show its models, stages and the tensors between them.
     Inspect {
@@ -273,9 +318,9 @@ fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     let options = EngineOptions {
-        allocator: match cli.allocator.as_str() {
-            "pooling" => Some(Allocator::Pooling),
-            "on-demand" => Some(Allocator::OnDemand),
+        allocator: match cli.allocator.as_deref() {
+            Some("pooling") => Some(Allocator::Pooling),
+            Some("on-demand") => Some(Allocator::OnDemand),
             _ => None,
         },
         fuel: cli.fuel,
@@ -389,6 +434,42 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 state: &trust::state_dir(state_dir.as_deref()),
             })?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve {
+            bundles,
+            config,
+            trust,
+            state_dir,
+            policy,
+            listen,
+            grpc_listen,
+            insecure_listen,
+            log_format,
+            no_cache,
+            check,
+        } => {
+            let flags = serve::config::Flags {
+                config,
+                bundles,
+                trust,
+                state_dir,
+                policy,
+                listen,
+                grpc_listen,
+                insecure_listen,
+                log_format: match log_format.as_deref() {
+                    Some("json") => Some(serve::config::LogFormat::Json),
+                    Some(_) => Some(serve::config::LogFormat::Human),
+                    None => None,
+                },
+                no_cache,
+                allocator: cli.allocator,
+                fuel: cli.fuel,
+                backend: backends.force.map(|b| b.to_string()),
+                onnxruntime_lib: backends.onnxruntime_library,
+                onnxruntime_threads: backends.onnxruntime_threads,
+            };
+            serve::run(flags, check)
         }
         Command::Inspect { pipeline, source } => {
             let host = cached(host()?, &source)?;

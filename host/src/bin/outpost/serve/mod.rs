@@ -1,0 +1,301 @@
+//! `outpost serve`: the device service. Loads and verifies signed bundles
+//! as `run` does, then serves each pipeline as a KServe v2 model over HTTP
+//! and gRPC until SIGTERM or SIGINT, when it drains: readiness goes false,
+//! listeners close, requests in flight finish within the grace period.
+
+pub mod config;
+mod error;
+mod grpc;
+mod http;
+mod kserve;
+mod listen;
+mod metrics;
+mod models;
+
+use crate::trust;
+use anyhow::{Context, Result, bail};
+use config::{LogFormat, Settings};
+use hyper_util::server::graceful::GracefulShutdown;
+use listen::{Limits, Protocol};
+use models::{App, Served};
+use outpost_host::backend::{BackendName, BackendOptions};
+use outpost_host::device::DeviceState;
+use outpost_host::{Allocator, EngineOptions, Host};
+use std::process::ExitCode;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+/// Runs `outpost serve` (or, with `check`, validates and exits).
+pub fn run(flags: config::Flags, check: bool) -> Result<ExitCode> {
+    let settings = Settings::resolve(flags)?;
+    init_logs(settings.log_format);
+    let models = load(&settings, check)?;
+    if check {
+        println!("configuration: {}", settings.source);
+        for m in &models {
+            println!(
+                "model '{}' version {}: inputs {}; outputs {}; {} at once, queue {}, deadline {} ms",
+                m.name,
+                m.version,
+                list(&m.inputs),
+                list(&m.outputs),
+                m.admission().concurrency,
+                m.admission().queue,
+                m.admission().deadline.as_millis()
+            );
+        }
+        println!(
+            "ok: {} bundle(s) verified and loaded; would listen on http {}{}",
+            models.len(),
+            settings.http,
+            settings
+                .grpc
+                .map(|g| format!(", grpc {g}"))
+                .unwrap_or_default()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let token = match &settings.token_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("listen.token_file {}: cannot read it", path.display()))?;
+            let token = text.trim();
+            if token.len() < 16 {
+                bail!(
+                    "listen.token_file {}: the token must be at least 16 characters (e.g. 32 random hex digits)",
+                    path.display()
+                );
+            }
+            Some(token.as_bytes().to_vec())
+        }
+        None => None,
+    };
+    let tls = match &settings.tls {
+        Some((cert, key)) => Some((
+            listen::tls_acceptor(cert, key, Protocol::Http)?,
+            listen::tls_acceptor(cert, key, Protocol::Grpc)?,
+        )),
+        None => None,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("outpost-serve")
+        .build()
+        .context("cannot start the async runtime")?;
+    let app = Arc::new(App::new(models, token));
+    runtime.block_on(serve(settings, app, tls))
+}
+
+fn list(tensors: &[(String, Option<outpost_host::TensorSpec>)]) -> String {
+    tensors
+        .iter()
+        .map(|(n, s)| {
+            let (_, datatype, shape) = kserve::tensor_metadata(n, s.as_ref());
+            format!("{n} {datatype}{shape:?}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn init_logs(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("OUTPOST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
+    // A second initialisation (tests) keeps the first.
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Verifies and loads every bundle; any failure stops the start.
+fn load(settings: &Settings, check: bool) -> Result<Vec<Arc<Served>>> {
+    let options = EngineOptions {
+        allocator: match settings.allocator.as_deref() {
+            None | Some("auto") => None,
+            Some("pooling") => Some(Allocator::Pooling),
+            Some("on-demand") => Some(Allocator::OnDemand),
+            Some(other) => bail!(
+                "{}: engine.allocator '{other}' is not one of auto, pooling, on-demand",
+                settings.source
+            ),
+        },
+        fuel: settings.fuel,
+        ..EngineOptions::default()
+    };
+    let backends = BackendOptions {
+        force: settings
+            .backend
+            .as_deref()
+            .map(str::parse::<BackendName>)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("{}: engine.backend: {e}", settings.source))?,
+        onnxruntime_library: settings.onnxruntime_lib.clone(),
+        onnxruntime_threads: settings.onnxruntime_threads,
+    };
+    let mut host = Host::new(&options)?.with_backend_options(backends);
+    let device = DeviceState::open(&trust::state_dir(settings.state_dir.as_deref()))?;
+    if settings.component_cache {
+        host = host.with_component_cache(&device.cache_dir(), device.cache_key()?);
+    }
+    let policy = trust::policy(settings.policy.as_deref())?;
+    let mut served: Vec<Arc<Served>> = Vec::new();
+    for path in &settings.bundles {
+        let context = || format!("bundle {}", path.display());
+        let (verified, _provenance, _staging) = device
+            .open_verified(path, &settings.trust, &policy)
+            .with_context(context)?;
+        let pipeline = host.load_bundle(&verified).with_context(context)?;
+        let info = &verified.manifest().bundle;
+        if served.iter().any(|s| s.name == info.name) {
+            bail!(
+                "two bundles are named '{}' ({} is the second); a model name is served once",
+                info.name,
+                path.display()
+            );
+        }
+        let admission = settings.admission(&info.name);
+        if !check {
+            device
+                .accept(&verified, &crate::running_bundle(&verified, &pipeline))
+                .with_context(context)?;
+            if settings.warm {
+                pipeline
+                    .warm(admission.concurrency)
+                    .with_context(|| format!("{}: warming its stages", context()))?;
+            }
+        }
+        tracing::info!(
+            model = %info.name,
+            version = info.version,
+            manifest = %verified.manifest_digest(),
+            "bundle verified and loaded"
+        );
+        served.push(Arc::new(Served::new(
+            info.name.clone(),
+            info.version.to_string(),
+            pipeline,
+            admission,
+        )));
+    }
+    for name in settings.pipelines.keys() {
+        if !served.iter().any(|s| &s.name == name) {
+            bail!(
+                "{}: [pipelines.{name}] configures a model no bundle provides; the bundles provide: {}",
+                settings.source,
+                served
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    Ok(served)
+}
+
+async fn serve(
+    settings: Settings,
+    app: Arc<App>,
+    tls: Option<(tokio_rustls::TlsAcceptor, tokio_rustls::TlsAcceptor)>,
+) -> Result<ExitCode> {
+    let bind = |address| async move {
+        TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address}"))
+    };
+    let http_listener = bind(settings.http).await?;
+    let grpc_listener = match settings.grpc {
+        Some(address) => Some(bind(address).await?),
+        None => None,
+    };
+    let (stop, stopped) = watch::channel(false);
+    let graceful = Arc::new(GracefulShutdown::new());
+    let limits = Limits {
+        header_read_timeout: settings.header_read_timeout,
+        max_header_bytes: settings.max_header_bytes,
+        connections: Arc::new(Semaphore::new(settings.max_connections)),
+    };
+    let http_address = http_listener.local_addr()?;
+    let grpc_address = grpc_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
+    let router = http::router(Arc::new(http::HttpState {
+        app: app.clone(),
+        max_body_bytes: settings.max_body_bytes,
+        body_read_timeout: settings.body_read_timeout,
+    }));
+    let mut loops = Vec::new();
+    loops.push(tokio::spawn(listen::accept_loop(
+        http_listener,
+        Protocol::Http,
+        router,
+        tls.as_ref().map(|t| t.0.clone()),
+        limits.clone(),
+        stopped.clone(),
+        graceful.clone(),
+    )));
+    if let Some(listener) = grpc_listener {
+        loops.push(tokio::spawn(listen::accept_loop(
+            listener,
+            Protocol::Grpc,
+            grpc::service(app.clone(), settings.max_body_bytes),
+            tls.as_ref().map(|t| t.1.clone()),
+            limits.clone(),
+            stopped.clone(),
+            graceful.clone(),
+        )));
+    }
+    tracing::info!(
+        http = %http_address,
+        grpc = %grpc_address.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+        tls = tls.is_some(),
+        models = app.models.len(),
+        "listening"
+    );
+    let signal = shutdown_signal().await?;
+    tracing::info!(
+        signal,
+        grace_ms = settings.drain_grace.as_millis() as u64,
+        "draining: not ready, no new connections, requests in flight finish"
+    );
+    app.drain();
+    let _ = stop.send(true);
+    for l in loops {
+        let _ = l.await;
+    }
+    // The accept loops are done, so this is the last reference; the
+    // connections hold watchers only.
+    let Ok(graceful) = Arc::try_unwrap(graceful) else {
+        tracing::error!("connections could not be told to finish; exiting");
+        return Ok(ExitCode::FAILURE);
+    };
+    match tokio::time::timeout(settings.drain_grace, graceful.shutdown()).await {
+        Ok(()) => {
+            tracing::info!("drained; exiting");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(_) => {
+            tracing::warn!(
+                "the grace period (requests.drain_grace_ms) ended with requests still in flight; exiting"
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn shutdown_signal() -> Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}

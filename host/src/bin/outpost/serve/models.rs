@@ -1,0 +1,352 @@
+//! The served pipelines and how requests reach them: a per-pipeline limit
+//! on requests running at once, a bounded queue in front of it (full: 503
+//! at once), deadlines (504), and the run itself on the blocking pool, off
+//! the async threads.
+
+use super::config::Admission;
+use super::error::{ApiError, Class};
+use super::metrics::{FailureLabels, Metrics, PipelineLabel, StageLabels};
+use outpost_host::{Pipeline, Tensor, TensorSpec};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// One pipeline as a KServe model.
+pub struct Served {
+    /// The model name: the bundle's name.
+    pub name: String,
+    /// The model version: the bundle's version.
+    pub version: String,
+    pub pipeline: Arc<Pipeline>,
+    /// Each pipeline input with what its first stage declared for it.
+    pub inputs: Vec<(String, Option<TensorSpec>)>,
+    /// Each pipeline output with what its stage declared for it.
+    pub outputs: Vec<(String, Option<TensorSpec>)>,
+    admission: Admission,
+    slots: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    running: Arc<AtomicUsize>,
+    label: PipelineLabel,
+}
+
+impl Served {
+    pub fn new(name: String, version: String, pipeline: Pipeline, admission: Admission) -> Self {
+        let inputs = pipeline.inputs().to_vec();
+        let outputs = pipeline
+            .outputs()
+            .iter()
+            .map(|o| (o.clone(), pipeline.output_spec(o)))
+            .collect();
+        // As many warm instances per stage as requests may run at once.
+        pipeline.set_pool_size(admission.concurrency);
+        Self {
+            label: PipelineLabel {
+                pipeline: name.clone(),
+            },
+            name,
+            version,
+            pipeline: Arc::new(pipeline),
+            inputs,
+            outputs,
+            slots: Arc::new(Semaphore::new(admission.concurrency)),
+            admission,
+            waiting: AtomicUsize::new(0),
+            running: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    pub fn admission(&self) -> Admission {
+        self.admission
+    }
+
+    /// Requests waiting for a slot.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Requests running.
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    /// Checks a version named in a request path.
+    pub fn check_version(&self, version: Option<&str>) -> Result<(), ApiError> {
+        match version {
+            Some(v) if !v.is_empty() && v != self.version => Err(ApiError::not_found(format!(
+                "model '{}' has version {}, not {v}",
+                self.name, self.version
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs one request: waits for a slot (or refuses at once when the
+    /// queue is full), runs the pipeline on the blocking pool, and gives up
+    /// waiting at the deadline: the deadline is the configured one, or what
+    /// the request asked for when that is less. A run past its deadline is
+    /// also interrupted inside its stage.
+    pub async fn infer(
+        &self,
+        inputs: Vec<Tensor>,
+        asked: Option<Duration>,
+        metrics: &Metrics,
+    ) -> Result<Vec<Tensor>, ApiError> {
+        let started = Instant::now();
+        let result = self.admit_and_run(inputs, asked, started, metrics).await;
+        Metrics::observe(
+            &metrics.request_seconds.get_or_create(&self.label),
+            started.elapsed(),
+        );
+        result
+    }
+
+    /// Counts a request to this model, and its failure by kind: the front
+    /// ends call it once per request, whether it failed while being read,
+    /// checked or run.
+    pub fn count<T>(&self, metrics: &Metrics, result: &Result<T, ApiError>) {
+        metrics.requests.get_or_create(&self.label).inc();
+        if let Err(e) = result {
+            metrics
+                .failures
+                .get_or_create(&FailureLabels {
+                    pipeline: self.name.clone(),
+                    kind: e.kind.to_owned(),
+                })
+                .inc();
+        }
+    }
+
+    async fn admit_and_run(
+        &self,
+        inputs: Vec<Tensor>,
+        asked: Option<Duration>,
+        started: Instant,
+        metrics: &Metrics,
+    ) -> Result<Vec<Tensor>, ApiError> {
+        let budget = asked.map_or(self.admission.deadline, |a| a.min(self.admission.deadline));
+        let deadline = started + budget;
+        let permit = self.admit(deadline, budget).await?;
+        Metrics::observe(
+            &metrics.queue_wait_seconds.get_or_create(&self.label),
+            started.elapsed(),
+        );
+        let pipeline = self.pipeline.clone();
+        let running = Running::new(&self.running);
+        let work = tokio::task::spawn_blocking(move || {
+            // The slot is held until the run ends, even if the client has
+            // been answered 504 meanwhile: the limit bounds real work.
+            let _permit = permit;
+            let _running = running;
+            let mut timings = Vec::new();
+            let result = pipeline.run_with(inputs, Some(deadline), &mut timings);
+            (result, timings)
+        });
+        let (result, timings) =
+            match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), work).await {
+                Ok(Ok(done)) => done,
+                Ok(Err(join)) => {
+                    return Err(ApiError::new(
+                        Class::Internal,
+                        "Internal",
+                        format!("pipeline '{}': the run was lost: {join}", self.name),
+                    ));
+                }
+                Err(_) => {
+                    return Err(ApiError::new(
+                        Class::DeadlineExceeded,
+                        "DeadlineExceeded",
+                        format!(
+                            "model '{}': no answer within the request's deadline of {} ms",
+                            self.name,
+                            budget.as_millis()
+                        ),
+                    ));
+                }
+            };
+        for (step, timing) in self.pipeline.stages().iter().zip(&timings) {
+            let labels = StageLabels {
+                pipeline: self.name.clone(),
+                stage: step.stage().name().to_owned(),
+            };
+            Metrics::observe(
+                &metrics.stage_seconds.get_or_create(&labels),
+                timing.elapsed,
+            );
+            Metrics::observe(
+                &metrics.inference_seconds.get_or_create(&labels),
+                timing.inference,
+            );
+        }
+        result.map_err(ApiError::from_run)
+    }
+
+    async fn admit(
+        &self,
+        deadline: Instant,
+        budget: Duration,
+    ) -> Result<OwnedSemaphorePermit, ApiError> {
+        let closed = || {
+            ApiError::new(
+                Class::Unavailable,
+                "draining",
+                "the server is shutting down; retry on another instance",
+            )
+        };
+        match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => return Ok(permit),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(closed()),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {}
+        }
+        // Join the queue, if it has room.
+        let queued = self
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.admission.queue).then_some(n + 1)
+            });
+        if queued.is_err() {
+            return Err(ApiError::new(
+                Class::Unavailable,
+                "overloaded",
+                format!(
+                    "model '{}' is overloaded: {} requests running and {} waiting (requests.concurrency, requests.queue); retry later",
+                    self.name, self.admission.concurrency, self.admission.queue
+                ),
+            ));
+        }
+        let _left_queue = Waiting(&self.waiting);
+        match tokio::time::timeout_at(
+            tokio::time::Instant::from_std(deadline),
+            self.slots.clone().acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(closed()),
+            Err(_) => Err(ApiError::new(
+                Class::DeadlineExceeded,
+                "DeadlineExceeded",
+                format!(
+                    "model '{}': the request's deadline of {} ms passed while it waited in the queue",
+                    self.name,
+                    budget.as_millis()
+                ),
+            )),
+        }
+    }
+}
+
+/// Leaves the queue when dropped (admitted, timed out, or the client gone).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts a run while it lasts.
+struct Running(Arc<AtomicUsize>);
+
+impl Running {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Everything both front ends share.
+pub struct App {
+    pub models: Vec<Arc<Served>>,
+    pub metrics: Metrics,
+    ready: AtomicBool,
+    /// The bearer token requests must carry, when one is configured.
+    token: Option<Vec<u8>>,
+}
+
+impl App {
+    pub fn new(models: Vec<Arc<Served>>, token: Option<Vec<u8>>) -> Self {
+        Self {
+            models,
+            metrics: Metrics::new(),
+            ready: AtomicBool::new(true),
+            token,
+        }
+    }
+
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Readiness goes false (load balancers stop sending), admission stops.
+    pub fn drain(&self) {
+        self.ready.store(false, Ordering::Release);
+    }
+
+    pub fn model(&self, name: &str, version: Option<&str>) -> Result<&Arc<Served>, ApiError> {
+        let served = self.models.iter().find(|m| m.name == name).ok_or_else(|| {
+            ApiError::not_found(format!(
+                "unknown model '{name}'; this server serves: {}",
+                self.models
+                    .iter()
+                    .map(|m| m.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        served.check_version(version)?;
+        Ok(served)
+    }
+
+    /// Checks an `Authorization` header value against the configured token.
+    pub fn authorize(&self, header: Option<&[u8]>) -> Result<(), ApiError> {
+        let Some(token) = &self.token else {
+            return Ok(());
+        };
+        let given = header.and_then(|h| h.strip_prefix(b"Bearer "));
+        match given {
+            Some(given) if constant_time_eq(given, token) => Ok(()),
+            Some(_) => Err(ApiError::new(
+                Class::Unauthorized,
+                "unauthorized",
+                "the bearer token is not valid",
+            )),
+            None => Err(ApiError::new(
+                Class::Unauthorized,
+                "unauthorized",
+                "this server needs a bearer token: send the header 'Authorization: Bearer TOKEN'",
+            )),
+        }
+    }
+}
+
+/// Compares the sha256 digests of both, byte by byte without an early exit:
+/// the time taken says nothing about where they differ, or the token's
+/// length.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    let (x, y) = (Sha256::digest(a), Sha256::digest(b));
+    x.iter()
+        .zip(y.iter())
+        .fold(0u8, |acc, (p, q)| acc | (p ^ q))
+        == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"secret"));
+    }
+}
