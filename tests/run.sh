@@ -45,6 +45,7 @@ export OUTPOST_ONNXRUNTIME_LIB="$PWD/target/onnxruntime/libonnxruntime.so"
 cargo test --workspace --exclude wasi-nn-classic
 step "the benchmark, short (dev profile: checks it runs, measures nothing)"
 cargo bench -p outpost-host --bench outpost --profile dev -- --quick --json target/bench/quick.json
+cargo bench -p outpost-host --bench serve --profile dev -- --quick --json target/bench/serve-quick.json
 
 step "fuzzing, short: every signing parser for 10 s (nightly + cargo-fuzz, installed when missing)"
 bash tests/fuzz.sh 10 signing
