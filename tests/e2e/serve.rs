@@ -511,10 +511,17 @@ fn a_public_address_without_tls_is_refused_and_bad_bundles_stop_the_start() {
         .expect("must refuse");
     assert!(log.contains(&format!("bundle {}", weak.display())), "{log}");
     // --check verifies and loads, then exits.
-    let mut args = serve_args(&p, &[&demo], &["--check"]);
+    let mut args = serve_args(&p, &[&demo], &["--check", "--log-format", "json"]);
     args.insert(0, "serve".into());
     let run = outpost(&args);
     assert!(run.ok, "{}", run.stderr);
+    // Logs as JSON lines.
+    let line: Value = serde_json::from_str(run.stderr.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        line["fields"]["message"], "bundle verified and loaded",
+        "{line}"
+    );
+    assert_eq!(line["fields"]["model"], "intent-demo", "{line}");
     assert!(
         run.stdout
             .contains("model 'intent-demo' version 1: inputs text BYTES[1]"),
@@ -799,4 +806,60 @@ fn infer_json_at(addr: &str, model: &str, request: &Value) -> Reply {
         &[("content-type", "application/json")],
         request.to_string().as_bytes(),
     )
+}
+
+#[test]
+fn slow_and_oversized_clients_are_cut_off_and_others_served() {
+    let p = Publisher::new();
+    let demo = p.demo_bundle("demo", 1, &["a", "b"]);
+    let config = config_file(
+        &p,
+        "outpost.toml",
+        "[listen]\nheader_read_timeout_ms = 300\nbody_read_timeout_ms = 300\n",
+    );
+    let config = config.display().to_string();
+    let server = Server::start(&serve_args(&p, &[&demo], &["--config", &config]));
+    let open = || {
+        let s = TcpStream::connect(&server.http).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s
+    };
+    // A head that never ends, and a body that never comes: both cut off.
+    let mut stalled_head = open();
+    stalled_head
+        .write_all(b"POST /v2/models/intent-demo/infer HTTP/1.1\r\nhost: x\r\n")
+        .unwrap();
+    let mut stalled_body = open();
+    stalled_body
+        .write_all(b"POST /v2/models/intent-demo/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"inp")
+        .unwrap();
+    // Meanwhile others are served.
+    let reply = infer_json(
+        &server,
+        "intent-demo",
+        &text_request("text", "stop the conveyor"),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = stalled_head.read_to_end(&mut rest);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "a stalled request head held its connection"
+    );
+    let mut rest = Vec::new();
+    let _ = stalled_body.read_to_end(&mut rest);
+    let reply = Reply::parse(&rest);
+    assert_eq!(reply.status, 408, "{reply:?}");
+    assert!(reply.error().contains("body_read_timeout_ms"), "{reply:?}");
+    // A head past the limit (16 KiB) is refused.
+    let big = "x".repeat(64 << 10);
+    let reply = http(&server.http, "GET", "/v2", &[("x-padding", &big)], b"");
+    assert_eq!(reply.status, 431, "{reply:?}");
+    let reply = infer_json(
+        &server,
+        "intent-demo",
+        &text_request("text", "stop the conveyor"),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
 }

@@ -15,6 +15,9 @@ use std::time::Duration;
 /// an error.
 pub const DEFAULT_CONFIG: &str = "/etc/outpost/outpost.toml";
 
+/// The longest deadline or timeout the file may set.
+const DAY_MS: u64 = 86_400_000;
+
 /// The file as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -250,7 +253,16 @@ impl Settings {
             }
         };
         let ms = |value: Option<u64>, default: u64, what: &str| -> Result<Duration> {
-            positive(value, default, what).map(Duration::from_millis)
+            let v = positive(value, default, what)?;
+            // Deadlines become instants; a year of milliseconds would
+            // overflow them.
+            if v > DAY_MS {
+                bail!(
+                    "{}: {v} ms is more than a day; give at most {DAY_MS}",
+                    key(what)
+                );
+            }
+            Ok(Duration::from_millis(v))
         };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let requests = &file.requests;
@@ -438,6 +450,8 @@ mod tests {
     fn nonsense_values_name_their_key() {
         let e = resolve("[requests]\nconcurrency = 0", with_bundle()).unwrap_err();
         assert!(e.to_string().contains("requests.concurrency"), "{e}");
+        let e = resolve("[requests]\ndeadline_ms = 99999999999999", with_bundle()).unwrap_err();
+        assert!(e.to_string().contains("more than a day"), "{e}");
         let e = resolve("[listen]\nhttp = \"localhost\"", with_bundle()).unwrap_err();
         assert!(e.to_string().contains("listen.http"), "{e}");
         assert!(resolve("", Flags::default()).is_err());

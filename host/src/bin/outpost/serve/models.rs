@@ -107,6 +107,11 @@ impl Served {
     pub fn count<T>(&self, metrics: &Metrics, result: &Result<T, ApiError>) {
         metrics.requests.get_or_create(&self.label).inc();
         if let Err(e) = result {
+            if e.class == Class::Internal {
+                tracing::warn!(model = %self.name, kind = e.kind, error = %e.message, "request failed");
+            } else {
+                tracing::debug!(model = %self.name, kind = e.kind, error = %e.message, "request refused");
+            }
             metrics
                 .failures
                 .get_or_create(&FailureLabels {
