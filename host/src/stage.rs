@@ -228,7 +228,9 @@ impl LoadedStage {
             live: Arc::new(AtomicUsize::new(0)),
             log: StageLog::new(&setup_name),
         };
-        let mut instance = stage.instantiate().map_err(StageLoadError::Stage)?;
+        let mut instance = stage
+            .instantiate_until(None)
+            .map_err(StageLoadError::Stage)?;
         stage.arm(&mut instance.store);
         stage.info = instance
             .stage
@@ -268,7 +270,7 @@ impl LoadedStage {
     pub fn warm(&self, count: usize) -> Result<(), StageError> {
         let target = count.min(self.pool_size.load(Ordering::Relaxed));
         while self.idle_instances() < target {
-            let instance = self.instantiate()?;
+            let instance = self.instantiate_until(None)?;
             self.release(instance);
         }
         Ok(())
@@ -301,18 +303,11 @@ impl LoadedStage {
         let started = Instant::now();
         let mut instance = match self.idle.lock().ok().and_then(|mut idle| idle.pop()) {
             Some(instance) => instance,
-            None => self.instantiate()?,
+            // The request's deadline covers a fresh instance's `init` too.
+            None => self.instantiate_until(deadline)?,
         };
         self.arm(&mut instance.store);
-        instance.store.data_mut().deadline = deadline;
-        if self.metering.epochs
-            && let Some(deadline) = deadline
-        {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left < self.limits.timeout {
-                instance.store.set_epoch_deadline(ticks(left));
-            }
-        }
+        self.arm_deadline(&mut instance.store, deadline);
         let result = instance.stage.call_run(&mut instance.store, &inputs);
         let timing = StageTiming {
             elapsed: started.elapsed(),
@@ -344,11 +339,11 @@ impl LoadedStage {
     /// Creates a fresh instance and runs its `init`, then drops it: what a
     /// request costs when no idle instance is at hand (for benchmarks).
     pub fn instantiate_fresh(&self) -> Result<(), StageError> {
-        self.instantiate().map(drop)
+        self.instantiate_until(None).map(drop)
     }
 
-    /// A fresh instance with `init` done.
-    fn instantiate(&self) -> Result<Instance, StageError> {
+    /// A fresh instance with `init` done, by `deadline` if there is one.
+    fn instantiate_until(&self, deadline: Option<Instant>) -> Result<Instance, StageError> {
         let diagnostics = Diagnostics::with_inference_limit(self.limits.inference_timeout);
         let denials = Denials::new(self.log.clone());
         let wasi = wasi_ctx(&self.grants, &denials).map_err(|message| StageError::Instantiate {
@@ -402,6 +397,7 @@ impl LoadedStage {
             })
         });
         self.arm(&mut store);
+        self.arm_deadline(&mut store, deadline);
         let stage =
             self.pre
                 .instantiate(&mut store)
@@ -440,6 +436,20 @@ impl LoadedStage {
         host.diagnostics.reset();
         host.denials.reset();
         host.deadline = None;
+    }
+
+    /// Interrupts the next call at the request's deadline, if that comes
+    /// before the stage's own.
+    fn arm_deadline(&self, store: &mut Store<StageHost>, deadline: Option<Instant>) {
+        store.data_mut().deadline = deadline;
+        if self.metering.epochs
+            && let Some(deadline) = deadline
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left < self.limits.timeout {
+                store.set_epoch_deadline(ticks(left));
+            }
+        }
     }
 
     fn release(&self, instance: Instance) {

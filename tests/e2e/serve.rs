@@ -833,6 +833,12 @@ fn slow_and_oversized_clients_are_cut_off_and_others_served() {
     stalled_body
         .write_all(b"POST /v2/models/intent-demo/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"inp")
         .unwrap();
+    // A gRPC connection that never says anything (HTTP/2 has no head
+    // timeout of its own).
+    let mut silent_grpc = TcpStream::connect(&server.grpc).unwrap();
+    silent_grpc
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     // Meanwhile others are served.
     let reply = infer_json(
         &server,
@@ -852,6 +858,13 @@ fn slow_and_oversized_clients_are_cut_off_and_others_served() {
     let reply = Reply::parse(&rest);
     assert_eq!(reply.status, 408, "{reply:?}");
     assert!(reply.error().contains("body_read_timeout_ms"), "{reply:?}");
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = silent_grpc.read_to_end(&mut rest);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "a silent gRPC connection was kept open"
+    );
     // A head past the limit (16 KiB) is refused.
     let big = "x".repeat(64 << 10);
     let reply = http(&server.http, "GET", "/v2", &[("x-padding", &big)], b"");

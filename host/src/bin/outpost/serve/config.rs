@@ -64,6 +64,7 @@ pub struct RequestsFile {
     pub queue: Option<usize>,
     pub deadline_ms: Option<u64>,
     pub drain_grace_ms: Option<u64>,
+    pub drain_delay_ms: Option<u64>,
     pub warm: Option<bool>,
 }
 
@@ -145,6 +146,7 @@ pub struct Settings {
     pub body_read_timeout: Duration,
     pub max_connections: usize,
     pub drain_grace: Duration,
+    pub drain_delay: Duration,
     pub warm: bool,
     pub defaults: Admission,
     pub pipelines: BTreeMap<String, Admission>,
@@ -337,6 +339,10 @@ impl Settings {
                 "listen.max_connections",
             )? as usize,
             drain_grace: ms(requests.drain_grace_ms, 30_000, "requests.drain_grace_ms")?,
+            drain_delay: match requests.drain_delay_ms {
+                Some(0) | None => Duration::ZERO,
+                Some(_) => ms(requests.drain_delay_ms, 0, "requests.drain_delay_ms")?,
+            },
             warm: requests.warm.unwrap_or(true),
             defaults,
             pipelines,

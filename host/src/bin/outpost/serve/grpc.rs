@@ -189,6 +189,7 @@ impl GrpcApi {
         served: &Served,
         request: Request<pb::ModelInferRequest>,
     ) -> Result<pb::ModelInferResponse, ApiError> {
+        let entry = served.enter()?;
         let mut asked = grpc_timeout(request.metadata());
         let r = request.into_inner();
         if let Some(p) = r.parameters.get("timeout") {
@@ -274,7 +275,9 @@ impl GrpcApi {
             }
             wanted
         };
-        let outputs = served.infer(inputs, asked, &self.app.metrics).await?;
+        let outputs = served
+            .infer(&entry, inputs, asked, &self.app.metrics)
+            .await?;
         let mut tensors = Vec::new();
         let mut raw_outputs = Vec::new();
         for tensor in outputs {

@@ -245,6 +245,8 @@ async fn infer_model(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    // Taken in before the body is read: bodies in memory stay bounded.
+    let entry = served.enter()?;
     let body = read_body(state, headers, body).await?;
     let json_length = match headers.get(HEADER_LENGTH) {
         Some(value) => {
@@ -378,7 +380,9 @@ async fn infer_model(
         })?)),
         None => None,
     };
-    let outputs = served.infer(inputs, asked, &state.app.metrics).await?;
+    let outputs = served
+        .infer(&entry, inputs, asked, &state.app.metrics)
+        .await?;
     respond(served, request.id, outputs, &wanted)
 }
 

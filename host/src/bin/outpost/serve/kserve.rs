@@ -164,7 +164,8 @@ pub fn to_tensor(input: WireInput, spec: Option<&TensorSpec>) -> Result<Tensor, 
                     input.datatype
                 )));
             }
-            let mut flat = Vec::with_capacity(count);
+            // The shape is the client's word; the data decides the size.
+            let mut flat = Vec::new();
             flatten(value, &mut flat);
             if flat.len() != count {
                 return Err(bad(format!(
@@ -421,6 +422,25 @@ mod tests {
             "{}",
             e.message
         );
+        // A shape of terabytes with one element of data: refused, not
+        // allocated.
+        let e = to_tensor(
+            input("FP32", vec![4294967295, 64], WireData::Json(json!([0]))),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.message
+                .contains("holds 274877906880 elements but data has 1"),
+            "{}",
+            e.message
+        );
+        let e = to_tensor(
+            input("FP32", vec![4294967295, 64], WireData::Raw(vec![0; 4])),
+            None,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("but 4 came"), "{}", e.message);
         let e = to_tensor(input("INT64", vec![-1], WireData::Json(json!([]))), None).unwrap_err();
         assert!(e.message.contains("negative"), "{}", e.message);
         let e = to_tensor(input("BOOL", vec![1], WireData::Json(json!([true]))), None).unwrap_err();

@@ -8,12 +8,16 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::{self, pki_types};
+
+/// Requests one gRPC connection may have open at once.
+const GRPC_STREAMS: u32 = 32;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Protocol {
@@ -23,7 +27,7 @@ pub enum Protocol {
     Grpc,
 }
 
-/// Connection limits shared by both listeners.
+/// Connection limits of a listener.
 #[derive(Clone)]
 pub struct Limits {
     pub header_read_timeout: Duration,
@@ -190,9 +194,9 @@ async fn serve_connection<I, S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let io = TokioIo::new(io);
-    let service = TowerToHyperService::new(service);
     let result = match protocol {
         Protocol::Http => {
+            let service = TowerToHyperService::new(service);
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
@@ -206,9 +210,34 @@ async fn serve_connection<I, S, B>(
             builder
                 .timer(TokioTimer::new())
                 .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+                .max_concurrent_streams(GRPC_STREAMS)
                 .keep_alive_interval(Some(Duration::from_secs(60)))
                 .keep_alive_timeout(Duration::from_secs(20));
-            watcher.watch(builder.serve_connection(io, service)).await
+            // HTTP/2 has no head timeout of its own: a client that connects
+            // and says nothing would hold its connection (and, at SIGTERM,
+            // the drain) forever. It gets as long as an HTTP/1 head.
+            let seen = Arc::new(AtomicBool::new(false));
+            let flag = seen.clone();
+            let service =
+                TowerToHyperService::new(tower::util::MapRequest::new(service, move |request| {
+                    flag.store(true, Ordering::Relaxed);
+                    request
+                }));
+            let connection = watcher.watch(builder.serve_connection(io, service));
+            tokio::pin!(connection);
+            let silent = async {
+                tokio::time::sleep(limits.header_read_timeout).await;
+                if seen.load(Ordering::Relaxed) {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                result = &mut connection => result,
+                () = silent => {
+                    tracing::debug!("closing a gRPC connection that sent no request in time");
+                    return;
+                }
+            }
         }
     };
     if let Err(e) = result {

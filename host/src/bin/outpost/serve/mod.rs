@@ -84,7 +84,11 @@ pub fn run(flags: config::Flags, check: bool) -> Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     let app = Arc::new(App::new(models, token));
-    runtime.block_on(serve(settings, app, tls))
+    let code = runtime.block_on(serve(settings, app, tls));
+    // Runs that outlived their request (answered 504 meanwhile) are not
+    // waited for: the drain is over.
+    runtime.shutdown_background();
+    code
 }
 
 fn list(tensors: &[(String, Option<outpost_host::TensorSpec>)]) -> String {
@@ -164,6 +168,8 @@ fn load(settings: &Settings, check: bool) -> Result<Vec<Arc<Served>>> {
             device
                 .accept(&verified, &crate::running_bundle(&verified, &pipeline))
                 .with_context(context)?;
+            // Pools sized before warming: warm fills what the pool keeps.
+            pipeline.set_pool_size(admission.concurrency);
             if settings.warm {
                 pipeline
                     .warm(admission.concurrency)
@@ -216,7 +222,9 @@ async fn serve(
     };
     let (stop, stopped) = watch::channel(false);
     let graceful = Arc::new(GracefulShutdown::new());
-    let limits = Limits {
+    // Each listener has its own cap: connections squatting on one cannot
+    // lock out the other (and its health checks).
+    let limits = || Limits {
         header_read_timeout: settings.header_read_timeout,
         max_header_bytes: settings.max_header_bytes,
         connections: Arc::new(Semaphore::new(settings.max_connections)),
@@ -237,7 +245,7 @@ async fn serve(
         Protocol::Http,
         router,
         tls.as_ref().map(|t| t.0.clone()),
-        limits.clone(),
+        limits(),
         stopped.clone(),
         graceful.clone(),
     )));
@@ -247,7 +255,7 @@ async fn serve(
             Protocol::Grpc,
             grpc::service(app.clone(), settings.max_body_bytes),
             tls.as_ref().map(|t| t.1.clone()),
-            limits.clone(),
+            limits(),
             stopped.clone(),
             graceful.clone(),
         )));
@@ -266,6 +274,8 @@ async fn serve(
         "draining: not ready, no new connections, requests in flight finish"
     );
     app.drain();
+    // Load balancers see "not ready" before connections are refused.
+    tokio::time::sleep(settings.drain_delay).await;
     let _ = stop.send(true);
     for l in loops {
         let _ = l.await;

@@ -25,7 +25,7 @@ pub struct Served {
     pub outputs: Vec<(String, Option<TensorSpec>)>,
     admission: Admission,
     slots: Arc<Semaphore>,
-    waiting: AtomicUsize,
+    entered: AtomicUsize,
     running: Arc<AtomicUsize>,
     label: PipelineLabel,
 }
@@ -51,7 +51,7 @@ impl Served {
             outputs,
             slots: Arc::new(Semaphore::new(admission.concurrency)),
             admission,
-            waiting: AtomicUsize::new(0),
+            entered: AtomicUsize::new(0),
             running: Arc::new(AtomicUsize::new(0)),
         }
     }
@@ -60,9 +60,34 @@ impl Served {
         self.admission
     }
 
-    /// Requests waiting for a slot.
+    /// Requests taken in but not running: waiting for a slot, or still
+    /// being read.
     pub fn waiting(&self) -> usize {
-        self.waiting.load(Ordering::Relaxed)
+        self.entered
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.running())
+    }
+
+    /// Takes a request in, before its body is read, or refuses it at once
+    /// (503) when `concurrency` run and `queue` more are already in: what a
+    /// model holds in memory is bounded by that many request bodies.
+    pub fn enter(&self) -> Result<Entry<'_>, ApiError> {
+        let limit = self.admission.concurrency + self.admission.queue;
+        match self
+            .entered
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            }) {
+            Ok(_) => Ok(Entry(&self.entered)),
+            Err(_) => Err(ApiError::new(
+                Class::Unavailable,
+                "overloaded",
+                format!(
+                    "model '{}' is overloaded: {} requests running and {} waiting (requests.concurrency, requests.queue); retry later",
+                    self.name, self.admission.concurrency, self.admission.queue
+                ),
+            )),
+        }
     }
 
     /// Requests running.
@@ -81,13 +106,14 @@ impl Served {
         }
     }
 
-    /// Runs one request: waits for a slot (or refuses at once when the
-    /// queue is full), runs the pipeline on the blocking pool, and gives up
+    /// Runs one request taken in by [`enter`](Self::enter): waits for a
+    /// slot, runs the pipeline on the blocking pool, and gives up
     /// waiting at the deadline: the deadline is the configured one, or what
     /// the request asked for when that is less. A run past its deadline is
     /// also interrupted inside its stage.
     pub async fn infer(
         &self,
+        _entry: &Entry<'_>,
         inputs: Vec<Tensor>,
         asked: Option<Duration>,
         metrics: &Metrics,
@@ -203,23 +229,6 @@ impl Served {
             Err(tokio::sync::TryAcquireError::Closed) => return Err(closed()),
             Err(tokio::sync::TryAcquireError::NoPermits) => {}
         }
-        // Join the queue, if it has room.
-        let queued = self
-            .waiting
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.admission.queue).then_some(n + 1)
-            });
-        if queued.is_err() {
-            return Err(ApiError::new(
-                Class::Unavailable,
-                "overloaded",
-                format!(
-                    "model '{}' is overloaded: {} requests running and {} waiting (requests.concurrency, requests.queue); retry later",
-                    self.name, self.admission.concurrency, self.admission.queue
-                ),
-            ));
-        }
-        let _left_queue = Waiting(&self.waiting);
         match tokio::time::timeout_at(
             tokio::time::Instant::from_std(deadline),
             self.slots.clone().acquire_owned(),
@@ -241,10 +250,11 @@ impl Served {
     }
 }
 
-/// Leaves the queue when dropped (admitted, timed out, or the client gone).
-struct Waiting<'a>(&'a AtomicUsize);
+/// A request's place among those a model has taken in (running, queued,
+/// or still arriving); given back when dropped, however the request ends.
+pub struct Entry<'a>(&'a AtomicUsize);
 
-impl Drop for Waiting<'_> {
+impl Drop for Entry<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
