@@ -70,6 +70,7 @@ pub struct Runtime {
     allocator: Allocator,
     metering: Metering,
     max_memory_bytes: usize,
+    pool_instances: u32,
 }
 
 /// Why the engine could not be built.
@@ -105,6 +106,7 @@ impl Runtime {
                 limits: options.resource_limits,
             },
             max_memory_bytes: options.max_memory_bytes,
+            pool_instances: options.pool_instances,
         })
     }
 
@@ -116,6 +118,12 @@ impl Runtime {
     /// The allocator in use.
     pub fn allocator(&self) -> Allocator {
         self.allocator
+    }
+
+    /// With the pooling allocator, how many component instances can exist
+    /// at once; `None` on demand (no fixed limit).
+    pub fn pool_instances(&self) -> Option<u32> {
+        (self.allocator == Allocator::Pooling).then_some(self.pool_instances)
     }
 
     /// Whether the engine meters fuel.

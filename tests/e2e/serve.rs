@@ -510,6 +510,22 @@ fn a_public_address_without_tls_is_refused_and_bad_bundles_stop_the_start() {
         .err()
         .expect("must refuse");
     assert!(log.contains(&format!("bundle {}", weak.display())), "{log}");
+    // More instances than the pooling allocator holds: refused at start,
+    // not a failed request later.
+    let small_pool = config_file(
+        &p,
+        "small-pool.toml",
+        "[engine]\nallocator = \"pooling\"\npool_instances = 4\n[requests]\nconcurrency = 2\n",
+    );
+    let small_pool = small_pool.display().to_string();
+    let log = Server::try_start(&serve_args(&p, &[&demo], &["--config", &small_pool]))
+        .err()
+        .expect("must refuse");
+    assert!(
+        log.contains("the models need up to 6 stage instances at once")
+            && log.contains("engine.pool_instances"),
+        "{log}"
+    );
     // --check verifies and loads, then exits.
     let mut args = serve_args(&p, &[&demo], &["--check", "--log-format", "json"]);
     args.insert(0, "serve".into());
@@ -738,6 +754,15 @@ fn deadlines_answer_504_and_the_next_request_is_served() {
     assert_eq!(reply.status, 504, "{reply:?}");
     assert!(reply.error().contains("deadline"), "{reply:?}");
     assert!(started.elapsed() < Duration::from_secs(30));
+    // The same over gRPC, as a status code.
+    let requests = json!([[{"name": "x", "datatype": "BYTES", "shape": [1], "data": ["go"]}]]);
+    let got = triton("grpc", &server.grpc, "slow", &requests, &[]);
+    let result = &got["results"][0];
+    assert_eq!(result["status"], "StatusCode.DEADLINE_EXCEEDED", "{result}");
+    assert!(
+        result["error"].as_str().unwrap().contains("deadline"),
+        "{result}"
+    );
     // A request may ask for less than the configured deadline (Triton's
     // timeout parameter, in microseconds).
     let mut asking = text_request("x", "go");

@@ -76,6 +76,7 @@ pub struct EngineFile {
     pub backend: Option<String>,
     pub onnxruntime_lib: Option<PathBuf>,
     pub onnxruntime_threads: Option<usize>,
+    pub pool_instances: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,6 +156,7 @@ pub struct Settings {
     pub backend: Option<String>,
     pub onnxruntime_lib: Option<PathBuf>,
     pub onnxruntime_threads: Option<usize>,
+    pub pool_instances: Option<u32>,
 }
 
 impl Settings {
@@ -355,6 +357,10 @@ impl Settings {
             onnxruntime_threads: flags
                 .onnxruntime_threads
                 .or(file.engine.onnxruntime_threads),
+            pool_instances: match file.engine.pool_instances {
+                Some(0) => bail!("{}: must be at least 1", key("engine.pool_instances")),
+                other => other,
+            },
             source,
         })
     }

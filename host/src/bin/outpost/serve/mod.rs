@@ -130,6 +130,9 @@ fn load(settings: &Settings, check: bool) -> Result<Vec<Arc<Served>>> {
             ),
         },
         fuel: settings.fuel,
+        pool_instances: settings
+            .pool_instances
+            .unwrap_or(EngineOptions::default().pool_instances),
         ..EngineOptions::default()
     };
     let backends = BackendOptions {
@@ -168,13 +171,6 @@ fn load(settings: &Settings, check: bool) -> Result<Vec<Arc<Served>>> {
             device
                 .accept(&verified, &crate::running_bundle(&verified, &pipeline))
                 .with_context(context)?;
-            // Pools sized before warming: warm fills what the pool keeps.
-            pipeline.set_pool_size(admission.concurrency);
-            if settings.warm {
-                pipeline
-                    .warm(admission.concurrency)
-                    .with_context(|| format!("{}: warming its stages", context()))?;
-            }
         }
         tracing::info!(
             model = %info.name,
@@ -188,6 +184,26 @@ fn load(settings: &Settings, check: bool) -> Result<Vec<Arc<Served>>> {
             pipeline,
             admission,
         )));
+    }
+    // With the pooling allocator, instances come from a fixed pool: every
+    // stage of every model may hold `concurrency` of them at once.
+    let needed: usize = served
+        .iter()
+        .map(|s| s.admission().concurrency * s.pipeline.stages().len())
+        .sum();
+    if let Some(pool) = host.runtime().pool_instances()
+        && needed > pool as usize
+    {
+        bail!(
+            "the models need up to {needed} stage instances at once (requests.concurrency x stages, summed), more than the instance pool's {pool}; raise engine.pool_instances, lower requests.concurrency, or use engine.allocator = \"on-demand\""
+        );
+    }
+    if settings.warm && !check {
+        for s in &served {
+            s.pipeline
+                .warm(s.admission().concurrency)
+                .with_context(|| format!("model '{}': warming its stages", s.name))?;
+        }
     }
     for name in settings.pipelines.keys() {
         if !served.iter().any(|s| &s.name == name) {
