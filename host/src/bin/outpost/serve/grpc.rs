@@ -215,25 +215,6 @@ impl GrpcApi {
         let mut raw = raw.into_iter();
         let mut inputs: Vec<outpost_host::Tensor> = Vec::with_capacity(r.inputs.len());
         for input in r.inputs {
-            if inputs.iter().any(|t| t.name == input.name) {
-                return Err(ApiError::bad_request(format!(
-                    "input '{}' is given twice",
-                    input.name
-                )));
-            }
-            let Some((_, spec)) = served.inputs.iter().find(|(n, _)| *n == input.name) else {
-                return Err(ApiError::bad_request(format!(
-                    "model '{}' has no input '{}'; it takes: {}",
-                    served.name,
-                    input.name,
-                    served
-                        .inputs
-                        .iter()
-                        .map(|(n, _)| n.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            };
             let data = match (raw.next(), input.contents) {
                 (Some(bytes), None) => WireData::Raw(bytes),
                 (None, Some(contents)) => raw_contents(&input.datatype, contents)?,
@@ -250,27 +231,22 @@ impl GrpcApi {
                     )));
                 }
             };
-            inputs.push(kserve::to_tensor(
+            served.add_input(
+                &mut inputs,
                 WireInput {
                     name: input.name,
                     datatype: input.datatype,
                     shape: input.shape,
                     data,
                 },
-                spec.as_ref(),
-            )?);
+            )?;
         }
         let wanted: Vec<String> = if r.outputs.is_empty() {
             served.outputs.iter().map(|(n, _)| n.clone()).collect()
         } else {
             let mut wanted = Vec::new();
             for o in r.outputs {
-                if !served.outputs.iter().any(|(n, _)| *n == o.name) {
-                    return Err(ApiError::bad_request(format!(
-                        "model '{}' has no output '{}'",
-                        served.name, o.name
-                    )));
-                }
+                served.check_output(&o.name)?;
                 wanted.push(o.name);
             }
             wanted

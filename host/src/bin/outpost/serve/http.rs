@@ -277,23 +277,6 @@ async fn infer_model(
     })?;
     let mut inputs = Vec::with_capacity(request.inputs.len());
     for input in request.inputs {
-        if inputs
-            .iter()
-            .any(|t: &outpost_host::Tensor| t.name == input.name)
-        {
-            return Err(ApiError::bad_request(format!(
-                "input '{}' is given twice",
-                input.name
-            )));
-        }
-        let Some((_, spec)) = served.inputs.iter().find(|(n, _)| *n == input.name) else {
-            return Err(ApiError::bad_request(format!(
-                "model '{}' has no input '{}'; it takes: {}",
-                served.name,
-                input.name,
-                names(&served.inputs)
-            )));
-        };
         let data = match (input.parameters.get("binary_data_size"), input.data) {
             (Some(size), None) => {
                 let size = size
@@ -330,15 +313,15 @@ async fn infer_model(
                 )));
             }
         };
-        inputs.push(kserve::to_tensor(
+        served.add_input(
+            &mut inputs,
             WireInput {
                 name: input.name,
                 datatype: input.datatype,
                 shape: input.shape,
                 data,
             },
-            spec.as_ref(),
-        )?);
+        )?;
     }
     if !binary.is_empty() {
         return Err(ApiError::bad_request(format!(
@@ -351,14 +334,7 @@ async fn infer_model(
         Some(list) => {
             let mut wanted = Vec::with_capacity(list.len());
             for output in list {
-                if !served.outputs.iter().any(|(n, _)| *n == output.name) {
-                    return Err(ApiError::bad_request(format!(
-                        "model '{}' has no output '{}'; it gives: {}",
-                        served.name,
-                        output.name,
-                        names(&served.outputs)
-                    )));
-                }
+                served.check_output(&output.name)?;
                 let binary = match output.parameters.get("binary_data") {
                     Some(_) => flag(&output.parameters, "binary_data")?,
                     None => all_binary,
@@ -450,12 +426,4 @@ fn flag(parameters: &Map<String, Value>, key: &str) -> Result<bool, ApiError> {
             "parameter {key} must be true or false, not {other}"
         ))),
     }
-}
-
-fn names(tensors: &[(String, Option<outpost_host::TensorSpec>)]) -> String {
-    tensors
-        .iter()
-        .map(|(n, _)| n.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
 }

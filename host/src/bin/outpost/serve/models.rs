@@ -5,6 +5,7 @@
 
 use super::config::Admission;
 use super::error::{ApiError, Class};
+use super::kserve::{self, WireInput};
 use super::metrics::{FailureLabels, Metrics, PipelineLabel, StageLabels};
 use outpost_host::{Pipeline, Tensor, TensorSpec};
 use std::sync::Arc;
@@ -93,6 +94,39 @@ impl Served {
     /// Requests running.
     pub fn running(&self) -> usize {
         self.running.load(Ordering::Relaxed)
+    }
+
+    /// Checks a request tensor against this model's inputs (known, not
+    /// given twice, the declared type and shape) and adds it to `inputs`.
+    pub fn add_input(&self, inputs: &mut Vec<Tensor>, input: WireInput) -> Result<(), ApiError> {
+        if inputs.iter().any(|t| t.name == input.name) {
+            return Err(ApiError::bad_request(format!(
+                "input '{}' is given twice",
+                input.name
+            )));
+        }
+        let Some((_, spec)) = self.inputs.iter().find(|(n, _)| *n == input.name) else {
+            return Err(ApiError::bad_request(format!(
+                "model '{}' has no input '{}'; it takes: {}",
+                self.name,
+                input.name,
+                names(&self.inputs)
+            )));
+        };
+        inputs.push(kserve::to_tensor(input, spec.as_ref())?);
+        Ok(())
+    }
+
+    /// Checks that a request asks for an output the model gives.
+    pub fn check_output(&self, name: &str) -> Result<(), ApiError> {
+        if self.outputs.iter().any(|(n, _)| n == name) {
+            return Ok(());
+        }
+        Err(ApiError::bad_request(format!(
+            "model '{}' has no output '{name}'; it gives: {}",
+            self.name,
+            names(&self.outputs)
+        )))
     }
 
     /// Checks a version named in a request path.
@@ -351,6 +385,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         .zip(y.iter())
         .fold(0u8, |acc, (p, q)| acc | (p ^ q))
         == 0
+}
+
+/// `a, b, c`: the names of tensors, for messages.
+pub fn names(tensors: &[(String, Option<TensorSpec>)]) -> String {
+    tensors
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
