@@ -240,11 +240,26 @@ pub fn encode_hex(bytes: &[u8]) -> String {
 
 /// Decodes lowercase or uppercase hex.
 pub fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) || !text.is_ascii() {
+    // Every character a hex digit: `from_str_radix` alone would accept a sign.
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
     (0..text.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_hex_takes_only_hex_digits() {
+        assert_eq!(decode_hex("00ffA0"), Some(vec![0, 255, 160]));
+        // A sign is accepted by `u8::from_str_radix`; here it must not be.
+        for bad in ["+f", "-1", "0", "zz", "é0", " 0"] {
+            assert_eq!(decode_hex(bad), None, "{bad:?}");
+        }
+    }
 }
