@@ -326,6 +326,21 @@ impl DeviceState {
         Ok((verified, provenance, staging))
     }
 
+    /// The checks [`DeviceState::open_verified`] makes after the signatures
+    /// (provenance and grants against `policy`, the version against what
+    /// this device accepted), for a bundle verified elsewhere (the update
+    /// agent checks a bundle's head before fetching its blobs).
+    pub fn check_candidate(
+        &self,
+        verified: &VerifiedBundle,
+        policy: &DevicePolicy,
+    ) -> Result<Option<CheckedProvenance>> {
+        let provenance = policy.provenance_policy().check(verified)?;
+        policy.check_grants(verified.manifest())?;
+        self.versions().check(verified)?;
+        Ok(provenance)
+    }
+
     fn versions(&self) -> VersionStore {
         VersionStore::new(&self.dir.join(ACCEPTED_DIR))
     }

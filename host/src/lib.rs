@@ -21,6 +21,7 @@ pub mod compat;
 pub mod device;
 pub mod engine;
 pub mod error;
+pub mod fleet;
 pub mod nn;
 pub mod pipeline;
 pub mod policy;

@@ -66,7 +66,7 @@ impl Loader<'_> {
             }
             Source::Bundle(bundle) => {
                 let digest = relative.to_string_lossy();
-                if let Some(entry) = bundle.manifest().blobs.get(digest.as_ref())
+                if let Some(entry) = bundle.manifest().blobs.get::<str>(&digest)
                     && kind != BlobKind::File
                     && entry.kind != kind
                 {

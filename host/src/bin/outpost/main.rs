@@ -1,5 +1,6 @@
 //! `outpost`: the command-line face of the Outpost host.
 
+mod fleet;
 mod report;
 mod requests;
 mod serve;
@@ -252,6 +253,45 @@ enum Command {
         state_dir: Option<PathBuf>,
     },
 
+    /// Fleet repositories: make one, point groups at bundles, re-sign.
+    Fleet {
+        #[command(subcommand)]
+        command: fleet::FleetCommand,
+    },
+    /// Add a signed bundle to a fleet repository: its blobs (those the
+    /// repository lacks) and its head, checked against --trust first.
+    Publish {
+        /// The bundle (directory or archive).
+        bundle: PathBuf,
+        #[command(flatten)]
+        repo: fleet::RepoArgs,
+        /// The publishers' trust root(s), oldest first.
+        #[arg(long)]
+        trust: Vec<PathBuf>,
+        /// State directory used while checking the bundle.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Check the fleet repository once and install this group's version if
+    /// it is not what the device runs: fetch what is missing, verify at both
+    /// layers, load, then make it current. Prints a JSON report.
+    Update {
+        /// One check, then exit (the service checks on its own).
+        #[arg(long, required = true)]
+        once: bool,
+        #[command(flatten)]
+        args: fleet::UpdateArgs,
+        /// Compile every component afresh instead of using the precompiled cache.
+        #[arg(long)]
+        no_cache: bool,
+    },
+    /// Show what this device runs from its fleet, and what it ran before.
+    Status {
+        /// Device state directory.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+
     /// Run a wasi-nn program built for wasm32-wasip1 (the witx `wasi_ephemeral_nn`
     /// ABI) against preloaded models, which it loads by name.
     ///
@@ -470,6 +510,34 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 onnxruntime_threads: backends.onnxruntime_threads,
             };
             serve::run(flags, check)
+        }
+        Command::Fleet { command } => fleet::fleet(command).map(|()| ExitCode::SUCCESS),
+        Command::Publish {
+            bundle,
+            repo,
+            trust,
+            state_dir,
+        } => fleet::publish(
+            &bundle,
+            &repo,
+            &trust,
+            &trust::state_dir(state_dir.as_deref()),
+        )
+        .map(|()| ExitCode::SUCCESS),
+        Command::Update {
+            once: _,
+            args,
+            no_cache,
+        } => {
+            let mut host = host()?;
+            if !no_cache {
+                let device = DeviceState::open(&args.state_dir())?;
+                host = host.with_component_cache(&device.cache_dir(), device.cache_key()?);
+            }
+            fleet::update(&args, host).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Status { state_dir } => {
+            fleet::status(&trust::state_dir(state_dir.as_deref())).map(|()| ExitCode::SUCCESS)
         }
         Command::Inspect { pipeline, source } => {
             let host = cached(host()?, &source)?;

@@ -1,0 +1,263 @@
+//! `outpost fleet ...`, `outpost publish`, `outpost update` and `outpost
+//! status`: the fleet operator's commands and the device's update check.
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use outpost_host::Host;
+use outpost_host::device::DeviceState;
+use outpost_host::fleet::{
+    FleetKeys, Lifetimes, Publisher, RoleName, UpdateOutcome, Updater, UpdaterOptions,
+};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The repository and key folders of a fleet operator.
+#[derive(Args)]
+pub struct RepoArgs {
+    /// The fleet repository folder (what a web server publishes).
+    #[arg(long)]
+    repo: PathBuf,
+    /// The folder of role keys (root, targets, snapshot, timestamp; kept
+    /// apart from the repository).
+    #[arg(long)]
+    keys: PathBuf,
+    /// How long a newly signed timestamp stays valid, e.g. 90s, 12h, 1d.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    timestamp_lifetime: Option<Duration>,
+    /// How long newly signed snapshot metadata stays valid.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    snapshot_lifetime: Option<Duration>,
+    /// How long newly signed targets metadata stays valid.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    targets_lifetime: Option<Duration>,
+}
+
+impl RepoArgs {
+    fn publisher(&self) -> Result<Publisher> {
+        let repo = std::path::absolute(&self.repo)
+            .with_context(|| format!("repository {}", self.repo.display()))?;
+        let mut publisher = Publisher::new(&repo, FleetKeys::open(&self.keys));
+        let defaults = Lifetimes::default();
+        publisher.lifetimes = Lifetimes {
+            root: defaults.root,
+            targets: self.targets_lifetime.unwrap_or(defaults.targets),
+            snapshot: self.snapshot_lifetime.unwrap_or(defaults.snapshot),
+            timestamp: self.timestamp_lifetime.unwrap_or(defaults.timestamp),
+        };
+        Ok(publisher)
+    }
+}
+
+/// `90s`, `15m`, `12h`, `7d`, or plain seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration; use e.g. 90s, 15m, 12h or 7d"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("'{text}': unknown unit '{unit}'; use s, m, h or d")),
+    };
+    n.checked_mul(scale)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("'{text}' is too long"))
+}
+
+/// `outpost fleet ...`.
+#[derive(Subcommand)]
+pub enum FleetCommand {
+    /// Make a fleet repository: role keys (unless --keys has them), root
+    /// metadata version 1, empty targets. Devices are installed with
+    /// REPO/metadata/1.root.json as their fleet root.
+    Init {
+        #[command(flatten)]
+        repo: RepoArgs,
+    },
+    /// Point a device group at a published bundle version.
+    Set {
+        /// The group (a-z 0-9 . _ -).
+        group: String,
+        /// The bundle's name.
+        name: String,
+        /// Its version.
+        version: u64,
+        #[command(flatten)]
+        repo: RepoArgs,
+    },
+    /// Re-sign the timestamp (with the timestamp key only) so devices keep
+    /// trusting the repository; run it from a timer well within the
+    /// timestamp's lifetime.
+    Refresh {
+        /// Re-sign the snapshot (and targets) too.
+        #[arg(long)]
+        snapshot: bool,
+        #[command(flatten)]
+        repo: RepoArgs,
+    },
+    /// Replace one role's key: a new key file (the old kept as .pk8.old)
+    /// and root metadata N+1 signed by the old and new root keys.
+    Rotate {
+        /// The role: root, targets, snapshot or timestamp.
+        #[arg(value_parser = ["root", "targets", "snapshot", "timestamp"])]
+        role: String,
+        #[command(flatten)]
+        repo: RepoArgs,
+    },
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Runs `outpost fleet ...`.
+pub fn fleet(command: FleetCommand) -> Result<()> {
+    let rt = runtime()?;
+    match command {
+        FleetCommand::Init { repo } => {
+            let root = rt.block_on(repo.publisher()?.init())?;
+            println!(
+                "fleet repository {} made; keys in {}; install devices with {} as their fleet root",
+                repo.repo.display(),
+                repo.keys.display(),
+                root.display()
+            );
+        }
+        FleetCommand::Set {
+            group,
+            name,
+            version,
+            repo,
+        } => {
+            let assignment = rt.block_on(repo.publisher()?.set(&group, &name, version))?;
+            println!(
+                "group '{group}' -> {} version {} (manifest {})",
+                assignment.bundle, assignment.version, assignment.manifest_digest
+            );
+        }
+        FleetCommand::Refresh { snapshot, repo } => {
+            let version = rt.block_on(repo.publisher()?.refresh(snapshot))?;
+            println!("timestamp version {version} signed");
+        }
+        FleetCommand::Rotate { role, repo } => {
+            let role = match role.as_str() {
+                "root" => RoleName::Root,
+                "targets" => RoleName::Targets,
+                "snapshot" => RoleName::Snapshot,
+                _ => RoleName::Timestamp,
+            };
+            let version = rt.block_on(repo.publisher()?.rotate(role))?;
+            println!("root metadata version {version} signed");
+        }
+    }
+    Ok(())
+}
+
+/// Runs `outpost publish BUNDLE`.
+pub fn publish(bundle: &Path, repo: &RepoArgs, trust: &[PathBuf], state: &Path) -> Result<()> {
+    if trust.is_empty() {
+        bail!(
+            "outpost publish needs --trust ROOT.json: the bundle is checked against the publishers' trust root before devices are pointed at it"
+        );
+    }
+    let device = DeviceState::open(state)?;
+    let root = device.trust_root(trust)?;
+    let published = runtime()?.block_on(repo.publisher()?.publish(bundle, &root))?;
+    println!(
+        "published {} version {} (manifest {}): {} blobs added, {} already there; point a group at it with: outpost fleet set GROUP {} {}",
+        published.bundle,
+        published.version,
+        published.manifest_digest,
+        published.blobs_added,
+        published.blobs_present,
+        published.bundle,
+        published.version
+    );
+    Ok(())
+}
+
+/// Where a device follows its fleet.
+#[derive(Args)]
+pub struct UpdateArgs {
+    /// The repository: http://HOST[:PORT]/PATH, file:///PATH or a folder.
+    #[arg(long)]
+    repo: String,
+    /// This device's group.
+    #[arg(long)]
+    group: String,
+    /// The fleet root metadata the device was installed with.
+    #[arg(long)]
+    fleet_root: PathBuf,
+    /// The publishers' trust root(s), oldest first.
+    #[arg(long)]
+    trust: Vec<PathBuf>,
+    /// Device state directory.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Device policy (TOML).
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// A read that brings no byte for this long fails.
+    #[arg(long, value_parser = parse_duration, default_value = "30s", value_name = "DURATION")]
+    stall: Duration,
+}
+
+impl UpdateArgs {
+    /// The device state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        crate::trust::state_dir(self.state_dir.as_deref())
+    }
+}
+
+/// Runs `outpost update --once`: one check; when the group's version is not
+/// what runs, install it, load it (every stage compiled and instantiated),
+/// record it as accepted and make it current. Prints a JSON report.
+pub fn update(args: &UpdateArgs, host: Host) -> Result<()> {
+    let state = args.state_dir();
+    let device = DeviceState::open(&state)?;
+    let policy = crate::trust::policy(args.policy.as_deref())?;
+    let updater = Updater::new(
+        &state,
+        UpdaterOptions {
+            repo: args.repo.clone(),
+            group: args.group.clone(),
+            fleet_root: args.fleet_root.clone(),
+            trust: args.trust.clone(),
+            stall: args.stall,
+        },
+    )?;
+    let report = runtime()?.block_on(updater.check(&device, &policy))?;
+    if let UpdateOutcome::Staged { dir } = &report.outcome {
+        let (verified, _provenance, _staging) = device
+            .open_verified(dir, &args.trust, &policy)
+            .with_context(|| format!("installed bundle {}", dir.display()))?;
+        let pipeline = host
+            .load_bundle(&verified)
+            .with_context(|| format!("loading {}", dir.display()))?;
+        device.accept(&verified, &crate::running_bundle(&verified, &pipeline))?;
+        updater.activate(outpost_host::fleet::agent::installed_of(&verified))?;
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).context("writing the report")?
+    );
+    Ok(())
+}
+
+/// Runs `outpost status`: what the device runs from its fleet.
+pub fn status(state: &Path) -> Result<()> {
+    let updater_state = outpost_host::fleet::agent::read_current(state)?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&updater_state).context("writing the status")?
+    );
+    Ok(())
+}

@@ -1,0 +1,681 @@
+//! The device's side: follow the fleet repository for this device's group,
+//! fetch what is assigned (only the blobs the device lacks), verify it at
+//! both layers, and install it beside what runs, ready to swap.
+//!
+//! ```text
+//! STATE/fleet/tuf/                    TUF metadata trusted so far (tough's datastore)
+//! STATE/fleet/blobs/<hex>             content-addressed blobs, each checked before it is named
+//! STATE/fleet/blobs/<hex>.partial     a download in progress (resumed with HTTP Range)
+//! STATE/fleet/bundles/NAME-VERSION/   installed bundles (blobs hard-linked from the store)
+//! STATE/fleet/bundles/.stage-PID-N/   a bundle being assembled (removed when its process is gone)
+//! STATE/fleet/current.json            what the device runs from the fleet, and what it ran before
+//! ```
+//!
+//! Nothing is named before it is checked: TUF metadata by tough (signature
+//! thresholds, versions, expiry, sizes, hashes); the assignment's manifest by
+//! its digest; the bundle by the publishers' signatures, the device policy
+//! and its accepted versions, all before a single blob is fetched; each blob
+//! by its size (a longer body is cut off and refused) and digest (while it
+//! is written). A bundle folder appears by one rename, `current.json` by
+//! another, so a crash at any point leaves the device on the old version or
+//! the new, never on a mix.
+
+use super::transport::{Fetcher, TufTransport};
+use super::{Assignment, BLOBS_DIR, FleetError, MAX_ASSIGNMENT_BYTES, check_group, group_target};
+use crate::device::DeviceState;
+use crate::policy::DevicePolicy;
+use futures_util::StreamExt;
+use outpost_signing::bundle::{
+    BLOB_DIR, Bundle, MANIFEST_FILE, MAX_SIGNATURES_BYTES, PROVENANCE_FILE, SIGNATURES_FILE,
+    VerifiedBundle,
+};
+use outpost_signing::durable::{sync_dir, write_atomic};
+use outpost_signing::manifest::MAX_MANIFEST_BYTES;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tough::{ExpirationEnforcement, IntoVec, RepositoryLoader, TargetName};
+use url::Url;
+
+const FLEET_DIR: &str = "fleet";
+const TUF_DIR: &str = "tuf";
+const BUNDLES_DIR: &str = "bundles";
+const CURRENT_FILE: &str = "current.json";
+const PARTIAL_SUFFIX: &str = ".partial";
+
+/// Where and how a device follows its fleet.
+#[derive(Clone, Debug)]
+pub struct UpdaterOptions {
+    /// The repository: `http://HOST/PATH`, `file:///PATH` or a local path.
+    pub repo: String,
+    /// This device's group.
+    pub group: String,
+    /// The fleet root metadata the device was installed with (a
+    /// `N.root.json`); the device moves forward from it, one signed
+    /// rotation at a time, and keeps the newest it verified.
+    pub fleet_root: PathBuf,
+    /// The publishers' trust roots (as `--trust`).
+    pub trust: Vec<PathBuf>,
+    /// A read that brings no byte for this long fails.
+    pub stall: Duration,
+}
+
+/// One installed version: what `current.json` records.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Installed {
+    /// The bundle's name.
+    pub bundle: String,
+    /// Its version.
+    pub version: u64,
+    /// Its manifest digest.
+    pub manifest_digest: String,
+    /// Its folder, relative to `STATE/fleet/bundles`.
+    pub dir: String,
+}
+
+/// `current.json`: what runs, and what ran before (for rollback).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Current {
+    /// What runs.
+    pub current: Option<Installed>,
+    /// What ran before it.
+    pub previous: Option<Installed>,
+}
+
+/// What one update check did.
+#[derive(Clone, Debug, Serialize)]
+pub struct UpdateReport {
+    /// The group's assignment.
+    pub assignment: Assignment,
+    /// What happened.
+    pub outcome: UpdateOutcome,
+    /// Bytes downloaded for blobs (metadata and bundle heads not counted).
+    pub blob_bytes_fetched: u64,
+    /// Blobs downloaded.
+    pub blobs_fetched: usize,
+    /// Blobs the device had already.
+    pub blobs_reused: usize,
+    /// Downloads that resumed a partial file.
+    pub resumed: usize,
+    /// When the fleet metadata next expires (RFC 3339).
+    pub metadata_expires: String,
+}
+
+/// What an update check found.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateOutcome {
+    /// The device runs the assigned version already.
+    UpToDate,
+    /// The assigned version is installed, verified, and waits to be loaded
+    /// and activated.
+    Staged {
+        /// The installed bundle's folder.
+        dir: PathBuf,
+    },
+}
+
+/// Follows one fleet repository for one device.
+pub struct Updater {
+    options: UpdaterOptions,
+    state: PathBuf,
+    fetcher: Fetcher,
+}
+
+fn repo_url(repo: &str) -> Result<Url, FleetError> {
+    let bad = |problem: String| FleetError::Fetch {
+        url: repo.to_owned(),
+        problem,
+    };
+    let mut url = if repo.starts_with("http://") || repo.starts_with("file://") {
+        Url::parse(repo).map_err(|e| bad(format!("not a URL: {e}")))?
+    } else if repo.starts_with("https://") {
+        return Err(bad(
+            "https:// is not supported yet; serve the repository over http:// (its metadata and blobs are signed and digest-checked) or mount it and give a path".into(),
+        ));
+    } else {
+        let path = std::path::absolute(repo).map_err(|e| bad(e.to_string()))?;
+        Url::from_directory_path(&path).map_err(|()| bad("not a usable path".into()))?
+    };
+    if !url.path().ends_with('/') {
+        url.set_path(&format!("{}/", url.path()));
+    }
+    Ok(url)
+}
+
+impl Updater {
+    /// An updater for the device whose state is in `state`.
+    pub fn new(state: &Path, options: UpdaterOptions) -> Result<Self, FleetError> {
+        check_group(&options.group)?;
+        repo_url(&options.repo)?;
+        Ok(Self {
+            fetcher: Fetcher::new(options.stall),
+            options,
+            state: state.to_owned(),
+        })
+    }
+
+    fn fleet_dir(&self) -> PathBuf {
+        self.state.join(FLEET_DIR)
+    }
+
+    fn bundles_dir(&self) -> PathBuf {
+        self.fleet_dir().join(BUNDLES_DIR)
+    }
+
+    fn blob_store(&self) -> PathBuf {
+        self.fleet_dir().join(BLOBS_DIR)
+    }
+
+    /// What `current.json` says.
+    pub fn current(&self) -> Result<Current, FleetError> {
+        read_current(&self.state)
+    }
+
+    /// The folder of an installed version.
+    pub fn installed_dir(&self, installed: &Installed) -> PathBuf {
+        self.bundles_dir().join(&installed.dir)
+    }
+
+    /// Records `installed` as what runs (and what ran as previous), by one
+    /// atomic write.
+    pub fn activate(&self, installed: Installed) -> Result<(), FleetError> {
+        let mut current = self.current()?;
+        if current.current.as_ref() != Some(&installed) {
+            current.previous = current.current.take();
+            current.current = Some(installed);
+        }
+        let path = self.fleet_dir().join(CURRENT_FILE);
+        let json = serde_json::to_vec_pretty(&current).map_err(|e| FleetError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        write_atomic(&path, &json, 0o644)?;
+        self.collect_garbage(&current)?;
+        Ok(())
+    }
+
+    /// Removes installed versions other than the current and previous ones,
+    /// and blobs no installed version uses.
+    fn collect_garbage(&self, current: &Current) -> Result<(), FleetError> {
+        let keep: Vec<&str> = [&current.current, &current.previous]
+            .into_iter()
+            .flatten()
+            .map(|i| i.dir.as_str())
+            .collect();
+        let bundles = self.bundles_dir();
+        let mut used = std::collections::BTreeSet::new();
+        for entry in std::fs::read_dir(&bundles).map_err(FleetError::io(&bundles))? {
+            let entry = entry.map_err(FleetError::io(&bundles))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue; // staging, handled by `clean_stale_staging`
+            }
+            if keep.contains(&name.as_str()) {
+                let blobs = entry.path().join(BLOB_DIR);
+                if let Ok(entries) = std::fs::read_dir(&blobs) {
+                    for blob in entries.flatten() {
+                        used.insert(blob.file_name().to_string_lossy().into_owned());
+                    }
+                }
+            } else {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let store = self.blob_store();
+        for entry in std::fs::read_dir(&store).map_err(FleetError::io(&store))? {
+            let entry = entry.map_err(FleetError::io(&store))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(PARTIAL_SUFFIX) && !used.contains(&name) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    fn prepare_dirs(&self) -> Result<(), FleetError> {
+        for dir in [
+            self.fleet_dir().join(TUF_DIR),
+            self.blob_store(),
+            self.bundles_dir(),
+        ] {
+            std::fs::create_dir_all(&dir).map_err(FleetError::io(&dir))?;
+        }
+        self.clean_stale_staging()
+    }
+
+    /// Removes staging folders of processes that are gone.
+    fn clean_stale_staging(&self) -> Result<(), FleetError> {
+        let bundles = self.bundles_dir();
+        for entry in std::fs::read_dir(&bundles).map_err(FleetError::io(&bundles))? {
+            let entry = entry.map_err(FleetError::io(&bundles))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(".stage-") else {
+                continue;
+            };
+            let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+            let alive = pid.is_some_and(|pid| {
+                pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()
+            });
+            if !alive {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// The fleet root to start from: the newest this device verified, else
+    /// the one it was installed with.
+    fn trusted_root(&self) -> Result<Vec<u8>, FleetError> {
+        let kept = self.fleet_dir().join(TUF_DIR).join("root.json");
+        if let Ok(bytes) = std::fs::read(&kept)
+            && serde_json::from_slice::<serde_json::Value>(&bytes).is_ok()
+        {
+            return Ok(bytes);
+        }
+        let path = &self.options.fleet_root;
+        std::fs::read(path).map_err(|e| FleetError::Io {
+            path: path.clone(),
+            source: std::io::Error::new(
+                e.kind(),
+                format!("the fleet root (updates.fleet_root) cannot be read: {e}"),
+            ),
+        })
+    }
+
+    async fn load(&self) -> Result<tough::Repository, FleetError> {
+        let base = repo_url(&self.options.repo)?;
+        let join = |dir: &str| {
+            base.join(&format!("{dir}/"))
+                .map_err(|e| FleetError::Fetch {
+                    url: base.to_string(),
+                    problem: e.to_string(),
+                })
+        };
+        let root = self.trusted_root()?;
+        let repo = self.options.repo.clone();
+        RepositoryLoader::new(&root, join(super::METADATA_DIR)?, join(super::TARGETS_DIR)?)
+            .transport(TufTransport(self.fetcher.clone()))
+            .datastore(self.fleet_dir().join(TUF_DIR))
+            .expiration_enforcement(ExpirationEnforcement::Safe)
+            .load()
+            .await
+            .map_err(|source| match source {
+                tough::error::Error::ExpiredMetadata { role, .. } => FleetError::Expired {
+                    repo,
+                    role: role.to_string(),
+                },
+                source => FleetError::Tuf {
+                    repo,
+                    source: Box::new(source),
+                },
+            })
+    }
+
+    async fn read_target(
+        &self,
+        repo: &tough::Repository,
+        name: &str,
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>, FleetError> {
+        let target_error = |problem: String| FleetError::Target {
+            repo: self.options.repo.clone(),
+            target: name.to_owned(),
+            problem,
+        };
+        let target_name =
+            TargetName::new(name).map_err(|e| target_error(format!("not a target name: {e}")))?;
+        let Some(target) = repo.targets().signed.targets.get(&target_name) else {
+            return Ok(None);
+        };
+        if target.length > limit {
+            return Err(target_error(format!(
+                "listed as {} bytes, more than the {limit} a device reads",
+                target.length
+            )));
+        }
+        let stream = repo
+            .read_target(&target_name)
+            .await
+            .map_err(|e| target_error(e.to_string()))?
+            .ok_or_else(|| target_error("listed but not readable".into()))?;
+        // tough checks the length and sha256 against the signed metadata as
+        // the bytes arrive.
+        let bytes = stream
+            .into_vec()
+            .await
+            .map_err(|e| target_error(e.to_string()))?;
+        Ok(Some(bytes))
+    }
+
+    /// Checks the fleet for this group's assignment and, when it is not what
+    /// runs, installs it: head, publisher signatures, policy and version,
+    /// then the missing blobs. Loading it and activating it is the caller's
+    /// job ([`Updater::activate`]), after the bundle loaded and passed its
+    /// checks.
+    pub async fn check(
+        &self,
+        device: &DeviceState,
+        policy: &DevicePolicy,
+    ) -> Result<UpdateReport, FleetError> {
+        self.prepare_dirs()?;
+        let repo = self.load().await?;
+        let expires = [
+            repo.root().signed.expires,
+            repo.timestamp().signed.expires,
+            repo.snapshot().signed.expires,
+            repo.targets().signed.expires,
+        ]
+        .into_iter()
+        .min()
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+        let group = &self.options.group;
+        let target = group_target(group);
+        let bytes = self
+            .read_target(&repo, &target, MAX_ASSIGNMENT_BYTES)
+            .await?
+            .ok_or_else(|| FleetError::NoAssignment {
+                repo: self.options.repo.clone(),
+                group: group.clone(),
+            })?;
+        let assignment: Assignment =
+            serde_json::from_slice(&bytes).map_err(|e| FleetError::Target {
+                repo: self.options.repo.clone(),
+                target: target.clone(),
+                problem: format!("not an assignment: {e}"),
+            })?;
+        let mut report = UpdateReport {
+            assignment: assignment.clone(),
+            outcome: UpdateOutcome::UpToDate,
+            blob_bytes_fetched: 0,
+            blobs_fetched: 0,
+            blobs_reused: 0,
+            resumed: 0,
+            metadata_expires: expires,
+        };
+        let installed = installed(&assignment);
+        if self.current()?.current.as_ref() == Some(&installed) {
+            return Ok(report);
+        }
+        let mismatch = |problem: String| FleetError::Mismatch {
+            group: group.clone(),
+            problem,
+        };
+        let refused = |source| FleetError::Refused {
+            bundle: assignment.bundle.clone(),
+            version: assignment.version,
+            group: group.clone(),
+            source: Box::new(source),
+        };
+        // The name becomes a folder name: it must be a bundle name.
+        if super::check_name("bundle", &assignment.bundle).is_err() {
+            return Err(mismatch(format!(
+                "'{}' is not a bundle name",
+                assignment.bundle.chars().take(80).collect::<String>()
+            )));
+        }
+
+        // The head, into a staging folder of this process.
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let stage = self.bundles_dir().join(format!(
+            ".stage-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&stage);
+        std::fs::create_dir_all(stage.join(BLOB_DIR)).map_err(FleetError::io(&stage))?;
+        let cleanup = RemoveDir(Some(stage.clone()));
+        for (file, target) in &assignment.head {
+            let limit = match file.as_str() {
+                MANIFEST_FILE => MAX_MANIFEST_BYTES as u64,
+                SIGNATURES_FILE => MAX_SIGNATURES_BYTES,
+                PROVENANCE_FILE => outpost_signing::dsse::MAX_ENVELOPE_BYTES as u64,
+                other => {
+                    return Err(mismatch(format!(
+                        "its head names '{}', which is not a file of a bundle head",
+                        other.chars().take(80).collect::<String>()
+                    )));
+                }
+            };
+            let bytes = self
+                .read_target(&repo, target, limit)
+                .await?
+                .ok_or_else(|| FleetError::Target {
+                    repo: self.options.repo.clone(),
+                    target: target.clone(),
+                    problem: "the assignment names it but the targets metadata does not list it"
+                        .into(),
+                })?;
+            if file == MANIFEST_FILE {
+                let digest = outpost_signing::Digest::of(&bytes).to_string();
+                if digest != assignment.manifest_digest {
+                    return Err(mismatch(format!(
+                        "the manifest's digest is {digest}, the assignment says {}",
+                        assignment.manifest_digest
+                    )));
+                }
+            }
+            write_atomic(&stage.join(file), &bytes, 0o644)?;
+        }
+        if !stage.join(MANIFEST_FILE).exists() {
+            return Err(mismatch("its head has no manifest.toml".into()));
+        }
+
+        // Publisher layer, policy and version: before any blob moves.
+        let root = device.trust_root(&self.options.trust).map_err(refused)?;
+        let verified = Bundle::open_dir(&stage)
+            .and_then(|b| b.verify(&root))
+            .map_err(|e| refused(crate::device::DeviceError::Trust(e)))?;
+        let info = &verified.manifest().bundle;
+        if info.name != assignment.bundle || info.version != assignment.version {
+            return Err(mismatch(format!(
+                "the manifest is {} version {}, the assignment says {} version {}",
+                info.name, info.version, assignment.bundle, assignment.version
+            )));
+        }
+        device.check_candidate(&verified, policy).map_err(refused)?;
+
+        // Blobs: only those the store lacks, each checked while written.
+        let base = repo_url(&self.options.repo)?;
+        for (digest, entry) in &verified.manifest().blobs {
+            let hex = digest.trim_start_matches("sha256:");
+            let stored = self.blob_store().join(hex);
+            if std::fs::metadata(&stored).is_ok_and(|m| m.len() == entry.size) {
+                report.blobs_reused += 1;
+            } else {
+                let url =
+                    base.join(&format!("{BLOBS_DIR}/{hex}"))
+                        .map_err(|e| FleetError::Fetch {
+                            url: base.to_string(),
+                            problem: e.to_string(),
+                        })?;
+                let (bytes, resumed) = self.download(&url, digest, entry.size, &stored).await?;
+                report.blob_bytes_fetched += bytes;
+                report.blobs_fetched += 1;
+                report.resumed += usize::from(resumed);
+            }
+            link_or_copy(&stored, &stage.join(BLOB_DIR).join(hex))?;
+        }
+        sync_dir(&stage.join(BLOB_DIR))?;
+        verified
+            .check_all_blobs()
+            .map_err(|e| refused(crate::device::DeviceError::Trust(e)))?;
+
+        // Installed by one rename.
+        let dir = self.bundles_dir().join(&installed.dir);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(FleetError::io(&dir))?;
+        }
+        std::fs::rename(&stage, &dir).map_err(FleetError::io(&dir))?;
+        cleanup.disarm();
+        sync_dir(&self.bundles_dir())?;
+        report.outcome = UpdateOutcome::Staged { dir };
+        Ok(report)
+    }
+
+    /// Downloads one blob into the store: resumes a `.partial` file with a
+    /// Range request, refuses more bytes than the manifest's size, checks
+    /// the digest, then names it. Returns the bytes moved and whether it
+    /// resumed.
+    async fn download(
+        &self,
+        url: &Url,
+        digest: &str,
+        size: u64,
+        stored: &Path,
+    ) -> Result<(u64, bool), FleetError> {
+        let blob_error = |problem: String| FleetError::Blob {
+            digest: digest.to_owned(),
+            url: url.to_string(),
+            problem,
+        };
+        let partial = stored.with_file_name(format!(
+            "{}{PARTIAL_SUFFIX}",
+            stored
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ));
+        // What is there already, hashed again: the file is ours but a crash
+        // may have left any prefix of it.
+        let mut hasher = Sha256::new();
+        let mut have = 0u64;
+        if let Ok(bytes) = std::fs::read(&partial) {
+            if bytes.len() as u64 <= size {
+                hasher.update(&bytes);
+                have = bytes.len() as u64;
+            } else {
+                let _ = std::fs::remove_file(&partial);
+            }
+        }
+        let fetched = self
+            .fetcher
+            .get(url, have)
+            .await
+            .map_err(|e| blob_error(e.problem))?;
+        let resumed = have > 0 && fetched.from_offset;
+        if have > 0 && !fetched.from_offset {
+            // The server sent the whole file: start again.
+            hasher = Sha256::new();
+            have = 0;
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(have == 0)
+            .append(have > 0)
+            .open(&partial)
+            .map_err(FleetError::io(&partial))?;
+        let mut moved = 0u64;
+        let mut body = fetched.body;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| blob_error(e.problem))?;
+            if have + chunk.len() as u64 > size {
+                drop(file);
+                let _ = std::fs::remove_file(&partial);
+                return Err(blob_error(format!(
+                    "the server sent more than the {size} bytes the signed manifest lists; refused"
+                )));
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).map_err(FleetError::io(&partial))?;
+            have += chunk.len() as u64;
+            moved += chunk.len() as u64;
+        }
+        if have < size {
+            return Err(blob_error(format!(
+                "the download ended after {have} of {size} bytes; it resumes on the next check"
+            )));
+        }
+        let got = format!("sha256:{}", hex(&hasher.finalize()));
+        if got != digest {
+            drop(file);
+            let _ = std::fs::remove_file(&partial);
+            return Err(blob_error(format!(
+                "its bytes hash to {got}, not to the digest the signed manifest lists; refused"
+            )));
+        }
+        file.sync_all().map_err(FleetError::io(&partial))?;
+        drop(file);
+        std::fs::rename(&partial, stored).map_err(FleetError::io(stored))?;
+        if let Some(dir) = stored.parent() {
+            sync_dir(dir)?;
+        }
+        Ok((moved, resumed))
+    }
+}
+
+/// What `STATE/fleet/current.json` says (nothing installed from a fleet
+/// yet: both empty).
+pub fn read_current(state: &Path) -> Result<Current, FleetError> {
+    let path = state.join(FLEET_DIR).join(CURRENT_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            FleetError::Device(crate::device::DeviceError::Corrupt {
+                path: path.clone(),
+                problem: e.to_string(),
+                fix: "remove it; the next update installs the group's version again",
+            })
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Current::default()),
+        Err(e) => Err(FleetError::io(&path)(e)),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn link_or_copy(from: &Path, to: &Path) -> Result<(), FleetError> {
+    if to.exists() {
+        return Ok(());
+    }
+    if std::fs::hard_link(from, to).is_err() {
+        std::fs::copy(from, to).map_err(FleetError::io(to))?;
+    }
+    Ok(())
+}
+
+/// Removes a folder when dropped, unless disarmed.
+struct RemoveDir(Option<PathBuf>);
+
+impl RemoveDir {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// The installed form of an assignment.
+pub fn installed(assignment: &Assignment) -> Installed {
+    Installed {
+        bundle: assignment.bundle.clone(),
+        version: assignment.version,
+        manifest_digest: assignment.manifest_digest.clone(),
+        dir: format!("{}-{}", assignment.bundle, assignment.version),
+    }
+}
+
+/// A verified bundle's installed form.
+pub fn installed_of(verified: &VerifiedBundle) -> Installed {
+    let info = &verified.manifest().bundle;
+    Installed {
+        bundle: info.name.clone(),
+        version: info.version,
+        manifest_digest: verified.manifest_digest().to_string(),
+        dir: format!("{}-{}", info.name, info.version),
+    }
+}

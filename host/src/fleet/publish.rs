@@ -1,0 +1,713 @@
+//! The fleet operator's side: making a fleet repository, adding bundles to
+//! it, pointing groups at them, and re-signing its short-lived metadata.
+//!
+//! Role keys are ed25519 (PKCS#8 files, mode 0600), one per role, in a key
+//! folder kept apart from the repository (which is published as is). The
+//! root and targets keys belong offline; timestamp (and snapshot) are the
+//! online keys a timer uses for [`Publisher::refresh`].
+
+use super::{
+    Assignment, BLOBS_DIR, FleetError, METADATA_DIR, TARGETS_DIR, check_group, group_target,
+    head_target,
+};
+use outpost_signing::bundle::{Bundle, MANIFEST_FILE, PROVENANCE_FILE, SIGNATURES_FILE};
+use outpost_signing::durable::write_atomic;
+use outpost_signing::root::TrustRoot;
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tough::editor::RepositoryEditor;
+use tough::editor::signed::{PathExists, SignedRole};
+use tough::key_source::{KeySource, LocalKeySource};
+use tough::schema::{KeyHolder, RoleKeys, RoleType, Root, Signed, Target, Timestamp};
+use tough::{ExpirationEnforcement, RepositoryLoader};
+
+/// One of the four TUF roles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoleName {
+    /// Signs the keys of every role.
+    Root,
+    /// Signs what each group runs and the bundle heads.
+    Targets,
+    /// Signs the versions of the targets metadata.
+    Snapshot,
+    /// Signs the newest snapshot, briefly valid.
+    Timestamp,
+}
+
+impl RoleName {
+    /// All four, root first.
+    pub const ALL: [RoleName; 4] = [
+        RoleName::Root,
+        RoleName::Targets,
+        RoleName::Snapshot,
+        RoleName::Timestamp,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            RoleName::Root => "root",
+            RoleName::Targets => "targets",
+            RoleName::Snapshot => "snapshot",
+            RoleName::Timestamp => "timestamp",
+        }
+    }
+
+    fn tuf(self) -> RoleType {
+        match self {
+            RoleName::Root => RoleType::Root,
+            RoleName::Targets => RoleType::Targets,
+            RoleName::Snapshot => RoleType::Snapshot,
+            RoleName::Timestamp => RoleType::Timestamp,
+        }
+    }
+}
+
+/// A folder of fleet role keys: `<role>.pk8`, ed25519, PKCS#8, mode 0600.
+#[derive(Clone, Debug)]
+pub struct FleetKeys {
+    dir: PathBuf,
+}
+
+impl FleetKeys {
+    /// The keys in `dir` (read when used).
+    pub fn open(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// The key file of `role`.
+    pub fn path(&self, role: RoleName) -> PathBuf {
+        self.dir.join(format!("{}.pk8", role.as_str()))
+    }
+
+    /// Makes a new key for `role`; refuses to overwrite one.
+    pub fn generate(&self, role: RoleName) -> Result<(), FleetError> {
+        let path = self.path(role);
+        if path.exists() {
+            return Err(FleetError::Key {
+                path,
+                problem: "exists already; a fleet key is never overwritten (move it away first if you mean to replace it)".into(),
+            });
+        }
+        std::fs::create_dir_all(&self.dir).map_err(FleetError::io(&self.dir))?;
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let document = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| {
+            FleetError::Key {
+                path: path.clone(),
+                problem: format!("could not generate an ed25519 key: {e}"),
+            }
+        })?;
+        write_atomic(&path, document.as_ref(), 0o600)?;
+        Ok(())
+    }
+
+    fn source(&self, role: RoleName) -> Box<dyn KeySource> {
+        Box::new(LocalKeySource {
+            path: self.path(role),
+        })
+    }
+
+    fn sources(&self) -> Vec<Box<dyn KeySource>> {
+        RoleName::ALL
+            .iter()
+            .filter(|role| self.path(**role).exists())
+            .map(|role| self.source(*role))
+            .collect()
+    }
+
+    /// The public key of `role`, as TUF metadata lists it.
+    pub fn public(&self, role: RoleName) -> Result<tough::schema::key::Key, FleetError> {
+        let path = self.path(role);
+        let bytes = std::fs::read(&path).map_err(|e| FleetError::Key {
+            path: path.clone(),
+            problem: format!("cannot read it: {e}; make the keys with outpost fleet init"),
+        })?;
+        use tough::sign::Sign;
+        let pair = tough::sign::parse_keypair(&bytes).map_err(|e| FleetError::Key {
+            path: path.clone(),
+            problem: format!("not an ed25519 PKCS#8 key: {e}"),
+        })?;
+        Ok(pair.tuf_key())
+    }
+}
+
+/// How long each role's metadata stays valid when signed.
+#[derive(Clone, Copy, Debug)]
+pub struct Lifetimes {
+    /// Root metadata.
+    pub root: Duration,
+    /// Targets metadata.
+    pub targets: Duration,
+    /// Snapshot metadata.
+    pub snapshot: Duration,
+    /// Timestamp metadata: short, re-signed by a timer.
+    pub timestamp: Duration,
+}
+
+impl Default for Lifetimes {
+    fn default() -> Self {
+        const DAY: u64 = 24 * 3600;
+        Self {
+            root: Duration::from_secs(365 * DAY),
+            targets: Duration::from_secs(90 * DAY),
+            snapshot: Duration::from_secs(30 * DAY),
+            timestamp: Duration::from_secs(DAY),
+        }
+    }
+}
+
+/// What [`Publisher::publish`] added.
+#[derive(Clone, Debug)]
+pub struct Published {
+    /// The bundle's name.
+    pub bundle: String,
+    /// Its version.
+    pub version: u64,
+    /// The digest of its manifest.
+    pub manifest_digest: String,
+    /// Blobs copied into the repository.
+    pub blobs_added: usize,
+    /// Blobs the repository had already.
+    pub blobs_present: usize,
+}
+
+/// Edits one fleet repository (a folder) with one key folder.
+pub struct Publisher {
+    repo: PathBuf,
+    keys: FleetKeys,
+    /// Lifetimes of what is signed from here on.
+    pub lifetimes: Lifetimes,
+}
+
+fn expires_in(lifetime: Duration) -> Result<jiff::Timestamp, FleetError> {
+    let span = jiff::SignedDuration::try_from(lifetime).map_err(|e| FleetError::Key {
+        path: PathBuf::new(),
+        problem: format!("lifetime {lifetime:?} is out of range: {e}"),
+    })?;
+    jiff::Timestamp::now()
+        .checked_add(span)
+        .map_err(|e| FleetError::Key {
+            path: PathBuf::new(),
+            problem: format!("lifetime {lifetime:?} is out of range: {e}"),
+        })
+}
+
+fn bump(version: NonZeroU64) -> NonZeroU64 {
+    version.saturating_add(1)
+}
+
+impl Publisher {
+    /// A publisher for the repository folder `repo`, signing with `keys`.
+    pub fn new(repo: &Path, keys: FleetKeys) -> Self {
+        Self {
+            repo: repo.to_owned(),
+            keys,
+            lifetimes: Lifetimes::default(),
+        }
+    }
+
+    fn repo_name(&self) -> String {
+        self.repo.display().to_string()
+    }
+
+    fn edit_error(
+        &self,
+        what: impl Into<String>,
+    ) -> impl FnOnce(tough::error::Error) -> FleetError {
+        let repo = self.repo_name();
+        let what = what.into();
+        move |source| FleetError::Edit {
+            repo,
+            what,
+            source: Box::new(source),
+        }
+    }
+
+    fn metadata_dir(&self) -> PathBuf {
+        self.repo.join(METADATA_DIR)
+    }
+
+    /// Makes a new repository: role keys (unless the key folder has them),
+    /// root metadata version 1 (one key per role, threshold 1), and empty
+    /// targets, snapshot and timestamp. Refuses a folder that has metadata.
+    pub async fn init(&self) -> Result<PathBuf, FleetError> {
+        let root_path = self.metadata_dir().join("1.root.json");
+        if root_path.exists() {
+            return Err(FleetError::Io {
+                path: root_path,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "this repository exists already",
+                ),
+            });
+        }
+        for role in RoleName::ALL {
+            if !self.keys.path(role).exists() {
+                self.keys.generate(role)?;
+            }
+        }
+        let mut root = Root {
+            spec_version: "1.0.0".into(),
+            consistent_snapshot: true,
+            version: NonZeroU64::MIN,
+            expires: expires_in(self.lifetimes.root)?,
+            keys: HashMap::new(),
+            roles: HashMap::new(),
+            _extra: HashMap::new(),
+        };
+        for role in RoleName::ALL {
+            let key = self.keys.public(role)?;
+            let id = key.key_id().map_err(|e| FleetError::Key {
+                path: self.keys.path(role),
+                problem: format!("no key id: {e}"),
+            })?;
+            root.keys.insert(id.clone(), key);
+            root.roles.insert(
+                role.tuf(),
+                RoleKeys {
+                    keyids: vec![id],
+                    threshold: NonZeroU64::MIN,
+                    _extra: HashMap::new(),
+                },
+            );
+        }
+        self.write_root(root).await?;
+        for dir in [TARGETS_DIR, BLOBS_DIR] {
+            let dir = self.repo.join(dir);
+            std::fs::create_dir_all(&dir).map_err(FleetError::io(&dir))?;
+        }
+        let mut editor = RepositoryEditor::new(&root_path)
+            .await
+            .map_err(self.edit_error("reading the new root"))?;
+        editor
+            .targets_version(NonZeroU64::MIN)
+            .map_err(self.edit_error("targets"))?
+            .targets_expires(expires_in(self.lifetimes.targets)?)
+            .map_err(self.edit_error("targets"))?
+            .snapshot_version(NonZeroU64::MIN)
+            .snapshot_expires(expires_in(self.lifetimes.snapshot)?)
+            .timestamp_version(NonZeroU64::MIN)
+            .timestamp_expires(expires_in(self.lifetimes.timestamp)?);
+        let signed = editor
+            .sign(&self.keys.sources())
+            .await
+            .map_err(self.edit_error("signing the first metadata"))?;
+        signed
+            .write(self.metadata_dir())
+            .await
+            .map_err(self.edit_error("writing the first metadata"))?;
+        Ok(root_path)
+    }
+
+    /// Signs `root` with the root key(s) of the current root (if any) and
+    /// its own, and writes `N.root.json`.
+    async fn write_root(&self, root: Root) -> Result<(), FleetError> {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let holder = KeyHolder::Root(root.clone());
+        let version = root.version;
+        let signed = SignedRole::new(root, &holder, &self.keys.sources(), &rng)
+            .await
+            .map_err(self.edit_error("signing root"))?;
+        let dir = self.metadata_dir();
+        std::fs::create_dir_all(&dir).map_err(FleetError::io(&dir))?;
+        write_atomic(
+            &dir.join(format!("{version}.root.json")),
+            signed.buffer(),
+            0o644,
+        )?;
+        Ok(())
+    }
+
+    /// The newest root metadata file in the repository.
+    pub fn latest_root(&self) -> Result<PathBuf, FleetError> {
+        let dir = self.metadata_dir();
+        let mut best: Option<(u64, PathBuf)> = None;
+        for entry in std::fs::read_dir(&dir).map_err(FleetError::io(&dir))? {
+            let entry = entry.map_err(FleetError::io(&dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(n) = name
+                .strip_suffix(".root.json")
+                .and_then(|n| n.parse::<u64>().ok())
+                && best.as_ref().is_none_or(|(b, _)| n > *b)
+            {
+                best = Some((n, entry.path()));
+            }
+        }
+        best.map(|(_, path)| path).ok_or_else(|| FleetError::Io {
+            path: dir.join("1.root.json"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no root metadata: make the repository with outpost fleet init",
+            ),
+        })
+    }
+
+    /// Loads the repository as it is (expired metadata included: this is
+    /// the publisher re-signing it) and opens an editor on it, with every
+    /// version one up and fresh expiry times.
+    async fn editor(&self) -> Result<(RepositoryEditor, tough::Repository), FleetError> {
+        let root_path = self.latest_root()?;
+        let root_bytes = std::fs::read(&root_path).map_err(FleetError::io(&root_path))?;
+        let url = |dir: &str| {
+            url::Url::from_directory_path(self.repo.join(dir)).map_err(|()| FleetError::Io {
+                path: self.repo.join(dir),
+                source: std::io::Error::other("not an absolute path; give the repository as one"),
+            })
+        };
+        let repo = RepositoryLoader::new(&root_bytes, url(METADATA_DIR)?, url(TARGETS_DIR)?)
+            .expiration_enforcement(ExpirationEnforcement::Unsafe)
+            .load()
+            .await
+            .map_err(self.edit_error("loading"))?;
+        let targets_version = bump(repo.targets().signed.version);
+        let snapshot_version = bump(repo.snapshot().signed.version);
+        let timestamp_version = bump(repo.timestamp().signed.version);
+        let mut editor = RepositoryEditor::from_repo(&root_path, repo.clone())
+            .await
+            .map_err(self.edit_error("opening an editor"))?;
+        editor
+            .targets_version(targets_version)
+            .map_err(self.edit_error("targets"))?
+            .targets_expires(expires_in(self.lifetimes.targets)?)
+            .map_err(self.edit_error("targets"))?
+            .snapshot_version(snapshot_version)
+            .snapshot_expires(expires_in(self.lifetimes.snapshot)?)
+            .timestamp_version(timestamp_version)
+            .timestamp_expires(expires_in(self.lifetimes.timestamp)?);
+        Ok((editor, repo))
+    }
+
+    /// Adds targets (files in `staged`, named as their targets) and writes
+    /// the re-signed metadata; targets go in before the metadata that names
+    /// them, so a device never sees metadata whose files are missing.
+    async fn commit(
+        &self,
+        editor: RepositoryEditor,
+        staged: Option<&Path>,
+    ) -> Result<(), FleetError> {
+        let signed = editor
+            .sign(&self.keys.sources())
+            .await
+            .map_err(self.edit_error("signing"))?;
+        if let Some(staged) = staged {
+            signed
+                .copy_targets(staged, self.repo.join(TARGETS_DIR), PathExists::Skip)
+                .await
+                .map_err(self.edit_error("copying targets"))?;
+        }
+        signed
+            .write(self.metadata_dir())
+            .await
+            .map_err(self.edit_error("writing metadata"))?;
+        Ok(())
+    }
+
+    /// Adds a bundle (directory or archive): its blobs to `blobs/` (those
+    /// not there yet), its head as targets. Its publisher signatures are
+    /// checked against `trust` first, as a device will, so a fleet never
+    /// points devices at a bundle they would refuse.
+    pub async fn publish(&self, bundle: &Path, trust: &TrustRoot) -> Result<Published, FleetError> {
+        let in_bundle = |source| FleetError::Bundle {
+            path: bundle.to_owned(),
+            source: Box::new(source),
+        };
+        let work = self.repo.join(format!(".publish-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&work);
+        let _cleanup = RemoveDir(work.clone());
+        let dir = if bundle.is_dir() {
+            bundle.to_owned()
+        } else {
+            // Unpack the archive (signatures first, blobs checked against
+            // the manifest as they are written).
+            let unpacked = work.join("bundle");
+            Bundle::open_verified(bundle, trust, &unpacked).map_err(in_bundle)?;
+            unpacked
+        };
+        let opened = Bundle::open_dir(&dir)
+            .map_err(in_bundle)?
+            .verify(trust)
+            .map_err(in_bundle)?;
+        let manifest = opened.manifest().clone();
+        let info = &manifest.bundle;
+        let manifest_digest = opened.manifest_digest().to_string();
+
+        // Blobs, content-addressed; each checked against the manifest.
+        let blobs = self.repo.join(BLOBS_DIR);
+        std::fs::create_dir_all(&blobs).map_err(FleetError::io(&blobs))?;
+        let (mut added, mut present) = (0, 0);
+        for (digest, entry) in &manifest.blobs {
+            let hex = digest.trim_start_matches("sha256:");
+            let target = blobs.join(hex);
+            if std::fs::metadata(&target).is_ok_and(|m| m.len() == entry.size) {
+                present += 1;
+                continue;
+            }
+            let source = dir.join(outpost_signing::bundle::BLOB_DIR).join(hex);
+            let bytes = std::fs::read(&source).map_err(FleetError::io(&source))?;
+            if bytes.len() as u64 != entry.size
+                || outpost_signing::Digest::of(&bytes).to_string() != *digest
+            {
+                return Err(FleetError::Blob {
+                    digest: digest.clone(),
+                    url: source.display().to_string(),
+                    problem: "does not match the bundle's manifest".into(),
+                });
+            }
+            write_atomic(&target, &bytes, 0o644)?;
+            added += 1;
+        }
+
+        // The head: manifest, signatures, provenance; staged under their
+        // target names.
+        let staged = work.join("targets");
+        std::fs::create_dir_all(&staged).map_err(FleetError::io(&staged))?;
+        let (mut editor, _) = self.editor().await?;
+        for file in [MANIFEST_FILE, SIGNATURES_FILE, PROVENANCE_FILE] {
+            let source = dir.join(file);
+            if !source.exists() {
+                continue;
+            }
+            let name = head_target(&info.name, info.version, file);
+            let path = staged.join(&name);
+            std::fs::copy(&source, &path).map_err(FleetError::io(&source))?;
+            let target = Target::from_path(&path).await.map_err(hash_error(&path))?;
+            editor
+                .add_target(name.as_str(), target)
+                .map_err(self.edit_error(format!("adding {name}")))?;
+        }
+        self.commit(editor, Some(&staged)).await?;
+        Ok(Published {
+            bundle: info.name.clone(),
+            version: info.version,
+            manifest_digest,
+            blobs_added: added,
+            blobs_present: present,
+        })
+    }
+
+    /// Points `group` at bundle `name` version `version`, which must have
+    /// been published to this repository.
+    pub async fn set(
+        &self,
+        group: &str,
+        name: &str,
+        version: u64,
+    ) -> Result<Assignment, FleetError> {
+        check_group(group)?;
+        let (mut editor, repo) = self.editor().await?;
+        let mut head = BTreeMap::new();
+        for file in [MANIFEST_FILE, SIGNATURES_FILE, PROVENANCE_FILE] {
+            let target = head_target(name, version, file);
+            let known = repo
+                .targets()
+                .signed
+                .targets
+                .keys()
+                .any(|t| t.raw() == target);
+            if known {
+                head.insert(file.to_owned(), target);
+            }
+        }
+        let Some(manifest_target) = head.get(MANIFEST_FILE) else {
+            return Err(FleetError::Target {
+                repo: self.repo_name(),
+                target: head_target(name, version, MANIFEST_FILE),
+                problem: format!(
+                    "bundle {name} version {version} is not in this repository; add it with outpost publish"
+                ),
+            });
+        };
+        let manifest_path = self.target_file(&repo, manifest_target)?;
+        let bytes = std::fs::read(&manifest_path).map_err(FleetError::io(&manifest_path))?;
+        let assignment = Assignment {
+            bundle: name.to_owned(),
+            version,
+            manifest_digest: outpost_signing::Digest::of(&bytes).to_string(),
+            head,
+        };
+        let work = self.repo.join(format!(".publish-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&work);
+        let _cleanup = RemoveDir(work.clone());
+        std::fs::create_dir_all(&work).map_err(FleetError::io(&work))?;
+        let name = group_target(group);
+        let path = work.join(&name);
+        let json = serde_json::to_vec_pretty(&assignment).map_err(|e| FleetError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        std::fs::write(&path, json).map_err(FleetError::io(&path))?;
+        let target = Target::from_path(&path).await.map_err(hash_error(&path))?;
+        editor
+            .add_target(name.as_str(), target)
+            .map_err(self.edit_error(format!("adding {name}")))?;
+        self.commit(editor, Some(&work)).await?;
+        Ok(assignment)
+    }
+
+    /// Where a target's file lies in the repository (consistent snapshots:
+    /// `targets/<sha256>.<name>`).
+    fn target_file(&self, repo: &tough::Repository, name: &str) -> Result<PathBuf, FleetError> {
+        let target = repo
+            .targets()
+            .signed
+            .targets
+            .iter()
+            .find(|(t, _)| t.raw() == name)
+            .map(|(_, t)| t)
+            .ok_or_else(|| FleetError::Target {
+                repo: self.repo_name(),
+                target: name.to_owned(),
+                problem: "not listed in the targets metadata".into(),
+            })?;
+        let hex: String = target
+            .hashes
+            .sha256
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok(self.repo.join(TARGETS_DIR).join(format!("{hex}.{name}")))
+    }
+
+    /// Re-signs the timestamp with a fresh expiry time (the job of a timer,
+    /// with the online timestamp key only); `snapshot` re-signs the
+    /// snapshot too (with the snapshot key).
+    pub async fn refresh(&self, snapshot: bool) -> Result<u64, FleetError> {
+        if snapshot {
+            let (editor, repo) = self.editor().await?;
+            let version = bump(repo.timestamp().signed.version).get();
+            self.commit(editor, None).await?;
+            return Ok(version);
+        }
+        let root_path = self.latest_root()?;
+        let root_bytes = std::fs::read(&root_path).map_err(FleetError::io(&root_path))?;
+        let root: Signed<Root> =
+            serde_json::from_slice(&root_bytes).map_err(|e| FleetError::Io {
+                path: root_path.clone(),
+                source: std::io::Error::other(e),
+            })?;
+        let path = self.metadata_dir().join("timestamp.json");
+        let bytes = std::fs::read(&path).map_err(FleetError::io(&path))?;
+        let old: Signed<Timestamp> =
+            serde_json::from_slice(&bytes).map_err(|e| FleetError::Io {
+                path: path.clone(),
+                source: std::io::Error::other(e),
+            })?;
+        let timestamp = Timestamp {
+            version: bump(old.signed.version),
+            expires: expires_in(self.lifetimes.timestamp)?,
+            ..old.signed
+        };
+        let version = timestamp.version.get();
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let signed = SignedRole::new(
+            timestamp,
+            &KeyHolder::Root(root.signed),
+            &[self.keys.source(RoleName::Timestamp)],
+            &rng,
+        )
+        .await
+        .map_err(self.edit_error("signing the timestamp"))?;
+        write_atomic(&path, signed.buffer(), 0o644)?;
+        Ok(version)
+    }
+
+    /// Rotates the key of `role`: a new key file (the old one is kept as
+    /// `<role>.pk8.old`), and root metadata version N+1 signed by the old
+    /// and the new root keys. Devices follow rotations one version at a
+    /// time.
+    pub async fn rotate(&self, role: RoleName) -> Result<u64, FleetError> {
+        let root_path = self.latest_root()?;
+        let root_bytes = std::fs::read(&root_path).map_err(FleetError::io(&root_path))?;
+        let old: Signed<Root> =
+            serde_json::from_slice(&root_bytes).map_err(|e| FleetError::Io {
+                path: root_path.clone(),
+                source: std::io::Error::other(e),
+            })?;
+        let path = self.keys.path(role);
+        let retired = path.with_extension("pk8.old");
+        std::fs::rename(&path, &retired).map_err(FleetError::io(&path))?;
+        self.keys.generate(role)?;
+        let key = self.keys.public(role)?;
+        let id = key.key_id().map_err(|e| FleetError::Key {
+            path: path.clone(),
+            problem: format!("no key id: {e}"),
+        })?;
+        let mut root = old.signed.clone();
+        root.version = bump(root.version);
+        root.expires = expires_in(self.lifetimes.root)?;
+        if let Some(keys) = root.roles.get_mut(&role.tuf()) {
+            for old_id in std::mem::take(&mut keys.keyids) {
+                root.keys.remove(&old_id);
+            }
+            keys.keyids = vec![id.clone()];
+        }
+        // Keys still named by another role stay listed.
+        for keys in old.signed.roles.values() {
+            for kid in &keys.keyids {
+                if root.roles.values().any(|r| r.keyids.contains(kid))
+                    && let Some(k) = old.signed.keys.get(kid)
+                {
+                    root.keys.entry(kid.clone()).or_insert_with(|| k.clone());
+                }
+            }
+        }
+        root.keys.insert(id, key);
+        let version = root.version.get();
+        // Signed by the new root's keys and, for a root rotation, by the
+        // old root key too (continuity).
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let mut sources = self.keys.sources();
+        if role == RoleName::Root {
+            sources.push(Box::new(LocalKeySource {
+                path: retired.clone(),
+            }));
+        }
+        let new = SignedRole::new(root.clone(), &KeyHolder::Root(root.clone()), &sources, &rng)
+            .await
+            .map_err(self.edit_error("signing the new root"))?;
+        let mut signed: Signed<Root> = new.signed().clone();
+        if role == RoleName::Root {
+            let by_old = SignedRole::new(root, &KeyHolder::Root(old.signed), &sources, &rng)
+                .await
+                .map_err(self.edit_error("signing the new root with the old root key"))?;
+            for signature in &by_old.signed().signatures {
+                if !signed.signatures.iter().any(|s| s.keyid == signature.keyid) {
+                    signed.signatures.push(signature.clone());
+                }
+            }
+        }
+        let bytes = serde_json::to_vec_pretty(&signed).map_err(|e| FleetError::Io {
+            path: root_path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        write_atomic(
+            &self.metadata_dir().join(format!("{version}.root.json")),
+            &bytes,
+            0o644,
+        )?;
+        // Re-sign everything under the new root.
+        let (editor, _) = self.editor().await?;
+        self.commit(editor, None).await?;
+        Ok(version)
+    }
+}
+
+fn hash_error(path: &Path) -> impl FnOnce(tough::schema::Error) -> FleetError {
+    let path = path.to_owned();
+    move |e| FleetError::Io {
+        path,
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+/// Removes a folder when dropped.
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
