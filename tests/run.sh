@@ -15,6 +15,16 @@ step "toolchain targets"
 rustup target add wasm32-wasip2 wasm32-wasip1
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
+step "servers the tests start on loopback (Debian packages, installed when missing)"
+missing=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+if [ "${#missing[@]}" -gt 0 ]; then
+    as_root=()
+    [ "$(id -u)" -eq 0 ] || as_root=(sudo)
+    "${as_root[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
 step "python reference environment (target/py)"
 python_env
 target/py/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt

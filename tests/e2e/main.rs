@@ -9,6 +9,7 @@ mod cache;
 mod compat;
 mod demo;
 mod device_state;
+mod fleet;
 mod image;
 mod minilm;
 mod model_inputs;

@@ -6,6 +6,8 @@
 //! MiniLM models and the Python reference environment.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+pub mod servers;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

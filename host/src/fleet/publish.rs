@@ -350,22 +350,37 @@ impl Publisher {
     /// version one up and fresh expiry times.
     async fn editor(&self) -> Result<(RepositoryEditor, tough::Repository), FleetError> {
         let root_path = self.latest_root()?;
-        let root_bytes = std::fs::read(&root_path).map_err(FleetError::io(&root_path))?;
+        let repo = self.load(&root_path).await?;
+        let editor = self.editor_on(&root_path, repo.clone()).await?;
+        Ok((editor, repo))
+    }
+
+    /// Loads the repository, trusting the root metadata at `root_path`.
+    async fn load(&self, root_path: &Path) -> Result<tough::Repository, FleetError> {
+        let root_bytes = std::fs::read(root_path).map_err(FleetError::io(root_path))?;
         let url = |dir: &str| {
             url::Url::from_directory_path(self.repo.join(dir)).map_err(|()| FleetError::Io {
                 path: self.repo.join(dir),
                 source: std::io::Error::other("not an absolute path; give the repository as one"),
             })
         };
-        let repo = RepositoryLoader::new(&root_bytes, url(METADATA_DIR)?, url(TARGETS_DIR)?)
+        RepositoryLoader::new(&root_bytes, url(METADATA_DIR)?, url(TARGETS_DIR)?)
             .expiration_enforcement(ExpirationEnforcement::Unsafe)
             .load()
             .await
-            .map_err(self.edit_error("loading"))?;
+            .map_err(self.edit_error("loading"))
+    }
+
+    /// An editor on `repo` that signs under the root at `root_path`.
+    async fn editor_on(
+        &self,
+        root_path: &Path,
+        repo: tough::Repository,
+    ) -> Result<RepositoryEditor, FleetError> {
         let targets_version = bump(repo.targets().signed.version);
         let snapshot_version = bump(repo.snapshot().signed.version);
         let timestamp_version = bump(repo.timestamp().signed.version);
-        let mut editor = RepositoryEditor::from_repo(&root_path, repo.clone())
+        let mut editor = RepositoryEditor::from_repo(root_path, repo)
             .await
             .map_err(self.edit_error("opening an editor"))?;
         editor
@@ -377,7 +392,7 @@ impl Publisher {
             .snapshot_expires(expires_in(self.lifetimes.snapshot)?)
             .timestamp_version(timestamp_version)
             .timestamp_expires(expires_in(self.lifetimes.timestamp)?);
-        Ok((editor, repo))
+        Ok(editor)
     }
 
     /// Adds targets (files in `staged`, named as their targets) and writes
@@ -620,6 +635,8 @@ impl Publisher {
     /// time.
     pub async fn rotate(&self, role: RoleName) -> Result<u64, FleetError> {
         let root_path = self.latest_root()?;
+        // The repository as the current root trusts it, before anything moves.
+        let repo = self.load(&root_path).await?;
         let root_bytes = std::fs::read(&root_path).map_err(FleetError::io(&root_path))?;
         let old: Signed<Root> =
             serde_json::from_slice(&root_bytes).map_err(|e| FleetError::Io {
@@ -683,13 +700,10 @@ impl Publisher {
             path: root_path.clone(),
             source: std::io::Error::other(e),
         })?;
-        write_atomic(
-            &self.metadata_dir().join(format!("{version}.root.json")),
-            &bytes,
-            0o644,
-        )?;
+        let new_path = self.metadata_dir().join(format!("{version}.root.json"));
+        write_atomic(&new_path, &bytes, 0o644)?;
         // Re-sign everything under the new root.
-        let (editor, _) = self.editor().await?;
+        let editor = self.editor_on(&new_path, repo).await?;
         self.commit(editor, None).await?;
         Ok(version)
     }

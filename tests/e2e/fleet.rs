@@ -1,0 +1,591 @@
+//! Fleet updates: a TUF fleet repository served by Debian's nginx on
+//! loopback, devices following it with `outpost update --once`, and the
+//! attacks a hostile repository or network can make. After every refused
+//! update the device still runs what it ran, and says why.
+
+use crate::bundles::{AssertOk, Publisher};
+use outpost_e2e::servers::{CuttingRelay, Nginx};
+use outpost_e2e::{Run, Scratch, demo_dir, outpost, target_dir};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// A publisher (keys a..e, root1.json: 2 of a, b, c), a fleet repository
+/// with its role keys, and nginx serving it.
+struct Fleet {
+    publisher: Publisher,
+    scratch: Scratch,
+    nginx: Nginx,
+}
+
+impl Fleet {
+    fn new() -> Self {
+        let publisher = Publisher::new();
+        let scratch = Scratch::new();
+        let fleet = Self {
+            nginx: Nginx::start(&scratch.path().join("repo"), None),
+            publisher,
+            scratch,
+        };
+        fleet.fleet(&["init"]).assert_ok();
+        fleet
+    }
+
+    fn repo(&self) -> PathBuf {
+        self.scratch.path().join("repo")
+    }
+
+    fn repo_args(&self) -> Vec<String> {
+        vec![
+            "--repo".into(),
+            self.repo().display().to_string(),
+            "--keys".into(),
+            self.scratch.path().join("keys").display().to_string(),
+        ]
+    }
+
+    /// `outpost fleet ARGS --repo --keys`.
+    fn fleet(&self, args: &[&str]) -> Run {
+        let mut all: Vec<String> = vec!["fleet".into()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        all.extend(self.repo_args());
+        outpost(&all)
+    }
+
+    /// Publishes a bundle checked against `root` (of the publisher's files).
+    fn publish_with(&self, bundle: &Path, root: &str) -> Run {
+        let mut args: Vec<String> = vec!["publish".into(), bundle.display().to_string()];
+        args.extend(self.repo_args());
+        args.extend([
+            "--trust".into(),
+            self.publisher.path(root).display().to_string(),
+            "--state-dir".into(),
+            self.scratch
+                .path()
+                .join(format!("publisher-state-{root}"))
+                .display()
+                .to_string(),
+        ]);
+        outpost(&args)
+    }
+
+    fn publish(&self, bundle: &Path) {
+        self.publish_with(bundle, "root1.json").assert_ok();
+    }
+
+    fn set(&self, group: &str, version: u64) {
+        self.fleet(&["set", group, "intent-demo", &version.to_string()])
+            .assert_ok();
+    }
+
+    fn device(&self, name: &str) -> PathBuf {
+        self.scratch.path().join(name)
+    }
+
+    /// `outpost update --once` for device `device` in group `lab`, through
+    /// `url` (default: nginx).
+    fn update_via(&self, device: &str, url: &str) -> Run {
+        outpost(&[
+            "update".to_owned(),
+            "--once".into(),
+            "--repo".into(),
+            url.into(),
+            "--group".into(),
+            "lab".into(),
+            "--fleet-root".into(),
+            self.repo()
+                .join("metadata/1.root.json")
+                .display()
+                .to_string(),
+            "--trust".into(),
+            self.publisher.path("root1.json").display().to_string(),
+            "--state-dir".into(),
+            self.device(device).display().to_string(),
+            "--stall".into(),
+            "5s".into(),
+        ])
+    }
+
+    fn update(&self, device: &str) -> Run {
+        self.update_via(device, &self.nginx.url())
+    }
+
+    /// What the device runs from the fleet: (name, version), or None.
+    fn current(&self, device: &str) -> Option<(String, u64)> {
+        let run = outpost(&[
+            "status".to_owned(),
+            "--state-dir".into(),
+            self.device(device).display().to_string(),
+        ]);
+        run.assert_ok();
+        let current = &run.json()["current"];
+        current.as_object().map(|c| {
+            (
+                c["bundle"].as_str().unwrap().to_owned(),
+                c["version"].as_u64().unwrap(),
+            )
+        })
+    }
+
+    /// Runs the device's current version on one input; its top label.
+    fn run_current(&self, device: &str) -> String {
+        let status = outpost(&[
+            "status".to_owned(),
+            "--state-dir".into(),
+            self.device(device).display().to_string(),
+        ])
+        .json();
+        let dir = self
+            .device(device)
+            .join("fleet/bundles")
+            .join(status["current"]["dir"].as_str().unwrap());
+        let run = outpost(&[
+            "run".to_owned(),
+            dir.display().to_string(),
+            "-i".into(),
+            "stop the conveyor".into(),
+            "--trust".into(),
+            self.publisher.path("root1.json").display().to_string(),
+            "--state-dir".into(),
+            self.device(device).display().to_string(),
+        ]);
+        run.assert_ok();
+        run.json()["results"][0]["outputs"]["labels"]
+            .as_str()
+            .unwrap()
+            .split('\t')
+            .next()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// The demo as a bundle whose labels file renames `stop_conveyor` to
+    /// `label`: a change to one stage's file (and the pipeline file that
+    /// names it), the model and components unchanged.
+    fn relabelled_demo(&self, dir: &str, version: u64, label: &str, signers: &[&str]) -> PathBuf {
+        let work = self.scratch.path().join(format!("{dir}-src"));
+        std::fs::create_dir_all(&work).unwrap();
+        let demo = demo_dir();
+        let labels = std::fs::read_to_string(demo.join("labels.txt"))
+            .unwrap()
+            .replace("stop_conveyor", label);
+        std::fs::write(work.join("labels.txt"), labels).unwrap();
+        let plugins = target_dir().join("wasm32-wasip2/plugin");
+        let toml = std::fs::read_to_string(demo.join("intent.toml"))
+            .unwrap()
+            .replace(
+                "../../../target/wasm32-wasip2/plugin",
+                &plugins.display().to_string(),
+            )
+            .replace(
+                "\"intent.onnx\"",
+                &format!("\"{}\"", demo.join("intent.onnx").display()),
+            )
+            .replace(
+                "\"vocab.txt\"",
+                &format!("\"{}\"", demo.join("vocab.txt").display()),
+            );
+        std::fs::write(work.join("intent.toml"), toml).unwrap();
+        self.publisher.bundle(
+            &work.join("intent.toml"),
+            "intent-demo",
+            version,
+            dir,
+            signers,
+        )
+    }
+}
+
+fn report(run: &Run) -> Value {
+    run.assert_ok();
+    run.json()
+}
+
+/// The blobs of a bundle directory's manifest: digest -> size.
+fn blobs(bundle: &Path) -> BTreeMap<String, u64> {
+    let text = std::fs::read_to_string(bundle.join("manifest.toml")).unwrap();
+    let manifest: outpost_signing::manifest::Manifest =
+        outpost_signing::manifest::Manifest::parse(text.as_bytes()).unwrap();
+    manifest
+        .blobs
+        .iter()
+        .map(|(d, b)| (d.trim_start_matches("sha256:").to_owned(), b.size))
+        .collect()
+}
+
+#[test]
+fn a_device_follows_its_group_over_http_and_a_stage_only_update_moves_only_changed_blobs() {
+    let fleet = Fleet::new();
+    let v1 = fleet.publisher.demo_bundle("v1", 1, &["a", "b"]);
+    fleet.publish(&v1);
+    fleet.set("lab", 1);
+
+    let first = report(&fleet.update("dev"));
+    assert!(first["outcome"]["staged"].is_object(), "{first}");
+    assert_eq!(fleet.current("dev"), Some(("intent-demo".into(), 1)));
+    assert_eq!(fleet.run_current("dev"), "stop_conveyor");
+    let all: u64 = blobs(&v1).values().sum();
+    assert_eq!(first["blob_bytes_fetched"], all, "{first}");
+
+    // Nothing new: no blob moves.
+    fleet.nginx.clear_log();
+    let again = report(&fleet.update("dev"));
+    assert_eq!(again["outcome"], "up-to-date", "{again}");
+    assert!(
+        fleet
+            .nginx
+            .log()
+            .iter()
+            .all(|a| !a.path.starts_with("/blobs/")),
+        "{:?}",
+        fleet.nginx.log()
+    );
+
+    // v2 changes the classify stage's labels only.
+    let v2 = fleet.relabelled_demo("v2", 2, "halt_conveyor", &["a", "b"]);
+    fleet.publish(&v2);
+    fleet.set("lab", 2);
+    fleet.nginx.clear_log();
+    let second = report(&fleet.update("dev"));
+    assert!(second["outcome"]["staged"].is_object(), "{second}");
+    assert_eq!(fleet.current("dev"), Some(("intent-demo".into(), 2)));
+    assert_eq!(fleet.run_current("dev"), "halt_conveyor");
+
+    let old = blobs(&v1);
+    let changed: BTreeMap<_, _> = blobs(&v2)
+        .into_iter()
+        .filter(|(d, _)| !old.contains_key(d))
+        .collect();
+    let changed_bytes: u64 = changed.values().sum();
+    assert!(!changed.is_empty() && changed.len() < old.len());
+    // The agent's counters and the server's log agree: only the changed
+    // blobs moved.
+    assert_eq!(second["blob_bytes_fetched"], changed_bytes, "{second}");
+    assert_eq!(second["blobs_fetched"], changed.len(), "{second}");
+    let fetched: BTreeMap<String, u64> = fleet
+        .nginx
+        .log()
+        .into_iter()
+        .filter_map(|a| {
+            a.path
+                .strip_prefix("/blobs/")
+                .map(|d| (d.to_owned(), a.bytes))
+        })
+        .collect();
+    assert_eq!(fetched, changed);
+    eprintln!(
+        "stage-only update: {changed_bytes} blob bytes moved of {} in the bundle",
+        blobs(&v2).values().sum::<u64>()
+    );
+
+    // The previous version stays installed for rollback.
+    let status = outpost(&[
+        "status".to_owned(),
+        "--state-dir".into(),
+        fleet.device("dev").display().to_string(),
+    ])
+    .json();
+    assert_eq!(status["previous"]["version"], 1, "{status}");
+    assert!(
+        fleet
+            .device("dev")
+            .join("fleet/bundles/intent-demo-1")
+            .is_dir()
+    );
+}
+
+/// Each attack: the update is refused with the error named, and the device
+/// still runs v1.
+fn assert_refused_and_still_v1(fleet: &Fleet, run: &Run, needles: &[&str]) {
+    run.expect_error(needles);
+    assert_eq!(fleet.current("dev"), Some(("intent-demo".into(), 1)));
+    assert_eq!(fleet.run_current("dev"), "stop_conveyor");
+}
+
+/// A fleet with v1 published, set and installed on device `dev`.
+fn fleet_on_v1() -> (Fleet, PathBuf) {
+    let fleet = Fleet::new();
+    let v1 = fleet.publisher.demo_bundle("v1", 1, &["a", "b"]);
+    fleet.publish(&v1);
+    fleet.set("lab", 1);
+    report(&fleet.update("dev"));
+    (fleet, v1)
+}
+
+/// The repository file of blob `hex`.
+fn repo_blob(fleet: &Fleet, hex: &str) -> PathBuf {
+    fleet.repo().join("blobs").join(hex)
+}
+
+/// v2 published and set, and the hex digest of its largest new blob.
+fn publish_v2(fleet: &Fleet, v1: &Path) -> String {
+    let v2 = fleet.relabelled_demo("v2", 2, "halt_conveyor", &["a", "b"]);
+    fleet.publish(&v2);
+    fleet.set("lab", 2);
+    let old = blobs(v1);
+    blobs(&v2)
+        .into_iter()
+        .filter(|(d, _)| !old.contains_key(d))
+        .max_by_key(|(_, size)| *size)
+        .unwrap()
+        .0
+}
+
+#[test]
+fn a_blob_with_wrong_bytes_is_refused_and_never_named() {
+    let (fleet, v1) = fleet_on_v1();
+    let hex = publish_v2(&fleet, &v1);
+    let path = repo_blob(&fleet, &hex);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let run = fleet.update("dev");
+    assert_refused_and_still_v1(
+        &fleet,
+        &run,
+        &[&hex, "not to the digest the signed manifest lists"],
+    );
+    assert!(!fleet.device("dev").join("fleet/blobs").join(&hex).exists());
+}
+
+#[test]
+fn a_blob_longer_than_the_manifest_says_is_cut_off_and_refused() {
+    let (fleet, v1) = fleet_on_v1();
+    let hex = publish_v2(&fleet, &v1);
+    let path = repo_blob(&fleet, &hex);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.extend(std::iter::repeat_n(b'x', 4 << 20));
+    std::fs::write(&path, &bytes).unwrap();
+    let run = fleet.update("dev");
+    assert_refused_and_still_v1(&fleet, &run, &[&hex, "more than the"]);
+    // Nothing of it was kept.
+    let partial = fleet
+        .device("dev")
+        .join("fleet/blobs")
+        .join(format!("{hex}.partial"));
+    assert!(!partial.exists());
+}
+
+#[test]
+fn replayed_metadata_is_refused() {
+    let (fleet, v1) = fleet_on_v1();
+    let metadata = fleet.repo().join("metadata");
+    let old_timestamp = std::fs::read(metadata.join("timestamp.json")).unwrap();
+    let old_snapshot_version = {
+        let ts: Value = serde_json::from_slice(&old_timestamp).unwrap();
+        ts["signed"]["meta"]["snapshot.json"]["version"]
+            .as_u64()
+            .unwrap()
+    };
+    publish_v2(&fleet, &v1);
+    // The device sees newer metadata (and installs v2)...
+    report(&fleet.update("dev"));
+    assert_eq!(fleet.current("dev"), Some(("intent-demo".into(), 2)));
+    // ...then a mirror replays the old timestamp (pointing at the old
+    // snapshot, whose targets set v1).
+    let newest = std::fs::read(metadata.join("timestamp.json")).unwrap();
+    std::fs::write(metadata.join("timestamp.json"), &old_timestamp).unwrap();
+    let run = fleet.update("dev");
+    run.expect_error(&["fleet repository", "timestamp"]);
+    assert_eq!(fleet.current("dev"), Some(("intent-demo".into(), 2)));
+    // A replayed snapshot under the newest timestamp: the snapshot file
+    // of the version the timestamp names is swapped for an older one.
+    std::fs::write(metadata.join("timestamp.json"), &newest).unwrap();
+    let ts: Value = serde_json::from_slice(&newest).unwrap();
+    let named = ts["signed"]["meta"]["snapshot.json"]["version"]
+        .as_u64()
+        .unwrap();
+    let name = format!("{named}.snapshot.json");
+    let saved = std::fs::read(metadata.join(&name)).unwrap();
+    std::fs::copy(
+        metadata.join(format!("{old_snapshot_version}.snapshot.json")),
+        metadata.join(&name),
+    )
+    .unwrap();
+    let run = fleet.update("dev");
+    run.expect_error(&["fleet repository", "snapshot"]);
+    std::fs::write(metadata.join(&name), saved).unwrap();
+    assert_eq!(fleet.current("dev"), Some(("intent-demo".into(), 2)));
+}
+
+#[test]
+fn targets_not_matching_the_snapshot_are_refused() {
+    let (fleet, v1) = fleet_on_v1();
+    publish_v2(&fleet, &v1);
+    // Mix and match: the targets file the snapshot names is replaced by an
+    // older, validly signed one.
+    let metadata = fleet.repo().join("metadata");
+    let ts: Value =
+        serde_json::from_slice(&std::fs::read(metadata.join("timestamp.json")).unwrap()).unwrap();
+    let snapshot_version = ts["signed"]["meta"]["snapshot.json"]["version"]
+        .as_u64()
+        .unwrap();
+    let snapshot: Value = serde_json::from_slice(
+        &std::fs::read(metadata.join(format!("{snapshot_version}.snapshot.json"))).unwrap(),
+    )
+    .unwrap();
+    let targets_version = snapshot["signed"]["meta"]["targets.json"]["version"]
+        .as_u64()
+        .unwrap();
+    std::fs::copy(
+        metadata.join(format!("{}.targets.json", targets_version - 2)),
+        metadata.join(format!("{targets_version}.targets.json")),
+    )
+    .unwrap();
+    let run = fleet.update("dev");
+    assert_refused_and_still_v1(&fleet, &run, &["fleet repository", "targets"]);
+}
+
+#[test]
+fn expired_metadata_freezes_updates_and_the_device_keeps_its_version() {
+    let (fleet, v1) = fleet_on_v1();
+    publish_v2(&fleet, &v1);
+    fleet
+        .fleet(&["refresh", "--timestamp-lifetime", "1s"])
+        .assert_ok();
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    let run = fleet.update("dev");
+    assert_refused_and_still_v1(&fleet, &run, &["expired", "stale"]);
+    // A fresh timestamp (the online key's job) lets it move again.
+    fleet.fleet(&["refresh"]).assert_ok();
+    report(&fleet.update("dev"));
+    assert_eq!(fleet.current("dev"), Some(("intent-demo".into(), 2)));
+}
+
+#[test]
+fn root_rotations_are_followed_one_version_at_a_time() {
+    let (fleet, v1) = fleet_on_v1();
+    // N -> N+1 (a new timestamp key): followed.
+    fleet.fleet(&["rotate", "timestamp"]).assert_ok();
+    publish_v2(&fleet, &v1);
+    report(&fleet.update("dev"));
+    assert_eq!(fleet.current("dev"), Some(("intent-demo".into(), 2)));
+    let kept: Value = serde_json::from_slice(
+        &std::fs::read(fleet.device("dev").join("fleet/tuf/root.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(kept["signed"]["version"], 2);
+
+    // A second device still at root 1 meets root 3 with root 2 missing:
+    // N -> N+2 is never accepted, and what root 3 signs is not trusted.
+    fleet.fleet(&["rotate", "root"]).assert_ok();
+    fleet.fleet(&["rotate", "timestamp"]).assert_ok();
+    let metadata = fleet.repo().join("metadata");
+    let root2 = std::fs::read(metadata.join("2.root.json")).unwrap();
+    let root3 = std::fs::read(metadata.join("3.root.json")).unwrap();
+    std::fs::remove_file(metadata.join("2.root.json")).unwrap();
+    std::fs::remove_file(metadata.join("3.root.json")).unwrap();
+    // Root 3 served as if it were 2 (it is signed by root 2's keys, not 1's).
+    std::fs::write(metadata.join("2.root.json"), &root3).unwrap();
+    let run = fleet.update("fresh");
+    run.expect_error(&["fleet repository"]);
+    assert_eq!(fleet.current("fresh"), None);
+    std::fs::write(metadata.join("2.root.json"), &root2).unwrap();
+    std::fs::write(metadata.join("3.root.json"), &root3).unwrap();
+    // With the chain whole, both devices follow to root 4.
+    report(&fleet.update("fresh"));
+    assert_eq!(fleet.current("fresh"), Some(("intent-demo".into(), 2)));
+}
+
+#[test]
+fn an_online_key_cannot_move_a_device_back_or_to_an_unsigned_bundle() {
+    let (fleet, v1) = fleet_on_v1();
+    publish_v2(&fleet, &v1);
+    report(&fleet.update("dev"));
+    assert_eq!(fleet.current("dev"), Some(("intent-demo".into(), 2)));
+
+    // The group pointed back at v1 (a publisher-signed, older version).
+    fleet.set("lab", 1);
+    let run = fleet.update("dev");
+    run.expect_error(&["intent-demo version 1", "refused", "older than version 2"]);
+    assert_eq!(fleet.current("dev"), Some(("intent-demo".into(), 2)));
+
+    // A v3 the publishers never signed (one signature of the two needed),
+    // slipped into the repository by whoever holds the targets key.
+    let v3 = fleet.relabelled_demo("v3", 3, "evil", &["a"]);
+    fleet
+        .publish_with(&v3, "root1.json")
+        .expect_error(&["signature"]);
+    // Through an accomplice's trust root, it gets in the repository anyway.
+    fleet.publisher.root(
+        "evil-root.json",
+        1,
+        &["a"],
+        1,
+        "2099-01-01T00:00:00Z",
+        &[],
+        &["a"],
+    );
+    fleet.publish_with(&v3, "evil-root.json").assert_ok();
+    fleet.set("lab", 3);
+    let run = fleet.update("dev");
+    run.expect_error(&["intent-demo version 3", "refused", "signature"]);
+    assert_eq!(fleet.current("dev"), Some(("intent-demo".into(), 2)));
+    assert!(
+        !fleet
+            .device("dev")
+            .join("fleet/bundles/intent-demo-3")
+            .exists()
+    );
+}
+
+#[test]
+fn a_download_cut_mid_blob_resumes_from_where_it_stopped() {
+    let (fleet, v1) = fleet_on_v1();
+    let hex = publish_v2(&fleet, &v1);
+    let size = std::fs::metadata(repo_blob(&fleet, &hex)).unwrap().len();
+    // Cut after the answer's head (well under 400 bytes) and half the body.
+    let relay = CuttingRelay::start(fleet.nginx.port(), &hex, 400 + (size / 2) as usize);
+    let run = fleet.update_via("dev", &relay.url());
+    assert_eq!(relay.cuts(), 1);
+    assert_refused_and_still_v1(&fleet, &run, &[&hex]);
+    let partial = fleet
+        .device("dev")
+        .join("fleet/blobs")
+        .join(format!("{hex}.partial"));
+    let kept = std::fs::metadata(&partial).unwrap().len();
+    assert!(kept > 0 && kept < size, "{kept} of {size}");
+
+    fleet.nginx.clear_log();
+    let done = report(&fleet.update("dev"));
+    assert_eq!(done["resumed"], 1, "{done}");
+    assert_eq!(fleet.current("dev"), Some(("intent-demo".into(), 2)));
+    let ranged: Vec<_> = fleet
+        .nginx
+        .log()
+        .into_iter()
+        .filter(|a| a.path.ends_with(&hex))
+        .collect();
+    assert_eq!(ranged.len(), 1, "{ranged:?}");
+    assert_eq!(ranged[0].status, 206);
+    assert_eq!(ranged[0].range, format!("bytes={kept}-"));
+    assert_eq!(ranged[0].bytes, size - kept);
+}
+
+#[test]
+fn bad_fleet_arguments_get_clear_errors() {
+    let fleet = Fleet::new();
+    fleet
+        .fleet(&["set", "Bad Group", "intent-demo", "1"])
+        .expect_error(&["'Bad Group' is not a valid group name"]);
+    fleet
+        .fleet(&["set", "lab", "intent-demo", "7"])
+        .expect_error(&[
+            "intent-demo version 7 is not in this repository",
+            "outpost publish",
+        ]);
+    fleet.fleet(&["init"]).expect_error(&["exists already"]);
+    let run = fleet.update("dev");
+    run.expect_error(&["no assignment for group 'lab'", "outpost fleet set lab"]);
+    let run = outpost(&[
+        "update",
+        "--once",
+        "--repo",
+        "https://example.com/fleet",
+        "--group",
+        "lab",
+        "--fleet-root",
+        "/nonexistent/1.root.json",
+    ]);
+    run.expect_error(&["https:// is not supported yet"]);
+}
