@@ -33,7 +33,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-pub use agent::{Current, Installed, UpdateOutcome, UpdateReport, Updater, UpdaterOptions};
+pub use agent::{
+    Current, FleetStatus, Installed, Rejected, StatusReport, UpdateOutcome, UpdateReport, Updater,
+    UpdaterOptions,
+};
 pub use publish::{FleetKeys, Lifetimes, Published, Publisher, RoleName};
 
 /// The repository's TUF metadata folder.

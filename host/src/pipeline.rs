@@ -1,6 +1,7 @@
 //! Pipelines: models preloaded once, stages in order, tensors flowing between
 //! them by name.
 
+pub mod checks;
 mod load;
 pub mod spec;
 
@@ -209,6 +210,7 @@ pub struct Pipeline {
     outputs: Vec<String>,
     models: Vec<LoadedModel>,
     stages: Vec<PipelineStage>,
+    checks: Vec<checks::CheckSpec>,
 }
 
 impl Pipeline {

@@ -161,8 +161,21 @@ impl Fleet {
 
     /// The demo as a bundle whose labels file renames `stop_conveyor` to
     /// `label`: a change to one stage's file (and the pipeline file that
-    /// names it), the model and components unchanged.
+    /// names it), the model and components unchanged. Its health check
+    /// expects the new label.
     fn relabelled_demo(&self, dir: &str, version: u64, label: &str, signers: &[&str]) -> PathBuf {
+        self.demo_variant(dir, version, label, label, signers)
+    }
+
+    /// The demo relabelled, with a health check expecting `checked`.
+    fn demo_variant(
+        &self,
+        dir: &str,
+        version: u64,
+        label: &str,
+        checked: &str,
+        signers: &[&str],
+    ) -> PathBuf {
         let work = self.scratch.path().join(format!("{dir}-src"));
         std::fs::create_dir_all(&work).unwrap();
         let demo = demo_dir();
@@ -184,6 +197,10 @@ impl Fleet {
             .replace(
                 "\"vocab.txt\"",
                 &format!("\"{}\"", demo.join("vocab.txt").display()),
+            )
+            .replace(
+                "labels = \"stop_conveyor\"",
+                &format!("labels = \"{checked}\""),
             );
         std::fs::write(work.join("intent.toml"), toml).unwrap();
         self.publisher.bundle(
@@ -588,4 +605,50 @@ fn bad_fleet_arguments_get_clear_errors() {
         "/nonexistent/1.root.json",
     ]);
     run.expect_error(&["https:// is not supported yet"]);
+}
+
+#[test]
+fn a_version_whose_health_check_fails_is_never_served_nor_retried() {
+    let (fleet, _v1) = fleet_on_v1();
+    // v2's labels say "halt_conveyor" where its own check expects
+    // "stop_conveyor": it loads, fails its check, and is rejected.
+    let v2 = fleet.demo_variant("v2", 2, "halt_conveyor", "stop_conveyor", &["a", "b"]);
+    fleet.publish(&v2);
+    fleet.set("lab", 2);
+    let run = fleet.update("dev");
+    assert_refused_and_still_v1(
+        &fleet,
+        &run,
+        &[
+            "health check 'stop command' failed",
+            "labelled 'halt_conveyor', expected 'stop_conveyor'",
+        ],
+    );
+    let status = outpost(&[
+        "status".to_owned(),
+        "--state-dir".into(),
+        fleet.device("dev").display().to_string(),
+    ])
+    .json();
+    assert_eq!(status["agent"]["phase"], "failed", "{status}");
+    assert_eq!(status["rejected"][0]["version"], 2, "{status}");
+    // Not retried: nothing is fetched again.
+    fleet.nginx.clear_log();
+    let again = report(&fleet.update("dev"));
+    assert!(again["outcome"]["rejected"].is_object(), "{again}");
+    assert!(
+        fleet
+            .nginx
+            .log()
+            .iter()
+            .all(|a| !a.path.starts_with("/blobs/"))
+    );
+    assert_eq!(fleet.current("dev"), Some(("intent-demo".into(), 1)));
+    // v3 fixes it and lands.
+    let v3 = fleet.relabelled_demo("v3", 3, "halt_conveyor", &["a", "b"]);
+    fleet.publish(&v3);
+    fleet.set("lab", 3);
+    report(&fleet.update("dev"));
+    assert_eq!(fleet.current("dev"), Some(("intent-demo".into(), 3)));
+    assert_eq!(fleet.run_current("dev"), "halt_conveyor");
 }

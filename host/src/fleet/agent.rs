@@ -45,6 +45,8 @@ const TUF_DIR: &str = "tuf";
 const BUNDLES_DIR: &str = "bundles";
 const CURRENT_FILE: &str = "current.json";
 const PARTIAL_SUFFIX: &str = ".partial";
+const STATUS_FILE: &str = "status.json";
+const REJECTED_FILE: &str = "rejected.json";
 
 /// Where and how a device follows its fleet.
 #[derive(Clone, Debug)]
@@ -87,6 +89,61 @@ pub struct Current {
     pub previous: Option<Installed>,
 }
 
+/// A version this device rolled back from or refused to serve.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Rejected {
+    /// The bundle's name.
+    pub bundle: String,
+    /// Its version.
+    pub version: u64,
+    /// Its manifest digest: a republished version with other content is
+    /// tried again.
+    pub manifest_digest: String,
+    /// Why.
+    pub reason: String,
+    /// When (RFC 3339).
+    pub at: String,
+}
+
+/// What the update agent last did, for `outpost status` and `/status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FleetStatus {
+    /// `idle`, `checking`, `probation`, `serving`, `stale`, `failed`.
+    pub phase: String,
+    /// When the last check ended (RFC 3339).
+    pub last_check: Option<String>,
+    /// The last check's error, if it failed.
+    pub last_error: Option<String>,
+    /// Its kind ([`FleetError::kind`]).
+    pub last_error_kind: Option<String>,
+    /// When the trusted fleet metadata expires (RFC 3339).
+    pub metadata_expires: Option<String>,
+    /// The fleet metadata expired and nothing fresher was reachable: the
+    /// device keeps what it runs and does not update.
+    pub stale: bool,
+    /// What the group is assigned, as last seen.
+    pub target: Option<Assignment>,
+}
+
+/// The whole status: what runs, what the agent did, what was rejected.
+#[derive(Clone, Debug, Serialize)]
+pub struct StatusReport {
+    /// What runs from the fleet, and before it.
+    #[serde(flatten)]
+    pub current: Current,
+    /// The agent's last check.
+    pub agent: FleetStatus,
+    /// Versions rolled back from or refused.
+    pub rejected: Vec<Rejected>,
+}
+
+/// Now, as RFC 3339.
+pub fn now() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
 /// What one update check did.
 #[derive(Clone, Debug, Serialize)]
 pub struct UpdateReport {
@@ -112,6 +169,12 @@ pub struct UpdateReport {
 pub enum UpdateOutcome {
     /// The device runs the assigned version already.
     UpToDate,
+    /// The assigned version failed here before (its checks, or probation)
+    /// and is not tried again until the group is assigned another.
+    Rejected {
+        /// Why it was rejected.
+        reason: String,
+    },
     /// The assigned version is installed, verified, and waits to be loaded
     /// and activated.
     Staged {
@@ -190,14 +253,57 @@ impl Updater {
             current.previous = current.current.take();
             current.current = Some(installed);
         }
-        let path = self.fleet_dir().join(CURRENT_FILE);
-        let json = serde_json::to_vec_pretty(&current).map_err(|e| FleetError::Io {
-            path: path.clone(),
-            source: std::io::Error::other(e),
-        })?;
-        write_atomic(&path, &json, 0o644)?;
+        self.write_current(&current)?;
         self.collect_garbage(&current)?;
         Ok(())
+    }
+
+    /// Makes the previous version current again (after a failed
+    /// probation); returns it. The version rolled back from stays on disk
+    /// until the next activation collects it.
+    pub fn roll_back(&self) -> Result<Option<Installed>, FleetError> {
+        let current = self.current()?;
+        let back = Current {
+            current: current.previous.clone(),
+            previous: None,
+        };
+        self.write_current(&back)?;
+        Ok(back.current)
+    }
+
+    fn write_current(&self, current: &Current) -> Result<(), FleetError> {
+        let path = self.fleet_dir().join(CURRENT_FILE);
+        write_json(&path, current)
+    }
+
+    /// Records that `installed` must not be tried again (until the group
+    /// is assigned other content), and why.
+    pub fn reject(&self, installed: &Installed, reason: &str) -> Result<(), FleetError> {
+        let mut rejected = self.rejected()?;
+        rejected.retain(|r| r.manifest_digest != installed.manifest_digest);
+        rejected.push(Rejected {
+            bundle: installed.bundle.clone(),
+            version: installed.version,
+            manifest_digest: installed.manifest_digest.clone(),
+            reason: reason.to_owned(),
+            at: now(),
+        });
+        // The newest 32 are enough to stop retries.
+        let excess = rejected.len().saturating_sub(32);
+        rejected.drain(..excess);
+        std::fs::create_dir_all(self.fleet_dir()).map_err(FleetError::io(self.fleet_dir()))?;
+        write_json(&self.fleet_dir().join(REJECTED_FILE), &rejected)
+    }
+
+    /// Versions rejected so far.
+    pub fn rejected(&self) -> Result<Vec<Rejected>, FleetError> {
+        read_rejected(&self.state)
+    }
+
+    /// Records what the agent did last.
+    pub fn record_status(&self, status: &FleetStatus) -> Result<(), FleetError> {
+        std::fs::create_dir_all(self.fleet_dir()).map_err(FleetError::io(self.fleet_dir()))?;
+        write_json(&self.fleet_dir().join(STATUS_FILE), status)
     }
 
     /// Removes installed versions other than the current and previous ones,
@@ -401,6 +507,16 @@ impl Updater {
         };
         let installed = installed(&assignment);
         if self.current()?.current.as_ref() == Some(&installed) {
+            return Ok(report);
+        }
+        if let Some(rejected) = self
+            .rejected()?
+            .into_iter()
+            .find(|r| r.manifest_digest == assignment.manifest_digest)
+        {
+            report.outcome = UpdateOutcome::Rejected {
+                reason: rejected.reason,
+            };
             return Ok(report);
         }
         let mismatch = |problem: String| FleetError::Mismatch {
@@ -614,18 +730,56 @@ impl Updater {
 /// What `STATE/fleet/current.json` says (nothing installed from a fleet
 /// yet: both empty).
 pub fn read_current(state: &Path) -> Result<Current, FleetError> {
-    let path = state.join(FLEET_DIR).join(CURRENT_FILE);
-    match std::fs::read(&path) {
+    read_json(
+        &state.join(FLEET_DIR).join(CURRENT_FILE),
+        "remove it; the next update installs the group's version again",
+    )
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), FleetError> {
+    let json = serde_json::to_vec_pretty(value).map_err(|e| FleetError::Io {
+        path: path.to_owned(),
+        source: std::io::Error::other(e),
+    })?;
+    write_atomic(path, &json, 0o644)?;
+    Ok(())
+}
+
+fn read_json<T: serde::de::DeserializeOwned + Default>(
+    path: &Path,
+    fix: &'static str,
+) -> Result<T, FleetError> {
+    match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
             FleetError::Device(crate::device::DeviceError::Corrupt {
-                path: path.clone(),
+                path: path.to_owned(),
                 problem: e.to_string(),
-                fix: "remove it; the next update installs the group's version again",
+                fix,
             })
         }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Current::default()),
-        Err(e) => Err(FleetError::io(&path)(e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(FleetError::io(path)(e)),
     }
+}
+
+/// The versions `STATE/fleet/rejected.json` lists.
+pub fn read_rejected(state: &Path) -> Result<Vec<Rejected>, FleetError> {
+    read_json(
+        &state.join(FLEET_DIR).join(REJECTED_FILE),
+        "remove it; rejected versions are then tried again",
+    )
+}
+
+/// Everything `outpost status` shows.
+pub fn read_status(state: &Path) -> Result<StatusReport, FleetError> {
+    Ok(StatusReport {
+        current: read_current(state)?,
+        agent: read_json(
+            &state.join(FLEET_DIR).join(STATUS_FILE),
+            "remove it; the next check writes it again",
+        )?,
+        rejected: read_rejected(state)?,
+    })
 }
 
 fn hex(bytes: &[u8]) -> String {

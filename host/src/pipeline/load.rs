@@ -324,6 +324,12 @@ impl Loader<'_> {
             .iter()
             .map(|n| (n.clone(), input_specs.remove(n)))
             .collect();
+        let input_names = spec.pipeline.inputs.clone();
+        for (index, check) in spec.checks.iter().enumerate() {
+            check
+                .validate(index, &input_names, &outputs)
+                .map_err(|m| self.invalid(m))?;
+        }
         Ok(Pipeline {
             name: spec.pipeline.name,
             version: spec.pipeline.version,
@@ -332,6 +338,7 @@ impl Loader<'_> {
             outputs,
             models,
             stages,
+            checks: spec.checks,
         })
     }
 

@@ -16,6 +16,10 @@ pub struct PipelineSpec {
     pub models: BTreeMap<String, ModelSpec>,
     /// `[[stages]]`, in order.
     pub stages: Vec<StageSpec>,
+    /// `[[checks]]`: requests with known answers, run before a new version
+    /// serves.
+    #[serde(default)]
+    pub checks: Vec<super::checks::CheckSpec>,
 }
 
 /// The `[pipeline]` table.

@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use outpost_host::Host;
 use outpost_host::device::DeviceState;
 use outpost_host::fleet::{
-    FleetKeys, Lifetimes, Publisher, RoleName, UpdateOutcome, Updater, UpdaterOptions,
+    FleetKeys, FleetStatus, Lifetimes, Publisher, RoleName, UpdateOutcome, Updater, UpdaterOptions,
 };
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -234,17 +234,41 @@ pub fn update(args: &UpdateArgs, host: Host) -> Result<()> {
             stall: args.stall,
         },
     )?;
-    let report = runtime()?.block_on(updater.check(&device, &policy))?;
-    if let UpdateOutcome::Staged { dir } = &report.outcome {
-        let (verified, _provenance, _staging) = device
-            .open_verified(dir, &args.trust, &policy)
-            .with_context(|| format!("installed bundle {}", dir.display()))?;
-        let pipeline = host
-            .load_bundle(&verified)
-            .with_context(|| format!("loading {}", dir.display()))?;
-        device.accept(&verified, &crate::running_bundle(&verified, &pipeline))?;
-        updater.activate(outpost_host::fleet::agent::installed_of(&verified))?;
+    let mut status = FleetStatus {
+        phase: "checking".into(),
+        ..FleetStatus::default()
+    };
+    let outcome = runtime()?
+        .block_on(updater.check(&device, &policy))
+        .map_err(anyhow::Error::from)
+        .and_then(|report| {
+            status.metadata_expires = Some(report.metadata_expires.clone());
+            status.target = Some(report.assignment.clone());
+            if let UpdateOutcome::Staged { dir } = &report.outcome {
+                let installed = outpost_host::fleet::agent::installed(&report.assignment);
+                install(&device, &updater, &host, dir, args, &policy).inspect_err(|e| {
+                    // A version that does not load or fails its checks is
+                    // never tried again (until the group moves on).
+                    let _ = updater.reject(&installed, &format!("{e:#}"));
+                })?;
+            }
+            Ok(report)
+        });
+    status.last_check = Some(outpost_host::fleet::agent::now());
+    match &outcome {
+        Ok(_) => status.phase = "serving".into(),
+        Err(e) => {
+            let kind = e
+                .downcast_ref::<outpost_host::fleet::FleetError>()
+                .map_or("install", |f| f.kind());
+            status.stale = kind == "stale";
+            status.phase = if status.stale { "stale" } else { "failed" }.into();
+            status.last_error = Some(format!("{e:#}"));
+            status.last_error_kind = Some(kind.to_owned());
+        }
     }
+    updater.record_status(&status)?;
+    let report = outcome?;
     println!(
         "{}",
         serde_json::to_string_pretty(&report).context("writing the report")?
@@ -252,9 +276,31 @@ pub fn update(args: &UpdateArgs, host: Host) -> Result<()> {
     Ok(())
 }
 
+/// Loads an installed bundle (verified again, every blob hashed), runs its
+/// health checks, records it as accepted and makes it current.
+fn install(
+    device: &DeviceState,
+    updater: &Updater,
+    host: &Host,
+    dir: &Path,
+    args: &UpdateArgs,
+    policy: &outpost_host::policy::DevicePolicy,
+) -> Result<()> {
+    let (verified, _provenance, _staging) = device
+        .open_verified(dir, &args.trust, policy)
+        .with_context(|| format!("installed bundle {}", dir.display()))?;
+    let pipeline = host
+        .load_bundle(&verified)
+        .with_context(|| format!("loading {}", dir.display()))?;
+    pipeline.run_checks()?;
+    device.accept(&verified, &crate::running_bundle(&verified, &pipeline))?;
+    updater.activate(outpost_host::fleet::agent::installed_of(&verified))?;
+    Ok(())
+}
+
 /// Runs `outpost status`: what the device runs from its fleet.
 pub fn status(state: &Path) -> Result<()> {
-    let updater_state = outpost_host::fleet::agent::read_current(state)?;
+    let updater_state = outpost_host::fleet::agent::read_status(state)?;
     println!(
         "{}",
         serde_json::to_string_pretty(&updater_state).context("writing the status")?
