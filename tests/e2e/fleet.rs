@@ -4,11 +4,15 @@
 //! update the device still runs what it ran, and says why.
 
 use crate::bundles::{AssertOk, Publisher};
+use crate::serve::{Server, http, text_request};
 use outpost_e2e::servers::{CuttingRelay, Nginx};
 use outpost_e2e::{Run, Scratch, demo_dir, outpost, target_dir};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 /// A publisher (keys a..e, root1.json: 2 of a, b, c), a fleet repository
 /// with its role keys, and nginx serving it.
@@ -651,4 +655,221 @@ fn a_version_whose_health_check_fails_is_never_served_nor_retried() {
     report(&fleet.update("dev"));
     assert_eq!(fleet.current("dev"), Some(("intent-demo".into(), 3)));
     assert_eq!(fleet.run_current("dev"), "halt_conveyor");
+}
+
+/// The demo relabelled, with a stage spliced in after `classify` that
+/// passes its scores through once per instance and then traps: it passes
+/// its health check and fails on real traffic.
+fn trapping_demo(fleet: &Fleet, dir: &str, version: u64, label: &str) -> PathBuf {
+    let bundle = fleet.relabelled_demo(&format!("{dir}-base"), version, label, &[]);
+    let _ = bundle;
+    let src = fleet.scratch.path().join(format!("{dir}-base-src"));
+    let mut toml = std::fs::read_to_string(src.join("intent.toml")).unwrap();
+    toml.push_str(&format!(
+        "\n[[stages]]\nname = \"guard\"\ncomponent = \"{}\"\ninputs = {{ x = \"scores\" }}\noutputs = {{ x = \"guarded\" }}\nconfig = {{ mode = \"trap-after\", ok_runs = 1 }}\n",
+        outpost_e2e::plugin("fail").display()
+    ));
+    toml = toml.replace(
+        "outputs = [\"labels\", \"scores\"]",
+        "outputs = [\"labels\", \"scores\", \"guarded\"]",
+    );
+    std::fs::write(src.join("intent.toml"), toml).unwrap();
+    fleet.publisher.bundle(
+        &src.join("intent.toml"),
+        "intent-demo",
+        version,
+        dir,
+        &["a", "b"],
+    )
+}
+
+/// Sends the demo request over and over until stopped; counts answers by
+/// top label, and keeps every failure.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<(BTreeMap<String, u64>, Vec<String>)>,
+}
+
+impl Traffic {
+    fn start(addr: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let addr = addr.to_owned();
+        let handle = std::thread::spawn(move || {
+            let mut labels = BTreeMap::new();
+            let mut failures = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                let reply = http(
+                    &addr,
+                    "POST",
+                    "/v2/models/intent-demo/infer",
+                    &[("content-type", "application/json")],
+                    text_request("text", "stop the conveyor")
+                        .to_string()
+                        .as_bytes(),
+                );
+                if reply.status == 200 {
+                    let body = reply.json();
+                    let label = body["outputs"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|o| o["name"] == "labels")
+                        .map(|o| {
+                            o["data"][0]
+                                .as_str()
+                                .unwrap()
+                                .split('\t')
+                                .next()
+                                .unwrap()
+                                .to_owned()
+                        })
+                        .unwrap();
+                    *labels.entry(label).or_insert(0) += 1;
+                } else {
+                    failures.push(format!(
+                        "{}: {}",
+                        reply.status,
+                        String::from_utf8_lossy(&reply.body)
+                    ));
+                }
+            }
+            (labels, failures)
+        });
+        Self { stop, handle }
+    }
+
+    fn finish(self) -> (BTreeMap<String, u64>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap()
+    }
+}
+
+fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn server_status(server: &Server) -> Value {
+    let reply = http(&server.http, "GET", "/status", &[], b"");
+    assert_eq!(reply.status, 200);
+    reply.json()
+}
+
+#[test]
+fn the_service_swaps_versions_without_failing_a_request_and_rolls_back_a_bad_one() {
+    let fleet = Fleet::new();
+    let v1 = fleet.publisher.demo_bundle("v1", 1, &["a", "b"]);
+    fleet.publish(&v1);
+    fleet.set("lab", 1);
+    let config = fleet.scratch.write(
+        "outpost.toml",
+        format!(
+            r#"trust = ["{root}"]
+state_dir = "{state}"
+[requests]
+concurrency = 2
+[updates]
+repository = "{url}"
+group = "lab"
+fleet_root = "{repo}/metadata/1.root.json"
+interval_s = 1
+jitter = 0.0
+probation_s = 4
+min_requests = 5
+max_failure_rate = 0.2
+"#,
+            root = fleet.publisher.path("root1.json").display(),
+            state = fleet.device("svc").display(),
+            url = fleet.nginx.url(),
+            repo = fleet.repo().display(),
+        ),
+    );
+    let server = Server::start(&["--config".to_owned(), config.display().to_string()]);
+    let ready = || {
+        http(
+            &server.http,
+            "GET",
+            "/v2/models/intent-demo/ready",
+            &[],
+            b"",
+        )
+        .status
+            == 200
+    };
+    wait_until(
+        "v1 is installed and served",
+        Duration::from_secs(120),
+        ready,
+    );
+
+    // v2 lands while requests keep coming: none fails.
+    let traffic = Traffic::start(&server.http);
+    std::thread::sleep(Duration::from_millis(500));
+    let v2 = fleet.relabelled_demo("v2", 2, "halt_conveyor", &["a", "b"]);
+    fleet.publish(&v2);
+    fleet.set("lab", 2);
+    wait_until("v2 serves", Duration::from_secs(120), || {
+        server_status(&server)["current"]["version"] == 2
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (labels, failures) = traffic.finish();
+    assert!(failures.is_empty(), "{failures:?}\n{}", server.log());
+    assert!(
+        labels.get("stop_conveyor").is_some_and(|n| *n > 0),
+        "{labels:?}"
+    );
+    assert!(
+        labels.get("halt_conveyor").is_some_and(|n| *n > 0),
+        "{labels:?}"
+    );
+    eprintln!("across the swap: {labels:?}, 0 failed");
+    wait_until("v2's probation passes", Duration::from_secs(60), || {
+        server_status(&server)["agent"]["phase"] == "serving"
+    });
+
+    // v3 passes its health check but traps on real traffic: rolled back.
+    let v3 = trapping_demo(&fleet, "v3", 3, "halt_conveyor");
+    fleet.publish(&v3);
+    fleet.set("lab", 3);
+    wait_until("v3 is swapped in", Duration::from_secs(120), || {
+        server_status(&server)["current"]["version"] == 3
+    });
+    let traffic = Traffic::start(&server.http);
+    wait_until("v3 is rolled back", Duration::from_secs(60), || {
+        server_status(&server)["agent"]["phase"] == "rolled-back"
+    });
+    let (_, failures) = traffic.finish();
+    assert!(!failures.is_empty(), "v3 must have failed some requests");
+    let status = server_status(&server);
+    assert_eq!(status["current"]["version"], 2, "{status}");
+    assert_eq!(status["rejected"][0]["version"], 3, "{status}");
+    assert!(
+        status["agent"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("on probation"),
+        "{status}"
+    );
+    // v2 serves again, and v3 is not retried.
+    let traffic = Traffic::start(&server.http);
+    std::thread::sleep(Duration::from_secs(2));
+    let (labels, failures) = traffic.finish();
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(labels.contains_key("halt_conveyor"), "{labels:?}");
+    assert_eq!(server_status(&server)["current"]["version"], 2);
+    let metrics = http(&server.http, "GET", "/metrics", &[], b"");
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(text.contains("outpost_fleet_rollbacks_total 1"), "{text}");
+
+    // v4 fixes it and lands.
+    let v4 = fleet.relabelled_demo("v4", 4, "stop_now", &["a", "b"]);
+    fleet.publish(&v4);
+    fleet.set("lab", 4);
+    wait_until("v4 serves", Duration::from_secs(120), || {
+        server_status(&server)["current"]["version"] == 4
+    });
 }

@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 /// A running `outpost serve`, killed when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    http: String,
+    pub(crate) http: String,
     grpc: String,
     log: Arc<Mutex<String>>,
 }
@@ -23,7 +23,7 @@ struct Server {
 impl Server {
     /// Starts `outpost serve ARGS` on ephemeral loopback ports and waits
     /// until it listens, or returns its log if it exits first.
-    fn try_start(args: &[String]) -> Result<Server, String> {
+    pub(crate) fn try_start(args: &[String]) -> Result<Server, String> {
         let mut command = Command::new(outpost_e2e::outpost_bin());
         command.arg("serve");
         if !args.iter().any(|a| a == "--listen") {
@@ -81,11 +81,11 @@ impl Server {
         }
     }
 
-    fn start(args: &[String]) -> Server {
+    pub(crate) fn start(args: &[String]) -> Server {
         Self::try_start(args).unwrap_or_else(|log| panic!("outpost serve failed:\n{log}"))
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
 
@@ -121,7 +121,13 @@ impl Drop for Server {
 }
 
 /// A raw HTTP/1.1 exchange (`Connection: close`): status, head, body.
-fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+pub(crate) fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(120)))
@@ -145,10 +151,10 @@ fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[
 }
 
 #[derive(Debug)]
-struct Reply {
-    status: u16,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
     head: String,
-    body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Reply {
@@ -170,7 +176,7 @@ impl Reply {
         }
     }
 
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
     }
@@ -184,7 +190,7 @@ impl Reply {
     }
 }
 
-fn infer_json(server: &Server, model: &str, request: &Value) -> Reply {
+pub(crate) fn infer_json(server: &Server, model: &str, request: &Value) -> Reply {
     http(
         &server.http,
         "POST",
@@ -194,7 +200,7 @@ fn infer_json(server: &Server, model: &str, request: &Value) -> Reply {
     )
 }
 
-fn text_request(input: &str, text: &str) -> Value {
+pub(crate) fn text_request(input: &str, text: &str) -> Value {
     json!({"inputs": [{"name": input, "datatype": "BYTES", "shape": [1], "data": [text]}]})
 }
 
@@ -292,7 +298,7 @@ fn hostile_bundle(p: &Publisher, name: &str, config: &str, limits: &str) -> Path
     p.bundle(&path, name, 1, name, &["a", "b"])
 }
 
-fn config_file(p: &Publisher, name: &str, text: &str) -> PathBuf {
+pub(crate) fn config_file(p: &Publisher, name: &str, text: &str) -> PathBuf {
     let path = p.path(name);
     std::fs::write(&path, text).unwrap();
     path

@@ -4,6 +4,9 @@
 //! - `"bad-length"`: returns a tensor whose bytes do not match its dims;
 //! - `"bad-type"`: returns i64 where it declared f32;
 //! - `"bad-utf8"`: returns a utf8 tensor whose bytes are not UTF-8;
+//! - `"trap-after"`: passes `x` through for an instance's first `ok_runs`
+//!   runs (default 1), then traps: passes a health check on a fresh
+//!   instance, fails on real traffic;
 //! - `"ok"`: passes `x` through, so a pipeline around it works.
 //!
 //! Input and output: `x`, f32 [n].
@@ -14,6 +17,8 @@ use outpost_guest::{
 
 struct Fail {
     mode: String,
+    ok_runs: u64,
+    runs: u64,
 }
 
 impl Stage for Fail {
@@ -24,11 +29,25 @@ impl Stage for Fail {
                 "init-error mode: refusing to start",
             ));
         }
-        Ok(Fail { mode })
+        let ok_runs = config.get_or("ok_runs", 1u64)?;
+        Ok(Fail {
+            mode,
+            ok_runs,
+            runs: 0,
+        })
     }
 
     fn describe(&self) -> StageInfo {
-        let x = || TensorSpec::new("x", ElementType::F32).dims([Dim::sym("n")]);
+        let trap_after = self.mode == "trap-after";
+        let x = || {
+            let spec = TensorSpec::new("x", ElementType::F32);
+            // Spliced into real pipelines: any f32 tensor passes through.
+            if trap_after {
+                spec.any_shape()
+            } else {
+                spec.dims([Dim::sym("n")])
+            }
+        };
         StageInfo::new("fail", "0.1.0", "fails on purpose")
             .input(x())
             .output(x())
@@ -36,7 +55,14 @@ impl Stage for Fail {
 
     fn run(&mut self, mut inputs: Inputs) -> Result<Vec<Tensor>, StageError> {
         let x = inputs.take("x")?;
+        self.runs += 1;
         match self.mode.as_str() {
+            "trap-after" if self.runs > self.ok_runs => {
+                panic!(
+                    "asked to trap after {} runs (mode = \"trap-after\")",
+                    self.ok_runs
+                )
+            }
             "error" => Err(StageError::invalid_input(
                 "asked to fail (mode = \"error\")",
             )),

@@ -39,6 +39,40 @@ pub struct FileConfig {
     pub engine: EngineFile,
     /// Per-pipeline overrides of `[requests]`, by model (bundle) name.
     pub pipelines: BTreeMap<String, PipelineFile>,
+    /// Fleet updates (absent: none).
+    pub updates: Option<UpdatesFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpdatesFile {
+    pub repository: Option<String>,
+    pub group: Option<String>,
+    pub fleet_root: Option<PathBuf>,
+    pub interval_s: Option<u64>,
+    pub jitter: Option<f64>,
+    pub stall_ms: Option<u64>,
+    pub probation_s: Option<u64>,
+    pub max_failure_rate: Option<f64>,
+    pub min_requests: Option<u64>,
+}
+
+/// How the service follows its fleet.
+#[derive(Debug, Clone)]
+pub struct UpdateSettings {
+    pub repository: String,
+    pub group: String,
+    pub fleet_root: PathBuf,
+    pub interval: Duration,
+    /// Each wait is the interval times a random factor in 1 ± jitter.
+    pub jitter: f64,
+    pub stall: Duration,
+    pub probation: Duration,
+    /// Above this share of failed requests (stage failures) during
+    /// probation, the new version is rolled back.
+    pub max_failure_rate: f64,
+    /// Probation judges only once this many requests reached the new version.
+    pub min_requests: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -157,6 +191,7 @@ pub struct Settings {
     pub onnxruntime_lib: Option<PathBuf>,
     pub onnxruntime_threads: Option<usize>,
     pub pool_instances: Option<u32>,
+    pub updates: Option<UpdateSettings>,
 }
 
 impl Settings {
@@ -187,9 +222,13 @@ impl Settings {
         } else {
             flags.bundles
         };
-        if bundles.is_empty() {
+        let updates = match file.updates {
+            None => None,
+            Some(u) => Some(update_settings(u, &key, &rel)?),
+        };
+        if bundles.is_empty() && updates.is_none() {
             bail!(
-                "no bundles to serve: name them on the command line (outpost serve BUNDLE...) or in {source} (bundles = [\"/var/lib/outpost/bundles/NAME.bundle\"])"
+                "no bundles to serve: name them on the command line (outpost serve BUNDLE...) or in {source} (bundles = [\"/var/lib/outpost/bundles/NAME.bundle\"]), or follow a fleet ([updates])"
             );
         }
         let trust = if flags.trust.is_empty() {
@@ -361,6 +400,7 @@ impl Settings {
                 Some(0) => bail!("{}: must be at least 1", key("engine.pool_instances")),
                 other => other,
             },
+            updates,
             source,
         })
     }
@@ -369,6 +409,62 @@ impl Settings {
     pub fn admission(&self, name: &str) -> Admission {
         self.pipelines.get(name).copied().unwrap_or(self.defaults)
     }
+}
+
+fn update_settings(
+    u: UpdatesFile,
+    key: &dyn Fn(&str) -> String,
+    rel: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<UpdateSettings> {
+    let required = |value: Option<String>, what: &str, example: &str| -> Result<String> {
+        match value {
+            Some(v) if !v.is_empty() => Ok(v),
+            _ => bail!("{}: required with [updates], e.g. {example}", key(what)),
+        }
+    };
+    let repository = required(
+        u.repository,
+        "updates.repository",
+        "repository = \"http://updates.example.com/fleet/\"",
+    )?;
+    let group = required(u.group, "updates.group", "group = \"cameras-eu\"")?;
+    let fleet_root = rel(u.fleet_root.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: required with [updates]: the fleet's root metadata this device was installed with (REPO/metadata/1.root.json)",
+            key("updates.fleet_root")
+        )
+    })?);
+    let seconds = |value: Option<u64>, default: u64, what: &str| -> Result<Duration> {
+        match value {
+            Some(0) => bail!("{}: must be at least 1", key(what)),
+            Some(v) if v > 7 * 86_400 => bail!("{}: {v} s is more than a week", key(what)),
+            Some(v) => Ok(Duration::from_secs(v)),
+            None => Ok(Duration::from_secs(default)),
+        }
+    };
+    let fraction = |value: Option<f64>, default: f64, what: &str| -> Result<f64> {
+        let v = value.unwrap_or(default);
+        if !(0.0..=1.0).contains(&v) {
+            bail!("{}: {v} is not between 0 and 1", key(what));
+        }
+        Ok(v)
+    };
+    let stall_ms = match u.stall_ms {
+        Some(0) => bail!("{}: must be at least 1", key("updates.stall_ms")),
+        Some(v) => v.min(DAY_MS),
+        None => 30_000,
+    };
+    Ok(UpdateSettings {
+        repository,
+        group,
+        fleet_root,
+        interval: seconds(u.interval_s, 300, "updates.interval_s")?,
+        jitter: fraction(u.jitter, 0.1, "updates.jitter")?,
+        stall: Duration::from_millis(stall_ms),
+        probation: seconds(u.probation_s, 300, "updates.probation_s")?,
+        max_failure_rate: fraction(u.max_failure_rate, 0.2, "updates.max_failure_rate")?,
+        min_requests: u.min_requests.unwrap_or(10),
+    })
 }
 
 fn parent(path: &Path) -> PathBuf {
@@ -503,5 +599,7 @@ mod shipped {
         assert_eq!(file.requests.queue, Some(64));
         assert_eq!(file.listen.max_body_mib, Some(64));
         assert!(file.pipelines.contains_key("intent-demo"));
+        let updates = file.updates.unwrap();
+        assert_eq!(updates.probation_s, Some(300));
     }
 }

@@ -173,9 +173,7 @@ impl GrpcInferenceService for GrpcApi {
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let served = {
             let r = request.get_ref();
-            self.app
-                .model(&r.model_name, Some(&r.model_version))?
-                .clone()
+            self.app.model(&r.model_name, Some(&r.model_version))?
         };
         let result = self.infer_model(&served, request).await;
         served.count(&self.app.metrics, &result);

@@ -39,6 +39,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/v2/models/{name}/infer", post(infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer))
         .route("/metrics", get(metrics))
+        .route("/status", get(status))
         .layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
         .route("/v2/health/live", get(live))
@@ -107,10 +108,7 @@ async fn server_metadata() -> Response {
     .into_response()
 }
 
-fn lookup<'a>(
-    state: &'a HttpState,
-    params: &HashMap<String, String>,
-) -> Result<&'a Arc<Served>, ApiError> {
+fn lookup(state: &HttpState, params: &HashMap<String, String>) -> Result<Arc<Served>, ApiError> {
     let name = params.get("name").map_or("", String::as_str);
     state
         .app
@@ -141,7 +139,7 @@ async fn model_metadata(
     Path(params): Path<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let served = lookup(&state, &params)?;
-    Ok(axum::Json(metadata_json(served)).into_response())
+    Ok(axum::Json(metadata_json(&served)).into_response())
 }
 
 async fn model_ready(
@@ -162,8 +160,21 @@ async fn model_ready(
         .into_response())
 }
 
+/// The device's fleet status (what `outpost status` prints): what runs,
+/// what ran before, the update agent's last check, rejected versions.
+async fn status(State(state): State<Arc<HttpState>>) -> Result<Response, ApiError> {
+    let Some(dir) = state.app.state_dir.clone() else {
+        return Err(ApiError::not_found("no device state"));
+    };
+    let report = tokio::task::spawn_blocking(move || outpost_host::fleet::agent::read_status(&dir))
+        .await
+        .map_err(|e| ApiError::new(Class::Internal, "status", e.to_string()))?
+        .map_err(|e| ApiError::new(Class::Internal, "status", e.to_string()))?;
+    Ok(axum::Json(report).into_response())
+}
+
 async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
-    let text = state.app.metrics.render(&state.app.models);
+    let text = state.app.metrics.render(&state.app.models());
     (
         [(
             header::CONTENT_TYPE,
@@ -233,7 +244,7 @@ async fn infer(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let served = lookup(&state, &params)?.clone();
+    let served = lookup(&state, &params)?;
     let result = infer_model(&state, &served, &headers, body).await;
     served.count(&state.app.metrics, &result);
     result

@@ -53,6 +53,20 @@ pub struct Metrics {
     queue_depth: Family<PipelineLabel, Gauge>,
     in_flight: Family<PipelineLabel, Gauge>,
     rss: Gauge,
+    /// 1 while the fleet metadata is expired and nothing fresher is
+    /// reachable (the device keeps what it runs, and does not update).
+    pub fleet_stale: Gauge,
+    /// Versions swapped in by the update agent.
+    pub fleet_swaps: Counter,
+    /// Versions rolled back after failing probation.
+    pub fleet_rollbacks: Counter,
+    /// Update checks that failed, by kind.
+    pub fleet_check_failures: Family<KindLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
 }
 
 impl Metrics {
@@ -120,7 +134,35 @@ impl Metrics {
             "Resident set size of the process",
             Gauge::clone(&rss),
         );
+        let fleet_stale = Gauge::default();
+        registry.register(
+            "outpost_fleet_stale",
+            "1 while the fleet metadata has expired and no fresher is reachable: the device keeps what it runs and does not update",
+            Gauge::clone(&fleet_stale),
+        );
+        let fleet_swaps = Counter::default();
+        registry.register(
+            "outpost_fleet_swaps",
+            "Versions the update agent swapped in",
+            Counter::clone(&fleet_swaps),
+        );
+        let fleet_rollbacks = Counter::default();
+        registry.register(
+            "outpost_fleet_rollbacks",
+            "Versions rolled back after failing probation",
+            Counter::clone(&fleet_rollbacks),
+        );
+        let fleet_check_failures = Family::default();
+        registry.register(
+            "outpost_fleet_check_failures",
+            "Update checks that failed, by kind (stale, untrusted-metadata, blob, fetch, refused, install, ...)",
+            Family::clone(&fleet_check_failures),
+        );
         Self {
+            fleet_stale,
+            fleet_swaps,
+            fleet_rollbacks,
+            fleet_check_failures,
             registry,
             requests,
             failures,

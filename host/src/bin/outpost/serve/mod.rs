@@ -11,6 +11,7 @@ mod kserve;
 mod listen;
 mod metrics;
 mod models;
+mod updates;
 
 use crate::trust;
 use anyhow::{Context, Result, bail};
@@ -30,7 +31,8 @@ use tokio::sync::{Semaphore, watch};
 pub fn run(flags: config::Flags, check: bool) -> Result<ExitCode> {
     let settings = Settings::resolve(flags)?;
     init_logs(settings.log_format);
-    let models = load(&settings, check)?;
+    let loaded = load(&settings, check)?;
+    let models = loaded.models.clone();
     if check {
         println!("configuration: {}", settings.source);
         for m in &models {
@@ -83,7 +85,17 @@ pub fn run(flags: config::Flags, check: bool) -> Result<ExitCode> {
         .thread_name("outpost-serve")
         .build()
         .context("cannot start the async runtime")?;
-    let app = Arc::new(App::new(models, token));
+    let mut app = App::new(models, token);
+    app.state_dir = Some(trust::state_dir(settings.state_dir.as_deref()));
+    let app = Arc::new(app);
+    if let Some(updates) = settings.updates.clone() {
+        updates::start(updates::Agent::new(
+            &settings,
+            updates,
+            loaded,
+            app.clone(),
+        )?)?;
+    }
     let code = runtime.block_on(serve(settings, app, tls));
     // Runs that outlived their request (answered 504 meanwhile) are not
     // waited for: the drain is over.
@@ -117,8 +129,20 @@ fn init_logs(format: LogFormat) {
     };
 }
 
-/// Verifies and loads every bundle; any failure stops the start.
-fn load(settings: &Settings, check: bool) -> Result<Vec<Arc<Served>>> {
+/// What `load` made: the host, the models, and what the update agent needs.
+struct Loaded {
+    host: Host,
+    models: Vec<Arc<Served>>,
+    device: DeviceState,
+    policy: outpost_host::policy::DevicePolicy,
+    /// The version installed from the fleet, loaded but not yet accepted:
+    /// the service restarted during its probation.
+    on_probation: Option<updates::Candidate>,
+}
+
+/// Verifies and loads every bundle (and, with `[updates]`, the version the
+/// fleet installed last); any failure stops the start.
+fn load(settings: &Settings, check: bool) -> Result<Loaded> {
     let options = EngineOptions {
         allocator: match settings.allocator.as_deref() {
             None | Some("auto") => None,
@@ -152,12 +176,27 @@ fn load(settings: &Settings, check: bool) -> Result<Vec<Arc<Served>>> {
     }
     let policy = trust::policy(settings.policy.as_deref())?;
     let mut served: Vec<Arc<Served>> = Vec::new();
-    for path in &settings.bundles {
+    let mut paths: Vec<(std::path::PathBuf, bool)> = settings
+        .bundles
+        .iter()
+        .map(|p| (p.clone(), false))
+        .collect();
+    if let Some(updates) = &settings.updates {
+        let state = trust::state_dir(settings.state_dir.as_deref());
+        let current = outpost_host::fleet::agent::read_current(&state)?;
+        if let Some(installed) = current.current {
+            let updater = updates::updater(&state, updates, &settings.trust)?;
+            paths.push((updater.installed_dir(&installed), true));
+        }
+    }
+    let mut on_probation = None;
+    for (path, from_fleet) in &paths {
         let context = || format!("bundle {}", path.display());
         let (verified, _provenance, _staging) = device
             .open_verified(path, &settings.trust, &policy)
             .with_context(context)?;
         let pipeline = host.load_bundle(&verified).with_context(context)?;
+        pipeline.run_checks().with_context(context)?;
         let info = &verified.manifest().bundle;
         if served.iter().any(|s| s.name == info.name) {
             bail!(
@@ -167,10 +206,16 @@ fn load(settings: &Settings, check: bool) -> Result<Vec<Arc<Served>>> {
             );
         }
         let admission = settings.admission(&info.name);
-        if !check {
-            device
-                .accept(&verified, &crate::running_bundle(&verified, &pipeline))
-                .with_context(context)?;
+        let running = crate::running_bundle(&verified, &pipeline);
+        // A fleet version above what the device accepted is still on
+        // probation (the service stopped during it): the agent accepts it
+        // once probation passes.
+        let probation = *from_fleet
+            && device
+                .accepted(&info.name)?
+                .is_none_or(|(accepted, _)| accepted < info.version);
+        if !check && !probation {
+            device.accept(&verified, &running).with_context(context)?;
         }
         tracing::info!(
             model = %info.name,
@@ -178,12 +223,21 @@ fn load(settings: &Settings, check: bool) -> Result<Vec<Arc<Served>>> {
             manifest = %verified.manifest_digest(),
             "bundle verified and loaded"
         );
-        served.push(Arc::new(Served::new(
+        let model = Arc::new(Served::new(
             info.name.clone(),
             info.version.to_string(),
             pipeline,
             admission,
-        )));
+        ));
+        if probation {
+            on_probation = Some(updates::Candidate {
+                installed: outpost_host::fleet::agent::installed_of(&verified),
+                verified,
+                running,
+                served: model.clone(),
+            });
+        }
+        served.push(model);
     }
     // With the pooling allocator, instances come from a fixed pool: every
     // stage of every model may hold `concurrency` of them at once.
@@ -218,7 +272,13 @@ fn load(settings: &Settings, check: bool) -> Result<Vec<Arc<Served>>> {
             );
         }
     }
-    Ok(served)
+    Ok(Loaded {
+        host,
+        models: served,
+        device,
+        policy,
+        on_probation,
+    })
 }
 
 async fn serve(
@@ -280,7 +340,7 @@ async fn serve(
         http = %http_address,
         grpc = %grpc_address.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
         tls = tls.is_some(),
-        models = app.models.len(),
+        models = app.models().len(),
         "listening"
     );
     let signal = shutdown_signal().await?;

@@ -9,7 +9,8 @@ use super::kserve::{self, WireInput};
 use super::metrics::{FailureLabels, Metrics, PipelineLabel, StageLabels};
 use outpost_host::{Pipeline, Tensor, TensorSpec};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -29,6 +30,10 @@ pub struct Served {
     entered: AtomicUsize,
     running: Arc<AtomicUsize>,
     label: PipelineLabel,
+    /// Requests this version answered, and those that failed inside it
+    /// (stage failures, 500): what probation judges after a swap.
+    answered: AtomicU64,
+    failed: AtomicU64,
 }
 
 impl Served {
@@ -54,7 +59,18 @@ impl Served {
             admission,
             entered: AtomicUsize::new(0),
             running: Arc::new(AtomicUsize::new(0)),
+            answered: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
         }
+    }
+
+    /// Requests this version answered, and how many of them failed inside
+    /// it.
+    pub fn outcomes(&self) -> (u64, u64) {
+        (
+            self.answered.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
     }
 
     pub fn admission(&self) -> Admission {
@@ -166,7 +182,11 @@ impl Served {
     /// checked or run.
     pub fn count<T>(&self, metrics: &Metrics, result: &Result<T, ApiError>) {
         metrics.requests.get_or_create(&self.label).inc();
+        self.answered.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = result {
+            if e.class == Class::Internal {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+            }
             if e.class == Class::Internal {
                 tracing::warn!(model = %self.name, kind = e.kind, error = %e.message, "request failed");
             } else {
@@ -312,20 +332,25 @@ impl Drop for Running {
 
 /// Everything both front ends share.
 pub struct App {
-    pub models: Vec<Arc<Served>>,
+    /// The models served; a swap replaces one, and requests that took the
+    /// old one finish on it.
+    models: RwLock<Vec<Arc<Served>>>,
     pub metrics: Metrics,
     ready: AtomicBool,
     /// The bearer token requests must carry, when one is configured.
     token: Option<Vec<u8>>,
+    /// What `/status` shows: the state directory whose fleet status it reads.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl App {
     pub fn new(models: Vec<Arc<Served>>, token: Option<Vec<u8>>) -> Self {
         Self {
-            models,
+            models: RwLock::new(models),
             metrics: Metrics::new(),
             ready: AtomicBool::new(true),
             token,
+            state_dir: None,
         }
     }
 
@@ -338,11 +363,49 @@ impl App {
         self.ready.store(false, Ordering::Release);
     }
 
-    pub fn model(&self, name: &str, version: Option<&str>) -> Result<&Arc<Served>, ApiError> {
-        let served = self.models.iter().find(|m| m.name == name).ok_or_else(|| {
+    /// The models served now.
+    pub fn models(&self) -> Vec<Arc<Served>> {
+        self.models
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Serves `served` in place of the model of the same name (or beside
+    /// the others); returns the one it replaced. New requests go to it at
+    /// once; requests that took the old one finish on it.
+    pub fn swap(&self, served: Arc<Served>) -> Option<Arc<Served>> {
+        let mut models = self
+            .models
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match models.iter_mut().find(|m| m.name == served.name) {
+            Some(slot) => Some(std::mem::replace(slot, served)),
+            None => {
+                models.push(served);
+                None
+            }
+        }
+    }
+
+    /// Stops serving model `name` (a first version that failed probation,
+    /// with nothing to roll back to).
+    pub fn remove(&self, name: &str) {
+        self.models
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|m| m.name != name);
+    }
+
+    pub fn model(&self, name: &str, version: Option<&str>) -> Result<Arc<Served>, ApiError> {
+        let models = self
+            .models
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let served = models.iter().find(|m| m.name == name).ok_or_else(|| {
             ApiError::not_found(format!(
                 "unknown model '{name}'; this server serves: {}",
-                self.models
+                models
                     .iter()
                     .map(|m| m.name.as_str())
                     .collect::<Vec<_>>()
@@ -350,7 +413,7 @@ impl App {
             ))
         })?;
         served.check_version(version)?;
-        Ok(served)
+        Ok(served.clone())
     }
 
     /// Checks an `Authorization` header value against the configured token.

@@ -1,0 +1,375 @@
+//! The update agent inside `outpost serve`: on a thread of its own, it
+//! checks the fleet repository every interval (with jitter), installs what
+//! the group is assigned, loads it, runs its health checks, swaps it in
+//! (requests in flight finish on the old version, new ones go to the new),
+//! and watches it on probation: too many failed requests and the previous
+//! version is swapped back, the new one rejected and not retried.
+//!
+//! A version is recorded as accepted (older ones refused from then on) only
+//! once its probation passed, so a rollback never goes below what the
+//! device accepted.
+
+use super::Loaded;
+use super::config::{Settings, UpdateSettings};
+use super::metrics::KindLabel;
+use super::models::{App, Served};
+use anyhow::{Context, Result};
+use outpost_host::Host;
+use outpost_host::device::DeviceState;
+use outpost_host::fleet::agent::{Installed, installed, installed_of, now};
+use outpost_host::fleet::{FleetError, FleetStatus, UpdateOutcome, Updater, UpdaterOptions};
+use outpost_host::policy::DevicePolicy;
+use outpost_signing::bundle::VerifiedBundle;
+use outpost_signing::evidence::RunningBundle;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The updater for these settings.
+pub fn updater(state: &Path, settings: &UpdateSettings, trust: &[PathBuf]) -> Result<Updater> {
+    Ok(Updater::new(
+        state,
+        UpdaterOptions {
+            repo: settings.repository.clone(),
+            group: settings.group.clone(),
+            fleet_root: settings.fleet_root.clone(),
+            trust: trust.to_vec(),
+            stall: settings.stall,
+        },
+    )?)
+}
+
+/// A version swapped in and not yet accepted.
+pub struct Candidate {
+    pub installed: Installed,
+    pub verified: VerifiedBundle,
+    pub running: RunningBundle,
+    pub served: Arc<Served>,
+}
+
+struct Probation {
+    candidate: Candidate,
+    /// What it replaced (kept loaded for a rollback without delay).
+    replaced: Option<Arc<Served>>,
+    started: Instant,
+}
+
+/// The agent and everything it works with.
+pub struct Agent {
+    updates: UpdateSettings,
+    trust: Vec<PathBuf>,
+    warm: bool,
+    admission: Box<dyn Fn(&str) -> super::config::Admission + Send>,
+    host: Host,
+    device: DeviceState,
+    policy: DevicePolicy,
+    updater: Updater,
+    app: Arc<App>,
+    probation: Option<Probation>,
+    status: FleetStatus,
+}
+
+impl Agent {
+    pub fn new(
+        settings: &Settings,
+        updates: UpdateSettings,
+        loaded: Loaded,
+        app: Arc<App>,
+    ) -> Result<Self> {
+        let state = crate::trust::state_dir(settings.state_dir.as_deref());
+        let updater = updater(&state, &updates, &settings.trust)?;
+        let defaults = settings.defaults;
+        let pipelines = settings.pipelines.clone();
+        let probation = loaded.on_probation.map(|candidate| Probation {
+            candidate,
+            replaced: None,
+            started: Instant::now(),
+        });
+        let status = FleetStatus {
+            phase: if probation.is_some() {
+                "probation"
+            } else {
+                "idle"
+            }
+            .into(),
+            ..FleetStatus::default()
+        };
+        Ok(Self {
+            updates,
+            trust: settings.trust.clone(),
+            warm: settings.warm,
+            admission: Box::new(move |name| pipelines.get(name).copied().unwrap_or(defaults)),
+            host: loaded.host,
+            device: loaded.device,
+            policy: loaded.policy,
+            updater,
+            app,
+            probation,
+            status,
+        })
+    }
+
+    fn record(&self) {
+        if let Err(e) = self.updater.record_status(&self.status) {
+            tracing::warn!(error = %e, "cannot record the update status");
+        }
+    }
+
+    /// The wait before the next check: the interval times 1 ± jitter.
+    fn next_wait(&self) -> Duration {
+        let mut byte = [0u8; 2];
+        let unit = match getrandom::fill(&mut byte) {
+            Ok(()) => f64::from(u16::from_le_bytes(byte)) / f64::from(u16::MAX),
+            Err(_) => 0.5,
+        };
+        let factor = 1.0 + self.updates.jitter * (2.0 * unit - 1.0);
+        self.updates.interval.mul_f64(factor.max(0.0))
+    }
+
+    fn run(mut self) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "update agent: cannot start its runtime; no updates");
+                return;
+            }
+        };
+        let mut next_check = Instant::now();
+        loop {
+            if self.probation.is_some() {
+                self.judge();
+            } else if Instant::now() >= next_check {
+                self.check(&runtime);
+                next_check = Instant::now() + self.next_wait();
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// One check: fetch and verify, and when something new is assigned,
+    /// install, load, check and swap it in.
+    fn check(&mut self, runtime: &tokio::runtime::Runtime) {
+        self.status.phase = "checking".into();
+        let result = runtime.block_on(self.updater.check(&self.device, &self.policy));
+        self.status.last_check = Some(now());
+        let app = self.app.clone();
+        let metrics = &app.metrics;
+        match result {
+            Ok(report) => {
+                metrics.fleet_stale.set(0);
+                self.status.stale = false;
+                self.status.metadata_expires = Some(report.metadata_expires.clone());
+                self.status.target = Some(report.assignment.clone());
+                self.status.last_error = None;
+                self.status.last_error_kind = None;
+                self.status.phase = "serving".into();
+                match &report.outcome {
+                    UpdateOutcome::UpToDate => {}
+                    UpdateOutcome::Rejected { reason } => {
+                        tracing::debug!(
+                            reason,
+                            "the assigned version was rejected before; not retried"
+                        );
+                    }
+                    UpdateOutcome::Staged { dir } => {
+                        let target = installed(&report.assignment);
+                        match self.swap_in(dir) {
+                            Ok(()) => {
+                                tracing::info!(
+                                    model = %target.bundle,
+                                    version = target.version,
+                                    fetched_bytes = report.blob_bytes_fetched,
+                                    fetched_blobs = report.blobs_fetched,
+                                    reused_blobs = report.blobs_reused,
+                                    "new version swapped in; on probation"
+                                );
+                                self.status.phase = "probation".into();
+                            }
+                            Err(e) => {
+                                let reason = format!("{e:#}");
+                                tracing::warn!(model = %target.bundle, version = target.version, error = %reason, "new version refused; the current one keeps serving");
+                                let _ = self.updater.reject(&target, &reason);
+                                self.status.phase = "failed".into();
+                                self.status.last_error = Some(reason);
+                                self.status.last_error_kind = Some("install".into());
+                                metrics
+                                    .fleet_check_failures
+                                    .get_or_create(&KindLabel {
+                                        kind: "install".into(),
+                                    })
+                                    .inc();
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let stale = matches!(e, FleetError::Expired { .. });
+                metrics.fleet_stale.set(i64::from(stale));
+                metrics
+                    .fleet_check_failures
+                    .get_or_create(&KindLabel {
+                        kind: e.kind().into(),
+                    })
+                    .inc();
+                tracing::warn!(error = %e, kind = e.kind(), "update check failed; serving what runs");
+                self.status.stale = stale;
+                self.status.phase = if stale { "stale" } else { "failed" }.into();
+                self.status.last_error = Some(e.to_string());
+                self.status.last_error_kind = Some(e.kind().into());
+            }
+        }
+        self.record();
+    }
+
+    /// Loads the installed bundle, runs its checks, warms it, swaps it in
+    /// and starts its probation.
+    fn swap_in(&mut self, dir: &Path) -> Result<()> {
+        let (verified, _provenance, _staging) = self
+            .device
+            .open_verified(dir, &self.trust, &self.policy)
+            .with_context(|| format!("installed bundle {}", dir.display()))?;
+        let pipeline = self
+            .host
+            .load_bundle(&verified)
+            .with_context(|| format!("loading {}", dir.display()))?;
+        pipeline.run_checks()?;
+        let info = &verified.manifest().bundle;
+        let admission = (self.admission)(&info.name);
+        let served = Arc::new(Served::new(
+            info.name.clone(),
+            info.version.to_string(),
+            pipeline,
+            admission,
+        ));
+        if self.warm {
+            served
+                .pipeline
+                .warm(admission.concurrency)
+                .context("warming its stages")?;
+        }
+        let running = crate::running_bundle(&verified, &served.pipeline);
+        let installed = installed_of(&verified);
+        // Current first on disk, then in memory: a crash between the two
+        // restarts on the new version, still on probation.
+        self.updater.activate(installed.clone())?;
+        let replaced = self.app.swap(served.clone());
+        self.app.metrics.fleet_swaps.inc();
+        self.probation = Some(Probation {
+            candidate: Candidate {
+                installed,
+                verified,
+                running,
+                served,
+            },
+            replaced,
+            started: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Judges the version on probation: too many failures roll it back;
+    /// the window passing accepts it.
+    fn judge(&mut self) {
+        let Some(probation) = &self.probation else {
+            return;
+        };
+        let (answered, failed) = probation.candidate.served.outcomes();
+        let rate = if answered == 0 {
+            0.0
+        } else {
+            failed as f64 / answered as f64
+        };
+        if answered >= self.updates.min_requests && rate > self.updates.max_failure_rate {
+            let reason = format!(
+                "failed {failed} of {answered} requests on probation ({:.0}% > updates.max_failure_rate {:.0}%)",
+                rate * 100.0,
+                self.updates.max_failure_rate * 100.0
+            );
+            self.roll_back(&reason);
+        } else if probation.started.elapsed() >= self.updates.probation {
+            let Some(probation) = self.probation.take() else {
+                return;
+            };
+            let c = &probation.candidate;
+            match self.device.accept(&c.verified, &c.running) {
+                Ok(()) => {
+                    tracing::info!(model = %c.installed.bundle, version = c.installed.version, answered, failed, "probation passed; version accepted");
+                    self.status.phase = "serving".into();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "probation passed but the version could not be recorded as accepted");
+                    self.status.last_error = Some(e.to_string());
+                }
+            }
+            self.record();
+        }
+    }
+
+    fn roll_back(&mut self, reason: &str) {
+        let Some(probation) = self.probation.take() else {
+            return;
+        };
+        let bad = &probation.candidate.installed;
+        tracing::warn!(model = %bad.bundle, version = bad.version, reason, "rolling back");
+        let _ = self.updater.reject(bad, reason);
+        let restored = match probation.replaced {
+            Some(old) => Some(old),
+            None => self.load_previous(),
+        };
+        match restored {
+            Some(old) => {
+                self.app.swap(old);
+            }
+            None => {
+                self.app.remove(&bad.bundle);
+            }
+        }
+        if let Err(e) = self.updater.roll_back() {
+            tracing::error!(error = %e, "cannot record the rollback");
+        }
+        self.app.metrics.fleet_rollbacks.inc();
+        self.status.phase = "rolled-back".into();
+        self.status.last_error = Some(format!(
+            "{} version {} rolled back: {reason}",
+            bad.bundle, bad.version
+        ));
+        self.status.last_error_kind = Some("probation".into());
+        self.record();
+    }
+
+    /// Loads the previous version from disk (the service restarted during
+    /// probation, so it is not in memory).
+    fn load_previous(&self) -> Option<Arc<Served>> {
+        let previous = self.updater.current().ok()?.previous?;
+        let dir = self.updater.installed_dir(&previous);
+        let load = || -> Result<Arc<Served>> {
+            let (verified, _p, _s) = self.device.open_verified(&dir, &self.trust, &self.policy)?;
+            let pipeline = self.host.load_bundle(&verified)?;
+            let info = &verified.manifest().bundle;
+            Ok(Arc::new(Served::new(
+                info.name.clone(),
+                info.version.to_string(),
+                pipeline,
+                (self.admission)(&info.name),
+            )))
+        };
+        load()
+            .inspect_err(
+                |e| tracing::error!(error = %format!("{e:#}"), "cannot load the previous version"),
+            )
+            .ok()
+    }
+}
+
+/// Starts the agent on a thread of its own.
+pub fn start(agent: Agent) -> Result<()> {
+    std::thread::Builder::new()
+        .name("outpost-update".into())
+        .spawn(move || agent.run())
+        .context("cannot start the update agent")?;
+    Ok(())
+}
