@@ -873,3 +873,131 @@ max_failure_rate = 0.2
         server_status(&server)["current"]["version"] == 4
     });
 }
+
+/// A small deterministic generator (xorshift64*), seeded from the clock and
+/// printed, so a failing sequence of kill points can be replayed with
+/// OUTPOST_KILL_SEED.
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn seeded() -> Self {
+        let seed = std::env::var("OUTPOST_KILL_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        eprintln!("kill points seeded with OUTPOST_KILL_SEED={seed}");
+        Self(seed)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1)
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let _ = std::fs::remove_dir_all(to);
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn kill_nine_anywhere_in_an_update_leaves_a_verified_version_and_it_converges() {
+    let (fleet, v1) = fleet_on_v1();
+    publish_v2(&fleet, &v1);
+    let base = fleet.device("dev");
+    // How long a whole update takes here: kill points spread over it.
+    copy_dir(&base, &fleet.device("probe"));
+    let started = Instant::now();
+    report(&fleet.update("probe"));
+    let span = started.elapsed().as_micros() as u64;
+    let mut rng = Xorshift::seeded();
+    let (mut old, mut new) = (0, 0);
+    for round in 0..50 {
+        let device = fleet.device("victim");
+        copy_dir(&base, &device);
+        let args = vec![
+            "update".to_owned(),
+            "--once".into(),
+            "--repo".into(),
+            fleet.nginx.url(),
+            "--group".into(),
+            "lab".into(),
+            "--fleet-root".into(),
+            fleet
+                .repo()
+                .join("metadata/1.root.json")
+                .display()
+                .to_string(),
+            "--trust".into(),
+            fleet.publisher.path("root1.json").display().to_string(),
+            "--state-dir".into(),
+            device.display().to_string(),
+        ];
+        let mut child = std::process::Command::new(outpost_e2e::outpost_bin())
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Up to 120% of a whole update: some rounds finish before the kill.
+        let wait = rng.below(span * 6 / 5);
+        std::thread::sleep(Duration::from_micros(wait));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+
+        // Never none, never mixed: the current version is v1 or v2, its
+        // folder verifies blob by blob, and it runs as that version runs.
+        let current = fleet.current("victim");
+        let expected = match &current {
+            Some((_, 1)) => "stop_conveyor",
+            Some((_, 2)) => "halt_conveyor",
+            other => panic!("round {round} (kill after {wait} µs): current is {other:?}"),
+        };
+        if current == Some(("intent-demo".into(), 1)) {
+            old += 1;
+        } else {
+            new += 1;
+        }
+        let status = outpost(&["status", "--state-dir", &device.display().to_string()]).json();
+        let dir = device
+            .join("fleet/bundles")
+            .join(status["current"]["dir"].as_str().unwrap());
+        outpost(&[
+            "verify".to_owned(),
+            dir.display().to_string(),
+            "--trust".into(),
+            fleet.publisher.path("root1.json").display().to_string(),
+            "--state-dir".into(),
+            device.display().to_string(),
+        ])
+        .assert_ok();
+        assert_eq!(fleet.run_current("victim"), expected, "round {round}");
+
+        // And the next check converges on v2.
+        let run = fleet.update("victim");
+        run.assert_ok();
+        assert_eq!(
+            fleet.current("victim"),
+            Some(("intent-demo".into(), 2)),
+            "round {round}"
+        );
+    }
+    eprintln!(
+        "50 kill points over {span} µs: {old} left v1 current, {new} v2; all converged on v2"
+    );
+    assert!(old > 0, "no kill landed before the swap");
+}

@@ -670,11 +670,34 @@ impl Updater {
                 let _ = std::fs::remove_file(&partial);
             }
         }
-        let fetched = self
-            .fetcher
-            .get(url, have)
-            .await
-            .map_err(|e| blob_error(e.problem))?;
+        if have == size {
+            // Whole already: the process stopped between writing and naming.
+            let got = format!("sha256:{}", hex(&hasher.clone().finalize()));
+            if got == digest {
+                std::fs::rename(&partial, stored).map_err(FleetError::io(stored))?;
+                if let Some(dir) = stored.parent() {
+                    sync_dir(dir)?;
+                }
+                return Ok((0, true));
+            }
+            let _ = std::fs::remove_file(&partial);
+            hasher = Sha256::new();
+            have = 0;
+        }
+        let fetched = match self.fetcher.get(url, have).await {
+            Ok(fetched) => fetched,
+            // The server refuses the range: start again from byte 0.
+            Err(e) if have > 0 && e.range_refused => {
+                let _ = std::fs::remove_file(&partial);
+                hasher = Sha256::new();
+                have = 0;
+                self.fetcher
+                    .get(url, 0)
+                    .await
+                    .map_err(|e| blob_error(e.problem))?
+            }
+            Err(e) => return Err(blob_error(e.problem)),
+        };
         let resumed = have > 0 && fetched.from_offset;
         if have > 0 && !fetched.from_offset {
             // The server sent the whole file: start again.

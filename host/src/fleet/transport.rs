@@ -32,6 +32,8 @@ pub struct FetchError {
     /// Whether the server said the file does not exist (HTTP 404/410, or
     /// no such file).
     pub not_found: bool,
+    /// Whether the server refused the range asked for (HTTP 416).
+    pub range_refused: bool,
 }
 
 impl FetchError {
@@ -40,6 +42,7 @@ impl FetchError {
             url: url.to_string(),
             problem: problem.into(),
             not_found: false,
+            range_refused: false,
         }
     }
 }

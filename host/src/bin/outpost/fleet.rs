@@ -244,13 +244,26 @@ pub fn update(args: &UpdateArgs, host: Host) -> Result<()> {
         .and_then(|report| {
             status.metadata_expires = Some(report.metadata_expires.clone());
             status.target = Some(report.assignment.clone());
-            if let UpdateOutcome::Staged { dir } = &report.outcome {
-                let installed = outpost_host::fleet::agent::installed(&report.assignment);
-                install(&device, &updater, &host, dir, args, &policy).inspect_err(|e| {
-                    // A version that does not load or fails its checks is
-                    // never tried again (until the group moves on).
-                    let _ = updater.reject(&installed, &format!("{e:#}"));
-                })?;
+            let installed = outpost_host::fleet::agent::installed(&report.assignment);
+            match &report.outcome {
+                UpdateOutcome::Staged { dir } => {
+                    install(&device, &updater, &host, dir, args, &policy).inspect_err(|e| {
+                        // A version that does not load or fails its checks
+                        // is never tried again (until the group moves on).
+                        let _ = updater.reject(&installed, &format!("{e:#}"));
+                    })?;
+                }
+                // Made current, but the process stopped before recording
+                // it as accepted: finish that now.
+                UpdateOutcome::UpToDate
+                    if device
+                        .accepted(&installed.bundle)?
+                        .is_none_or(|(v, _)| v < installed.version) =>
+                {
+                    let dir = updater.installed_dir(&installed);
+                    install(&device, &updater, &host, &dir, args, &policy)?;
+                }
+                _ => {}
             }
             Ok(report)
         });
@@ -277,7 +290,10 @@ pub fn update(args: &UpdateArgs, host: Host) -> Result<()> {
 }
 
 /// Loads an installed bundle (verified again, every blob hashed), runs its
-/// health checks, records it as accepted and makes it current.
+/// health checks, makes it current, then records it as accepted. In this
+/// order: a crash between the two leaves the current version above the
+/// accepted one (finished by the next check), never below it, where the
+/// device would refuse to run what it calls current.
 fn install(
     device: &DeviceState,
     updater: &Updater,
@@ -293,8 +309,8 @@ fn install(
         .load_bundle(&verified)
         .with_context(|| format!("loading {}", dir.display()))?;
     pipeline.run_checks()?;
-    device.accept(&verified, &crate::running_bundle(&verified, &pipeline))?;
     updater.activate(outpost_host::fleet::agent::installed_of(&verified))?;
+    device.accept(&verified, &crate::running_bundle(&verified, &pipeline))?;
     Ok(())
 }
 
