@@ -18,6 +18,7 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 step "servers the tests start on loopback (Debian packages, installed when missing)"
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+[ -x /usr/bin/docker-registry ] || missing+=(docker-registry)
 if [ "${#missing[@]}" -gt 0 ]; then
     as_root=()
     [ "$(id -u)" -eq 0 ] || as_root=(sudo)

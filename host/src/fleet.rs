@@ -26,6 +26,7 @@
 //! the device's accepted versions keep them from moving it backwards.
 
 pub mod agent;
+pub mod oci;
 pub mod publish;
 pub mod transport;
 
@@ -96,7 +97,15 @@ pub struct Assignment {
     /// The files of the bundle's head (`manifest.toml`, `signatures.json`,
     /// `provenance.json` when there is one), each the name of a TUF target.
     pub head: BTreeMap<String, String>,
+    /// Where the blobs are, when not in the repository's `blobs/`: an OCI
+    /// artifact pinned by digest (`oci://HOST/REPO@sha256:...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blobs: Option<String>,
 }
+
+/// The key of a manifest target's `custom` metadata naming where its
+/// bundle's blobs are.
+pub const BLOBS_CUSTOM_KEY: &str = "outpost-blobs";
 
 /// Why publishing to, or updating from, a fleet repository failed.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@
 
 use crate::bundles::{AssertOk, Publisher};
 use crate::serve::{Server, http, text_request};
-use outpost_e2e::servers::{CuttingRelay, Nginx};
+use outpost_e2e::servers::{CuttingRelay, Nginx, Registry};
 use outpost_e2e::{Run, Scratch, demo_dir, outpost, target_dir};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -75,6 +75,25 @@ impl Fleet {
 
     fn publish(&self, bundle: &Path) {
         self.publish_with(bundle, "root1.json").assert_ok();
+    }
+
+    /// Publishes a bundle whose blobs go to an OCI registry.
+    fn publish_oci(&self, bundle: &Path, reference: &str) -> Run {
+        let mut args: Vec<String> = vec!["publish".into(), bundle.display().to_string()];
+        args.extend(self.repo_args());
+        args.extend([
+            "--trust".into(),
+            self.publisher.path("root1.json").display().to_string(),
+            "--state-dir".into(),
+            self.scratch
+                .path()
+                .join("publisher-state-oci")
+                .display()
+                .to_string(),
+            "--oci".into(),
+            reference.into(),
+        ]);
+        outpost(&args)
     }
 
     fn set(&self, group: &str, version: u64) {
@@ -1000,4 +1019,107 @@ fn kill_nine_anywhere_in_an_update_leaves_a_verified_version_and_it_converges() 
         "50 kill points over {span} µs: {old} left v1 current, {new} v2; all converged on v2"
     );
     assert!(old > 0, "no kill landed before the swap");
+}
+
+#[test]
+fn blobs_from_an_oci_registry_reach_the_device_and_a_stage_only_update_moves_only_changed_blobs() {
+    let fleet = Fleet::new();
+    let registry = Registry::start();
+    let reference =
+        |tag: &str| format!("oci+http://{}/fleet/intent-demo:{tag}", registry.address());
+
+    // `outpost push` alone: an OCI artifact, pinned by digest.
+    let v1 = fleet.publisher.demo_bundle("v1", 1, &["a", "b"]);
+    let pushed = outpost(&[
+        "push".to_owned(),
+        v1.display().to_string(),
+        reference("pushed"),
+        "--trust".into(),
+        fleet.publisher.path("root1.json").display().to_string(),
+        "--state-dir".into(),
+        fleet.device("pusher").display().to_string(),
+    ]);
+    pushed.assert_ok();
+    let pinned = pushed.stdout.trim().to_owned();
+    assert!(pinned.contains("/fleet/intent-demo@sha256:"), "{pinned}");
+    let manifest = http(
+        &registry.address(),
+        "GET",
+        "/v2/fleet/intent-demo/manifests/pushed",
+        &[("accept", "application/vnd.oci.image.manifest.v1+json")],
+        b"",
+    );
+    assert_eq!(manifest.status, 200);
+    let manifest = manifest.json();
+    assert_eq!(
+        manifest["artifactType"],
+        "application/vnd.outpost.bundle.v1"
+    );
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.outpost.bundle.manifest.v1+toml"
+    );
+    // signatures.json and one layer per blob, each typed by kind.
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 1 + blobs(&v1).len());
+    assert!(
+        layers
+            .iter()
+            .any(|l| l["mediaType"] == "application/vnd.outpost.model.v1")
+    );
+    assert!(
+        layers
+            .iter()
+            .any(|l| l["mediaType"] == "application/vnd.outpost.component.v1+wasm")
+    );
+
+    // Published with --oci: the head in TUF, the blobs in the registry.
+    let run = fleet.publish_oci(&v1, &reference("v1"));
+    run.assert_ok();
+    assert!(
+        run.stdout.contains("blobs pushed to oci+http://"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        std::fs::read_dir(fleet.repo().join("blobs"))
+            .unwrap()
+            .count(),
+        0
+    );
+    fleet.set("lab", 1);
+    let first = report(&fleet.update("dev"));
+    assert!(
+        first["assignment"]["blobs"]
+            .as_str()
+            .unwrap()
+            .contains("/fleet/intent-demo@sha256:"),
+        "{first}"
+    );
+    assert_eq!(
+        first["blob_bytes_fetched"],
+        blobs(&v1).values().sum::<u64>()
+    );
+    assert_eq!(fleet.run_current("dev"), "stop_conveyor");
+    // No blob came from nginx.
+    assert!(
+        fleet
+            .nginx
+            .log()
+            .iter()
+            .all(|a| !a.path.starts_with("/blobs/"))
+    );
+
+    let v2 = fleet.relabelled_demo("v2", 2, "halt_conveyor", &["a", "b"]);
+    fleet.publish_oci(&v2, &reference("v2")).assert_ok();
+    fleet.set("lab", 2);
+    let second = report(&fleet.update("dev"));
+    let old = blobs(&v1);
+    let changed: u64 = blobs(&v2)
+        .iter()
+        .filter(|(d, _)| !old.contains_key(*d))
+        .map(|(_, s)| s)
+        .sum();
+    assert_eq!(second["blob_bytes_fetched"], changed, "{second}");
+    assert_eq!(fleet.run_current("dev"), "halt_conveyor");
 }

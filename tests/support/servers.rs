@@ -276,3 +276,71 @@ fn relay(
     let _ = client.shutdown(std::net::Shutdown::Both);
     Ok(())
 }
+
+/// Debian's `docker-registry` (the CNCF distribution registry) on a
+/// loopback port, storing in a scratch folder; stopped when dropped.
+pub struct Registry {
+    child: Child,
+    port: u16,
+    _dir: Scratch,
+}
+
+impl Registry {
+    /// Starts a registry.
+    pub fn start() -> Self {
+        let bin = std::env::var_os("OUTPOST_DOCKER_REGISTRY")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/usr/bin/docker-registry"));
+        assert!(
+            bin.is_file(),
+            "docker-registry is not installed: the OCI tests push to Debian's docker-registry (apt-get install docker-registry; tests/run.sh installs it)"
+        );
+        let dir = Scratch::new();
+        for _attempt in 0..5 {
+            let port = free_port();
+            let config = dir.write(
+                "config.yml",
+                format!(
+                    "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                    dir.path().join("data").display()
+                ),
+            );
+            let log = dir.path().join("registry.log");
+            let mut child = Command::new(&bin)
+                .arg("serve")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            if let Ok(Some(_)) = child.try_wait() {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                assert!(
+                    text.contains("address already in use"),
+                    "registry failed:\n{text}"
+                );
+                continue;
+            }
+            wait_for_port(port, &mut child, &log);
+            return Self {
+                child,
+                port,
+                _dir: dir,
+            };
+        }
+        panic!("docker-registry found no free port in 5 attempts");
+    }
+
+    /// `HOST:PORT`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

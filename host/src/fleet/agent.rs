@@ -598,19 +598,32 @@ impl Updater {
         device.check_candidate(&verified, policy).map_err(refused)?;
 
         // Blobs: only those the store lacks, each checked while written.
-        let base = repo_url(&self.options.repo)?;
+        // From the repository's `blobs/HEX`, or an OCI registry's
+        // `/v2/REPO/blobs/sha256:HEX`.
+        let (base, prefix) = match &assignment.blobs {
+            None => (repo_url(&self.options.repo)?, format!("{BLOBS_DIR}/")),
+            Some(oci) => {
+                let oci = super::oci::OciRef::parse(oci)?;
+                let url = Url::parse(&oci.blobs_url()).map_err(|e| FleetError::Fetch {
+                    url: oci.to_string(),
+                    problem: e.to_string(),
+                })?;
+                // "./": a bare "sha256:..." would parse as a URL scheme.
+                (url, "./sha256:".to_owned())
+            }
+        };
         for (digest, entry) in &verified.manifest().blobs {
             let hex = digest.trim_start_matches("sha256:");
             let stored = self.blob_store().join(hex);
             if std::fs::metadata(&stored).is_ok_and(|m| m.len() == entry.size) {
                 report.blobs_reused += 1;
             } else {
-                let url =
-                    base.join(&format!("{BLOBS_DIR}/{hex}"))
-                        .map_err(|e| FleetError::Fetch {
-                            url: base.to_string(),
-                            problem: e.to_string(),
-                        })?;
+                let url = base
+                    .join(&format!("{prefix}{hex}"))
+                    .map_err(|e| FleetError::Fetch {
+                        url: base.to_string(),
+                        problem: e.to_string(),
+                    })?;
                 let (bytes, resumed) = self.download(&url, digest, entry.size, &stored).await?;
                 report.blob_bytes_fetched += bytes;
                 report.blobs_fetched += 1;

@@ -172,6 +172,9 @@ pub struct Published {
     pub blobs_added: usize,
     /// Blobs the repository had already.
     pub blobs_present: usize,
+    /// The OCI artifact holding the blobs, pinned by digest, when pushed
+    /// to a registry instead of `blobs/`.
+    pub oci: Option<String>,
 }
 
 /// Edits one fleet repository (a folder) with one key folder.
@@ -424,7 +427,12 @@ impl Publisher {
     /// not there yet), its head as targets. Its publisher signatures are
     /// checked against `trust` first, as a device will, so a fleet never
     /// points devices at a bundle they would refuse.
-    pub async fn publish(&self, bundle: &Path, trust: &TrustRoot) -> Result<Published, FleetError> {
+    pub async fn publish(
+        &self,
+        bundle: &Path,
+        trust: &TrustRoot,
+        oci: Option<&super::oci::OciRef>,
+    ) -> Result<Published, FleetError> {
         let in_bundle = |source| FleetError::Bundle {
             path: bundle.to_owned(),
             source: Box::new(source),
@@ -449,11 +457,16 @@ impl Publisher {
         let info = &manifest.bundle;
         let manifest_digest = opened.manifest_digest().to_string();
 
+        // The blobs go to an OCI registry, or into `blobs/`.
+        let oci = match oci {
+            Some(target) => Some(super::oci::push(&dir, target, trust, &work.join("oci")).await?),
+            None => None,
+        };
         // Blobs, content-addressed; each checked against the manifest.
         let blobs = self.repo.join(BLOBS_DIR);
         std::fs::create_dir_all(&blobs).map_err(FleetError::io(&blobs))?;
         let (mut added, mut present) = (0, 0);
-        for (digest, entry) in &manifest.blobs {
+        for (digest, entry) in manifest.blobs.iter().filter(|_| oci.is_none()) {
             let hex = digest.trim_start_matches("sha256:");
             let target = blobs.join(hex);
             if std::fs::metadata(&target).is_ok_and(|m| m.len() == entry.size) {
@@ -488,13 +501,20 @@ impl Publisher {
             let name = head_target(&info.name, info.version, file);
             let path = staged.join(&name);
             std::fs::copy(&source, &path).map_err(FleetError::io(&source))?;
-            let target = Target::from_path(&path).await.map_err(hash_error(&path))?;
+            let mut target = Target::from_path(&path).await.map_err(hash_error(&path))?;
+            if let (MANIFEST_FILE, Some(oci)) = (file, &oci) {
+                target.custom.insert(
+                    super::BLOBS_CUSTOM_KEY.to_owned(),
+                    serde_json::Value::String(oci.to_string()),
+                );
+            }
             editor
                 .add_target(name.as_str(), target)
                 .map_err(self.edit_error(format!("adding {name}")))?;
         }
         self.commit(editor, Some(&staged)).await?;
         Ok(Published {
+            oci: oci.map(|o| o.to_string()),
             bundle: info.name.clone(),
             version: info.version,
             manifest_digest,
@@ -537,11 +557,21 @@ impl Publisher {
         };
         let manifest_path = self.target_file(&repo, manifest_target)?;
         let bytes = std::fs::read(&manifest_path).map_err(FleetError::io(&manifest_path))?;
+        let blobs = repo
+            .targets()
+            .signed
+            .targets
+            .iter()
+            .find(|(t, _)| t.raw() == manifest_target)
+            .and_then(|(_, t)| t.custom.get(super::BLOBS_CUSTOM_KEY))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
         let assignment = Assignment {
             bundle: name.to_owned(),
             version,
             manifest_digest: outpost_signing::Digest::of(&bytes).to_string(),
             head,
+            blobs,
         };
         let work = self.repo.join(format!(".publish-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&work);

@@ -5,6 +5,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use outpost_host::Host;
 use outpost_host::device::DeviceState;
+use outpost_host::fleet::oci::OciRef;
 use outpost_host::fleet::{
     FleetKeys, FleetStatus, Lifetimes, Publisher, RoleName, UpdateOutcome, Updater, UpdaterOptions,
 };
@@ -162,7 +163,13 @@ pub fn fleet(command: FleetCommand) -> Result<()> {
 }
 
 /// Runs `outpost publish BUNDLE`.
-pub fn publish(bundle: &Path, repo: &RepoArgs, trust: &[PathBuf], state: &Path) -> Result<()> {
+pub fn publish(
+    bundle: &Path,
+    repo: &RepoArgs,
+    trust: &[PathBuf],
+    state: &Path,
+    oci: Option<&str>,
+) -> Result<()> {
     if trust.is_empty() {
         bail!(
             "outpost publish needs --trust ROOT.json: the bundle is checked against the publishers' trust root before devices are pointed at it"
@@ -170,7 +177,11 @@ pub fn publish(bundle: &Path, repo: &RepoArgs, trust: &[PathBuf], state: &Path) 
     }
     let device = DeviceState::open(state)?;
     let root = device.trust_root(trust)?;
-    let published = runtime()?.block_on(repo.publisher()?.publish(bundle, &root))?;
+    let oci = oci.map(OciRef::parse).transpose()?;
+    let published = runtime()?.block_on(repo.publisher()?.publish(bundle, &root, oci.as_ref()))?;
+    if let Some(oci) = &published.oci {
+        println!("blobs pushed to {oci}");
+    }
     println!(
         "published {} version {} (manifest {}): {} blobs added, {} already there; point a group at it with: outpost fleet set GROUP {} {}",
         published.bundle,
@@ -181,6 +192,25 @@ pub fn publish(bundle: &Path, repo: &RepoArgs, trust: &[PathBuf], state: &Path) 
         published.bundle,
         published.version
     );
+    Ok(())
+}
+
+/// Runs `outpost push BUNDLE oci://...`.
+pub fn push(bundle: &Path, reference: &str, trust: &[PathBuf], state: &Path) -> Result<()> {
+    if trust.is_empty() {
+        bail!("outpost push needs --trust ROOT.json: the bundle is checked before it is pushed");
+    }
+    let target = OciRef::parse(reference)?;
+    let device = DeviceState::open(state)?;
+    let root = device.trust_root(trust)?;
+    let staging = device.staging();
+    let pinned = runtime()?.block_on(outpost_host::fleet::oci::push(
+        bundle,
+        &target,
+        &root,
+        staging.path(),
+    ))?;
+    println!("{pinned}");
     Ok(())
 }
 

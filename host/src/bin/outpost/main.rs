@@ -271,6 +271,26 @@ enum Command {
         /// State directory used while checking the bundle.
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Push the blobs to this OCI repository (oci://HOST[:PORT]/REPO:TAG,
+        /// or oci+http:// without TLS) instead of the repository's blobs/;
+        /// devices fetch them from the registry.
+        #[arg(long, value_name = "REFERENCE")]
+        oci: Option<String>,
+    },
+    /// Push a signed bundle to an OCI registry as an artifact
+    /// (oci://HOST[:PORT]/REPO:TAG, or oci+http:// for a registry without
+    /// TLS); prints the reference pinned by digest.
+    Push {
+        /// The bundle (directory or archive).
+        bundle: PathBuf,
+        /// Where to: oci://HOST[:PORT]/REPO:TAG.
+        reference: String,
+        /// The publishers' trust root(s), oldest first.
+        #[arg(long)]
+        trust: Vec<PathBuf>,
+        /// State directory used while checking the bundle.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
     /// Check the fleet repository once and install this group's version if
     /// it is not what the device runs: fetch what is missing, verify at both
@@ -517,9 +537,23 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             repo,
             trust,
             state_dir,
+            oci,
         } => fleet::publish(
             &bundle,
             &repo,
+            &trust,
+            &trust::state_dir(state_dir.as_deref()),
+            oci.as_deref(),
+        )
+        .map(|()| ExitCode::SUCCESS),
+        Command::Push {
+            bundle,
+            reference,
+            trust,
+            state_dir,
+        } => fleet::push(
+            &bundle,
+            &reference,
             &trust,
             &trust::state_dir(state_dir.as_deref()),
         )
