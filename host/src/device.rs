@@ -373,6 +373,11 @@ impl DeviceState {
         self.versions().accept(verified)?;
         let path = self.dir.join(RUNNING_FILE);
         self.step(2, &path)?;
+        // Unchanged: no write (a full disk does not stop a device running
+        // what it ran).
+        if std::fs::read(&path).is_ok_and(|old| old == running_json) {
+            return Ok(());
+        }
         durable::write_atomic(&path, &running_json, 0o644)?;
         Ok(())
     }

@@ -355,11 +355,16 @@ impl VersionStore {
         Ok(())
     }
 
-    /// [`VersionStore::check`]s `bundle`, then records it as accepted.
+    /// [`VersionStore::check`]s `bundle`, then records it as accepted
+    /// (no write when it is recorded already: a device whose disk is full
+    /// still runs what it accepted).
     pub fn accept(&self, bundle: &VerifiedBundle) -> Result<()> {
         self.check(bundle)?;
         let info = &bundle.manifest().bundle;
         let digest = bundle.manifest_digest().to_string();
+        if self.accepted(&info.name)? == Some((info.version, digest.clone())) {
+            return Ok(());
+        }
         std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
         write_atomic(
             &self.path(&info.name),

@@ -1123,3 +1123,133 @@ fn blobs_from_an_oci_registry_reach_the_device_and_a_stage_only_update_moves_onl
     assert_eq!(second["blob_bytes_fetched"], changed, "{second}");
     assert_eq!(fleet.run_current("dev"), "halt_conveyor");
 }
+
+/// A tmpfs of `size` mounted at `dir` (root only), unmounted when dropped.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| Self(dir.to_owned()))
+            .or_else(|| {
+                eprintln!(
+                    "SKIPPED: mounting a small tmpfs needs root: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                None
+            })
+    }
+
+    fn grow(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_mid_download_keeps_the_old_version_gives_the_space_back_and_lands_later() {
+    let (fleet, _v1) = fleet_on_v1();
+    // The device's state on a 3 MB disk, v1 installed there.
+    let device = fleet.device("small");
+    let Some(disk) = SmallDisk::mount(&device, "3m") else {
+        return;
+    };
+    let update = |fleet: &Fleet| {
+        let mut args = vec!["update".to_owned(), "--once".into(), "--no-cache".into()];
+        args.extend([
+            "--repo".into(),
+            fleet.nginx.url(),
+            "--group".into(),
+            "lab".into(),
+            "--fleet-root".into(),
+            fleet
+                .repo()
+                .join("metadata/1.root.json")
+                .display()
+                .to_string(),
+            "--trust".into(),
+            fleet.publisher.path("root1.json").display().to_string(),
+            "--state-dir".into(),
+            device.display().to_string(),
+        ]);
+        outpost(&args)
+    };
+    update(&fleet).assert_ok();
+    assert_eq!(fleet.current("small"), Some(("intent-demo".into(), 1)));
+
+    // v2 carries a 4 MB vocabulary (the demo's, padded with unused tokens).
+    let src = fleet.scratch.path().join("v2-src");
+    fleet.relabelled_demo("v2", 2, "halt_conveyor", &[]);
+    let mut vocab = std::fs::read_to_string(demo_dir().join("vocab.txt")).unwrap();
+    let mut n = 0;
+    while vocab.len() < 4 << 20 {
+        vocab.push_str(&format!("[unused-padding-token-{n}]\n"));
+        n += 1;
+    }
+    std::fs::write(src.join("vocab.txt"), vocab).unwrap();
+    let toml = std::fs::read_to_string(src.join("intent.toml"))
+        .unwrap()
+        .replace(
+            &demo_dir().join("vocab.txt").display().to_string(),
+            &src.join("vocab.txt").display().to_string(),
+        );
+    std::fs::write(src.join("intent.toml"), toml).unwrap();
+    let v2 = fleet.publisher.bundle(
+        &src.join("intent.toml"),
+        "intent-demo",
+        2,
+        "v2big",
+        &["a", "b"],
+    );
+    fleet.publish(&v2);
+    fleet.set("lab", 2);
+
+    let run = update(&fleet);
+    run.expect_error(&["No space left on device"]);
+    // The space is given back at once: nothing half-downloaded is kept.
+    let partials = std::fs::read_dir(device.join("fleet/blobs"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .to_string_lossy()
+                .ends_with(".partial")
+        })
+        .count();
+    assert_eq!(partials, 0);
+    assert_eq!(fleet.current("small"), Some(("intent-demo".into(), 1)));
+    assert_eq!(fleet.run_current("small"), "stop_conveyor");
+    let status = outpost(&["status", "--state-dir", &device.display().to_string()]).json();
+    assert_eq!(status["agent"]["phase"], "failed", "{status}");
+    assert!(
+        status["agent"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("No space left on device"),
+        "{status}"
+    );
+
+    // More room (an operator cleans up): the next check lands.
+    disk.grow("16m");
+    report(&update(&fleet));
+    assert_eq!(fleet.current("small"), Some(("intent-demo".into(), 2)));
+    assert_eq!(fleet.run_current("small"), "halt_conveyor");
+}

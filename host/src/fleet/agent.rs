@@ -736,7 +736,15 @@ impl Updater {
                 )));
             }
             hasher.update(&chunk);
-            file.write_all(&chunk).map_err(FleetError::io(&partial))?;
+            if let Err(e) = file.write_all(&chunk) {
+                // A full disk: give the space back at once (the device has
+                // other things to write) and start over next time.
+                if e.kind() == std::io::ErrorKind::StorageFull {
+                    drop(file);
+                    let _ = std::fs::remove_file(&partial);
+                }
+                return Err(FleetError::io(&partial)(e));
+            }
             have += chunk.len() as u64;
             moved += chunk.len() as u64;
         }
