@@ -558,8 +558,19 @@ fn an_online_key_cannot_move_a_device_back_or_to_an_unsigned_bundle() {
     );
     fleet.publish_with(&v3, "evil-root.json").assert_ok();
     fleet.set("lab", 3);
+    fleet.nginx.clear_log();
     let run = fleet.update("dev");
     run.expect_error(&["intent-demo version 3", "refused", "signature"]);
+    // Refused on its head alone: not one of its blobs was fetched.
+    assert!(
+        fleet
+            .nginx
+            .log()
+            .iter()
+            .all(|a| !a.path.starts_with("/blobs/")),
+        "{:?}",
+        fleet.nginx.log()
+    );
     assert_eq!(fleet.current("dev"), Some(("intent-demo".into(), 2)));
     assert!(
         !fleet
