@@ -196,7 +196,7 @@ impl AssertOk for Run {
     }
 }
 
-fn top_label(run: &Run) -> String {
+pub(crate) fn top_label(run: &Run) -> String {
     run.assert_ok();
     run.json()["results"][0]["outputs"]["labels"]
         .as_str()

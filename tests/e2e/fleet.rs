@@ -3,7 +3,7 @@
 //! attacks a hostile repository or network can make. After every refused
 //! update the device still runs what it ran, and says why.
 
-use crate::bundles::{AssertOk, Publisher};
+use crate::bundles::{AssertOk, Publisher, top_label};
 use crate::serve::{Server, http, text_request};
 use outpost_e2e::servers::{CuttingRelay, Nginx, Registry};
 use outpost_e2e::{Run, Scratch, demo_dir, outpost, target_dir};
@@ -108,7 +108,14 @@ impl Fleet {
     /// `outpost update --once` for device `device` in group `lab`, through
     /// `url` (default: nginx).
     fn update_via(&self, device: &str, url: &str) -> Run {
-        outpost(&[
+        let mut args = self.update_args(&self.device(device), url);
+        args.extend(["--stall".into(), "5s".into()]);
+        outpost(&args)
+    }
+
+    /// `update --once` for the device whose state is `state`, in group `lab`.
+    fn update_args(&self, state: &Path, url: &str) -> Vec<String> {
+        vec![
             "update".to_owned(),
             "--once".into(),
             "--repo".into(),
@@ -123,10 +130,8 @@ impl Fleet {
             "--trust".into(),
             self.publisher.path("root1.json").display().to_string(),
             "--state-dir".into(),
-            self.device(device).display().to_string(),
-            "--stall".into(),
-            "5s".into(),
-        ])
+            state.display().to_string(),
+        ]
     }
 
     fn update(&self, device: &str) -> Run {
@@ -172,14 +177,7 @@ impl Fleet {
             "--state-dir".into(),
             self.device(device).display().to_string(),
         ]);
-        run.assert_ok();
-        run.json()["results"][0]["outputs"]["labels"]
-            .as_str()
-            .unwrap()
-            .split('\t')
-            .next()
-            .unwrap()
-            .to_owned()
+        top_label(&run)
     }
 
     /// The demo as a bundle whose labels file renames `stop_conveyor` to
@@ -959,24 +957,7 @@ fn kill_nine_anywhere_in_an_update_leaves_a_verified_version_and_it_converges() 
     for round in 0..50 {
         let device = fleet.device("victim");
         copy_dir(&base, &device);
-        let args = vec![
-            "update".to_owned(),
-            "--once".into(),
-            "--repo".into(),
-            fleet.nginx.url(),
-            "--group".into(),
-            "lab".into(),
-            "--fleet-root".into(),
-            fleet
-                .repo()
-                .join("metadata/1.root.json")
-                .display()
-                .to_string(),
-            "--trust".into(),
-            fleet.publisher.path("root1.json").display().to_string(),
-            "--state-dir".into(),
-            device.display().to_string(),
-        ];
+        let args = fleet.update_args(&device, &fleet.nginx.url());
         let mut child = std::process::Command::new(outpost_e2e::outpost_bin())
             .args(&args)
             .stdout(std::process::Stdio::null())
@@ -1183,23 +1164,8 @@ fn a_full_disk_mid_download_keeps_the_old_version_gives_the_space_back_and_lands
         return;
     };
     let update = |fleet: &Fleet| {
-        let mut args = vec!["update".to_owned(), "--once".into(), "--no-cache".into()];
-        args.extend([
-            "--repo".into(),
-            fleet.nginx.url(),
-            "--group".into(),
-            "lab".into(),
-            "--fleet-root".into(),
-            fleet
-                .repo()
-                .join("metadata/1.root.json")
-                .display()
-                .to_string(),
-            "--trust".into(),
-            fleet.publisher.path("root1.json").display().to_string(),
-            "--state-dir".into(),
-            device.display().to_string(),
-        ]);
+        let mut args = fleet.update_args(&device, &fleet.nginx.url());
+        args.push("--no-cache".into());
         outpost(&args)
     };
     update(&fleet).assert_ok();
