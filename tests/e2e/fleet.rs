@@ -1230,3 +1230,64 @@ fn a_full_disk_mid_download_keeps_the_old_version_gives_the_space_back_and_lands
     assert_eq!(fleet.current("small"), Some(("intent-demo".into(), 2)));
     assert_eq!(fleet.run_current("small"), "halt_conveyor");
 }
+
+#[test]
+fn the_service_keeps_serving_and_says_stale_when_fleet_metadata_expires() {
+    let fleet = Fleet::new();
+    let v1 = fleet.publisher.demo_bundle("v1", 1, &["a", "b"]);
+    fleet.publish(&v1);
+    fleet.set("lab", 1);
+    // A short probation: the agent does not check during one.
+    let config = fleet.scratch.write(
+        "outpost.toml",
+        format!(
+            "trust = [\"{root}\"]\nstate_dir = \"{state}\"\n[updates]\nrepository = \"{url}\"\ngroup = \"lab\"\nfleet_root = \"{repo}/metadata/1.root.json\"\ninterval_s = 1\njitter = 0.0\nprobation_s = 1\nmin_requests = 1000\n",
+            root = fleet.publisher.path("root1.json").display(),
+            state = fleet.device("svc").display(),
+            url = fleet.nginx.url(),
+            repo = fleet.repo().display(),
+        ),
+    );
+    let server = Server::start(&["--config".to_owned(), config.display().to_string()]);
+    wait_until("v1 is served", Duration::from_secs(120), || {
+        http(
+            &server.http,
+            "GET",
+            "/v2/models/intent-demo/ready",
+            &[],
+            b"",
+        )
+        .status
+            == 200
+    });
+    // The timestamp is re-signed to expire at once, and nothing fresher comes.
+    fleet
+        .fleet(&["refresh", "--timestamp-lifetime", "1s"])
+        .assert_ok();
+    wait_until("the service says stale", Duration::from_secs(60), || {
+        server_status(&server)["agent"]["stale"] == true
+    });
+    let status = server_status(&server);
+    assert_eq!(status["agent"]["phase"], "stale", "{status}");
+    assert!(
+        status["agent"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("expired"),
+        "{status}"
+    );
+    let metrics = http(&server.http, "GET", "/metrics", &[], b"");
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(text.contains("outpost_fleet_stale 1"), "{text}");
+    // It keeps serving what it runs.
+    let traffic = Traffic::start(&server.http);
+    std::thread::sleep(Duration::from_millis(500));
+    let (labels, failures) = traffic.finish();
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(labels.contains_key("stop_conveyor"), "{labels:?}");
+    // A fresh timestamp ends it.
+    fleet.fleet(&["refresh"]).assert_ok();
+    wait_until("stale ends", Duration::from_secs(60), || {
+        server_status(&server)["agent"]["stale"] == false
+    });
+}
