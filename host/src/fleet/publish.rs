@@ -229,6 +229,15 @@ impl Publisher {
         }
     }
 
+    /// A fresh scratch folder inside the repository (same file system, so
+    /// targets copy into place), removed when the guard drops.
+    fn work_dir(&self) -> Result<RemoveDir, FleetError> {
+        let work = self.repo.join(format!(".publish-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work).map_err(FleetError::io(&work))?;
+        Ok(RemoveDir(work))
+    }
+
     fn metadata_dir(&self) -> PathBuf {
         self.repo.join(METADATA_DIR)
     }
@@ -437,9 +446,8 @@ impl Publisher {
             path: bundle.to_owned(),
             source: Box::new(source),
         };
-        let work = self.repo.join(format!(".publish-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&work);
-        let _cleanup = RemoveDir(work.clone());
+        let cleanup = self.work_dir()?;
+        let work = cleanup.0.clone();
         let dir = if bundle.is_dir() {
             bundle.to_owned()
         } else {
@@ -573,10 +581,8 @@ impl Publisher {
             head,
             blobs,
         };
-        let work = self.repo.join(format!(".publish-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&work);
-        let _cleanup = RemoveDir(work.clone());
-        std::fs::create_dir_all(&work).map_err(FleetError::io(&work))?;
+        let cleanup = self.work_dir()?;
+        let work = cleanup.0.clone();
         let name = group_target(group);
         let path = work.join(&name);
         let json = serde_json::to_vec_pretty(&assignment).map_err(|e| FleetError::Io {
