@@ -787,29 +787,17 @@ fn server_status(server: &Server) -> Value {
     reply.json()
 }
 
-#[test]
-fn the_service_swaps_versions_without_failing_a_request_and_rolls_back_a_bad_one() {
-    let fleet = Fleet::new();
+/// v1 published and set for group `lab`, and `outpost serve` following the
+/// fleet (device state "svc"; `updates` adds keys to `[updates]`, and may
+/// open further tables), once it serves v1.
+fn serve_on_v1(fleet: &Fleet, updates: &str) -> Server {
     let v1 = fleet.publisher.demo_bundle("v1", 1, &["a", "b"]);
     fleet.publish(&v1);
     fleet.set("lab", 1);
     let config = fleet.scratch.write(
         "outpost.toml",
         format!(
-            r#"trust = ["{root}"]
-state_dir = "{state}"
-[requests]
-concurrency = 2
-[updates]
-repository = "{url}"
-group = "lab"
-fleet_root = "{repo}/metadata/1.root.json"
-interval_s = 1
-jitter = 0.0
-probation_s = 4
-min_requests = 5
-max_failure_rate = 0.2
-"#,
+            "trust = [\"{root}\"]\nstate_dir = \"{state}\"\n[updates]\nrepository = \"{url}\"\ngroup = \"lab\"\nfleet_root = \"{repo}/metadata/1.root.json\"\n{updates}",
             root = fleet.publisher.path("root1.json").display(),
             state = fleet.device("svc").display(),
             url = fleet.nginx.url(),
@@ -817,21 +805,30 @@ max_failure_rate = 0.2
         ),
     );
     let server = Server::start(&["--config".to_owned(), config.display().to_string()]);
-    let ready = || {
-        http(
-            &server.http,
-            "GET",
-            "/v2/models/intent-demo/ready",
-            &[],
-            b"",
-        )
-        .status
-            == 200
-    };
     wait_until(
         "v1 is installed and served",
         Duration::from_secs(120),
-        ready,
+        || {
+            http(
+                &server.http,
+                "GET",
+                "/v2/models/intent-demo/ready",
+                &[],
+                b"",
+            )
+            .status
+                == 200
+        },
+    );
+    server
+}
+
+#[test]
+fn the_service_swaps_versions_without_failing_a_request_and_rolls_back_a_bad_one() {
+    let fleet = Fleet::new();
+    let server = serve_on_v1(
+        &fleet,
+        "interval_s = 1\njitter = 0.0\nprobation_s = 4\nmin_requests = 5\nmax_failure_rate = 0.2\n[requests]\nconcurrency = 2\n",
     );
 
     // v2 lands while requests keep coming: none fails.
@@ -1234,32 +1231,11 @@ fn a_full_disk_mid_download_keeps_the_old_version_gives_the_space_back_and_lands
 #[test]
 fn the_service_keeps_serving_and_says_stale_when_fleet_metadata_expires() {
     let fleet = Fleet::new();
-    let v1 = fleet.publisher.demo_bundle("v1", 1, &["a", "b"]);
-    fleet.publish(&v1);
-    fleet.set("lab", 1);
     // A short probation: the agent does not check during one.
-    let config = fleet.scratch.write(
-        "outpost.toml",
-        format!(
-            "trust = [\"{root}\"]\nstate_dir = \"{state}\"\n[updates]\nrepository = \"{url}\"\ngroup = \"lab\"\nfleet_root = \"{repo}/metadata/1.root.json\"\ninterval_s = 1\njitter = 0.0\nprobation_s = 1\nmin_requests = 1000\n",
-            root = fleet.publisher.path("root1.json").display(),
-            state = fleet.device("svc").display(),
-            url = fleet.nginx.url(),
-            repo = fleet.repo().display(),
-        ),
+    let server = serve_on_v1(
+        &fleet,
+        "interval_s = 1\njitter = 0.0\nprobation_s = 1\nmin_requests = 1000\n",
     );
-    let server = Server::start(&["--config".to_owned(), config.display().to_string()]);
-    wait_until("v1 is served", Duration::from_secs(120), || {
-        http(
-            &server.http,
-            "GET",
-            "/v2/models/intent-demo/ready",
-            &[],
-            b"",
-        )
-        .status
-            == 200
-    });
     // The timestamp is re-signed to expire at once, and nothing fresher comes.
     fleet
         .fleet(&["refresh", "--timestamp-lifetime", "1s"])
