@@ -94,3 +94,55 @@ fn help_explains_the_commands() {
         run.stdout
     );
 }
+
+/// `outpost run ... | grep -q label` closes the pipe once it has seen the
+/// label; the run's work is done, so that is a quiet success, not a panic.
+/// Here the reader is gone before the first byte is written.
+#[test]
+fn output_into_a_closed_pipe_is_a_quiet_success() {
+    let mut child = std::process::Command::new(outpost_e2e::outpost_bin())
+        .args([
+            "run",
+            "--insecure-unsigned",
+            "host/pipelines/demo/intent.toml",
+        ])
+        .args(["--input", "stop the conveyor"])
+        .current_dir(outpost_e2e::repo())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// Output that cannot be written for another reason (a full disk) is an
+/// error that says so.
+#[test]
+fn output_to_a_full_device_is_an_error_naming_stdout() {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = std::process::Command::new(outpost_e2e::outpost_bin())
+        .args([
+            "run",
+            "--insecure-unsigned",
+            "host/pipelines/demo/intent.toml",
+        ])
+        .args(["--input", "stop the conveyor"])
+        .current_dir(outpost_e2e::repo())
+        .stdout(full)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("writing the output to stdout") && stderr.contains("No space left"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

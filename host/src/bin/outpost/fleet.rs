@@ -125,7 +125,7 @@ pub fn fleet(command: FleetCommand) -> Result<()> {
     match command {
         FleetCommand::Init { repo } => {
             let root = rt.block_on(repo.publisher()?.init())?;
-            println!(
+            outln!(
                 "fleet repository {} made; keys in {}; install devices with {} as their fleet root",
                 repo.repo.display(),
                 repo.keys.display(),
@@ -139,14 +139,16 @@ pub fn fleet(command: FleetCommand) -> Result<()> {
             repo,
         } => {
             let assignment = rt.block_on(repo.publisher()?.set(&group, &name, version))?;
-            println!(
+            outln!(
                 "group '{group}' -> {} version {} (manifest {})",
-                assignment.bundle, assignment.version, assignment.manifest_digest
+                assignment.bundle,
+                assignment.version,
+                assignment.manifest_digest
             );
         }
         FleetCommand::Refresh { snapshot, repo } => {
             let version = rt.block_on(repo.publisher()?.refresh(snapshot))?;
-            println!("timestamp version {version} signed");
+            outln!("timestamp version {version} signed");
         }
         FleetCommand::Rotate { role, repo } => {
             let role = match role.as_str() {
@@ -156,7 +158,7 @@ pub fn fleet(command: FleetCommand) -> Result<()> {
                 _ => RoleName::Timestamp,
             };
             let version = rt.block_on(repo.publisher()?.rotate(role))?;
-            println!("root metadata version {version} signed");
+            outln!("root metadata version {version} signed");
         }
     }
     Ok(())
@@ -180,9 +182,9 @@ pub fn publish(
     let oci = oci.map(OciRef::parse).transpose()?;
     let published = runtime()?.block_on(repo.publisher()?.publish(bundle, &root, oci.as_ref()))?;
     if let Some(oci) = &published.oci {
-        println!("blobs pushed to {oci}");
+        outln!("blobs pushed to {oci}");
     }
-    println!(
+    outln!(
         "published {} version {} (manifest {}): {} blobs added, {} already there; point a group at it with: outpost fleet set GROUP {} {}",
         published.bundle,
         published.version,
@@ -210,7 +212,7 @@ pub fn push(bundle: &Path, reference: &str, trust: &[PathBuf], state: &Path) -> 
         &root,
         staging.path(),
     ))?;
-    println!("{pinned}");
+    outln!("{pinned}");
     Ok(())
 }
 
@@ -312,7 +314,7 @@ pub fn update(args: &UpdateArgs, host: Host) -> Result<()> {
     }
     updater.record_status(&status)?;
     let report = outcome?;
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(&report).context("writing the report")?
     );
@@ -347,7 +349,7 @@ fn install(
 /// Runs `outpost status`: what the device runs from its fleet.
 pub fn status(state: &Path) -> Result<()> {
     let updater_state = outpost_host::fleet::agent::read_status(state)?;
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(&updater_state).context("writing the status")?
     );

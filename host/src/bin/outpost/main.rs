@@ -1,5 +1,15 @@
 //! `outpost`: the command-line face of the Outpost host.
 
+/// `println!` for a command's output. A reader that goes away early
+/// (`outpost run ... | grep -q x`) makes this return [`StdoutClosed`] from
+/// the enclosing function instead of panicking as `println!` does.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err($crate::StdoutClosed)?
+    }};
+}
+
 mod fleet;
 mod report;
 mod requests;
@@ -356,11 +366,36 @@ struct SourceArgs {
     policy: Option<PathBuf>,
 }
 
+/// Writing a command's output to stdout failed.
+#[derive(Debug)]
+struct StdoutClosed(std::io::Error);
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "writing the output to stdout: {}", self.0)
+    }
+}
+
+impl std::error::Error for StdoutClosed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let verbose = cli.verbose;
     match dispatch(cli) {
         Ok(code) => code,
+        // The reader took what it wanted and left, as `head` and `grep -q`
+        // do; the work is done, so this is success, quietly.
+        Err(error)
+            if error
+                .downcast_ref::<StdoutClosed>()
+                .is_some_and(|e| e.0.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("error: {error:#}");
             if verbose
@@ -431,7 +466,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             out,
         } => {
             let bundle = outpost_host::bundling::create_bundle(&pipeline, &name, version, &out)?;
-            println!(
+            outln!(
                 "bundle '{name}' version {version} -> {} ({} blobs, manifest {}); sign it with: outpost sign {} --key KEY",
                 out.display(),
                 bundle.manifest().blobs.len(),
@@ -443,7 +478,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Sign { bundle, key } => trust::sign(&bundle, &key).map(|()| ExitCode::SUCCESS),
         Command::Pack { bundle, out } => {
             outpost_signing::bundle::pack(&bundle, &out)?;
-            println!("{} -> {}", bundle.display(), out.display());
+            outln!("{} -> {}", bundle.display(), out.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify {
@@ -577,7 +612,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let host = cached(host()?, &source)?;
             let pipeline = load(&host, &pipeline, &source, false)?;
 
-            println!("{}", report::json_text(&report::inspect(&pipeline)));
+            outln!("{}", report::json_text(&report::inspect(&pipeline)));
             Ok(ExitCode::SUCCESS)
         }
         Command::Exec {

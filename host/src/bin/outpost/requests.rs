@@ -44,7 +44,7 @@ pub fn run(pipeline: &Pipeline, texts: &[String], files: &[String]) -> Result<()
         results.push(json!({ "input": label, "outputs": outputs, "latency_ms": elapsed.as_secs_f64() * 1e3 }));
     }
     let report = json!({ "pipeline": pipeline.name(), "results": results });
-    println!("{}", json_text(&report));
+    outln!("{}", json_text(&report));
     Ok(())
 }
 

@@ -34,12 +34,12 @@ pub fn keygen(out: &Path) -> Result<()> {
     key.save(out)
         .with_context(|| format!("cannot write the key to {}", out.display()))?;
     let public = key.public();
-    println!(
+    outln!(
         "secret key: {} (mode 0600; keep it off devices)",
         out.display()
     );
-    println!("public key: {public}");
-    println!("key id:     {}", public.id());
+    outln!("public key: {public}");
+    outln!("key id:     {}", public.id());
     Ok(())
 }
 
@@ -87,7 +87,7 @@ pub fn root_create(args: RootArgs<'_>) -> Result<()> {
     }
     std::fs::write(args.out, envelope.to_json())
         .with_context(|| format!("cannot write {}", args.out.display()))?;
-    println!(
+    outln!(
         "trust root version {} -> {} ({} signature(s))",
         args.version,
         args.out.display(),
@@ -107,7 +107,7 @@ pub fn sign(bundle: &Path, key: &Path) -> Result<()> {
     let mut opened = Bundle::open_dir(bundle)?;
     opened.sign(&key)?;
     let info = &opened.manifest().bundle;
-    println!(
+    outln!(
         "signed bundle '{}' version {} with key {}",
         info.name,
         info.version,
@@ -120,26 +120,29 @@ pub fn verify(path: &Path, trust: &[PathBuf], policy: &DevicePolicy, state: &Pat
     let device = DeviceState::open(state)?;
     let (verified, provenance, _staging) = device.open_verified(path, trust, policy)?;
     if let Some(p) = provenance {
-        println!(
+        outln!(
             "provenance: built by '{}' from {} at {}",
-            p.builder, p.source.repository, p.source.commit
+            p.builder,
+            p.source.repository,
+            p.source.commit
         );
     }
     let manifest = verified.manifest();
-    println!(
+    outln!(
         "bundle:    {} version {}",
-        manifest.bundle.name, manifest.bundle.version
+        manifest.bundle.name,
+        manifest.bundle.version
     );
-    println!("manifest:  {}", verified.manifest_digest());
+    outln!("manifest:  {}", verified.manifest_digest());
     let signers: Vec<&str> = verified.report().valid.iter().map(|k| k.as_str()).collect();
-    println!("signed by: {} (threshold met)", signers.join(", "));
+    outln!("signed by: {} (threshold met)", signers.join(", "));
     for (key, why) in &verified.report().rejected {
-        println!("not counted: {key}: {why}");
+        outln!("not counted: {key}: {why}");
     }
-    println!("blobs:     {} verified", manifest.blobs.len());
+    outln!("blobs:     {} verified", manifest.blobs.len());
     for (stage, grants) in &manifest.grants {
         if !grants.models.is_empty() {
-            println!(
+            outln!(
                 "grants:    stage '{stage}' may load models {:?}",
                 grants.models
             );
@@ -149,7 +152,7 @@ pub fn verify(path: &Path, trust: &[PathBuf], policy: &DevicePolicy, state: &Pat
             ..grants.clone()
         };
         if !outside.is_empty() {
-            println!("grants:    stage '{stage}' may use {outside:?}");
+            outln!("grants:    stage '{stage}' may use {outside:?}");
         }
     }
     Ok(())
@@ -182,7 +185,7 @@ pub fn attach_provenance(
     };
     let envelope = outpost_signing::provenance::attest(&opened, &key, builder, source)?;
     opened.attach_provenance(&envelope)?;
-    println!(
+    outln!(
         "provenance by builder '{builder}' (key {}) attached to {}",
         key.public().id(),
         bundle.display()
@@ -205,7 +208,7 @@ pub fn attest(state: &Path, nonce: &str) -> Result<()> {
         nonce: nonce.to_owned(),
         timestamp: Timestamp::now().to_string(),
     };
-    println!("{}", evidence.sign(&key)?.to_json());
+    outln!("{}", evidence.sign(&key)?.to_json());
     Ok(())
 }
 
@@ -241,14 +244,14 @@ pub fn verify_evidence(args: EvidenceArgs<'_>) -> Result<()> {
         now: Timestamp::now(),
     };
     let evidence = outpost_signing::evidence::verify(&bytes, &expected)?;
-    println!(
+    outln!(
         "evidence from device {} verified: host {} ({})",
         device.id(),
         evidence.host_version,
         evidence.host_binary
     );
     if let Some(b) = &evidence.bundle {
-        println!(
+        outln!(
             "runs bundle '{}' version {} ({} stages, {} models)",
             b.name,
             b.version,

@@ -34,9 +34,9 @@ pub fn run(flags: config::Flags, check: bool) -> Result<ExitCode> {
     let loaded = load(&settings, check)?;
     let models = loaded.models.clone();
     if check {
-        println!("configuration: {}", settings.source);
+        outln!("configuration: {}", settings.source);
         for m in &models {
-            println!(
+            outln!(
                 "model '{}' version {}: inputs {}; outputs {}; {} at once, queue {}, deadline {} ms",
                 m.name,
                 m.version,
@@ -47,7 +47,7 @@ pub fn run(flags: config::Flags, check: bool) -> Result<ExitCode> {
                 m.admission().deadline.as_millis()
             );
         }
-        println!(
+        outln!(
             "ok: {} bundle(s) verified and loaded; would listen on http {}{}",
             models.len(),
             settings.http,
