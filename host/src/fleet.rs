@@ -240,6 +240,9 @@ pub enum FleetError {
     /// A durable write failed.
     #[error(transparent)]
     Durable(#[from] outpost_signing::Error),
+    /// The TLS trust anchors for HTTPS fetches could not be set up.
+    #[error(transparent)]
+    Tls(#[from] transport::TlsError),
 }
 
 impl FleetError {
@@ -266,6 +269,7 @@ impl FleetError {
             FleetError::Device(_) => "device-state",
             FleetError::Io { .. } => "io",
             FleetError::Durable(_) => "io",
+            FleetError::Tls(_) => "tls",
         }
     }
 }

@@ -636,7 +636,70 @@ fn bad_fleet_arguments_get_clear_errors() {
         "--fleet-root",
         "/nonexistent/1.root.json",
     ]);
-    run.expect_error(&["https:// is not supported yet"]);
+    run.expect_error(&["/nonexistent/1.root.json"]);
+}
+
+/// A certificate and key for these names (PEM files in `dir`), self-signed:
+/// a device that trusts it treats it as its own private CA.
+fn certificate(dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+    let names = names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    let cert = rcgen::generate_simple_self_signed(names).unwrap();
+    let cert_path = dir.join(format!("{stem}.pem"));
+    let key_path = dir.join(format!("{stem}.key"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    (cert_path, key_path)
+}
+
+#[test]
+fn a_device_follows_its_group_over_https_trusting_a_private_ca_and_nothing_else() {
+    let fleet = Fleet::new();
+    let v1 = fleet.publisher.demo_bundle("v1", 1, &["a", "b"]);
+    fleet.publish(&v1);
+    fleet.set("lab", 1);
+    let dir = fleet.scratch.path();
+    let (cert, key) = certificate(dir, "repo", &["127.0.0.1", "localhost"]);
+    let https = Nginx::start_tls(&fleet.repo(), &cert, &key);
+    assert!(https.url().starts_with("https://"));
+    let update = |ca: Option<&Path>| {
+        let mut args = fleet.update_args(&fleet.device("dev"), &https.url());
+        if let Some(ca) = ca {
+            args.extend(["--ca-file".into(), ca.display().to_string()]);
+        }
+        outpost(&args)
+    };
+
+    // The system's CAs do not vouch for this server: refused, nothing moved.
+    let run = update(None);
+    run.expect_error(&[&https.url(), "certificate", "UnknownIssuer"]);
+    assert_eq!(fleet.current("dev"), None);
+    assert!(https.log().is_empty(), "{:?}", https.log());
+
+    // A CA the device trusts, but its certificate names another host.
+    let (other, _) = certificate(dir, "other", &["updates.example.com"]);
+    update(Some(&other)).expect_error(&["invalid peer certificate"]);
+    let (other_cert, other_key) = certificate(dir, "misnamed", &["updates.example.com"]);
+    let misnamed = Nginx::start_tls(&fleet.repo(), &other_cert, &other_key);
+    let mut args = fleet.update_args(&fleet.device("dev"), &misnamed.url());
+    args.extend(["--ca-file".into(), other_cert.display().to_string()]);
+    outpost(&args).expect_error(&["certificate not valid for name \"127.0.0.1\""]);
+    assert_eq!(fleet.current("dev"), None);
+
+    // A CA file that is not one: an error naming it, before any fetch.
+    let junk = dir.join("junk.pem");
+    std::fs::write(&junk, "not a certificate\n").unwrap();
+    update(Some(&junk)).expect_error(&["CA file", "junk.pem", "holds no certificate"]);
+
+    // Trusting the repository's CA: the update lands over TLS.
+    let done = report(&update(Some(&cert)));
+    assert!(done["outcome"]["staged"].is_object(), "{done}");
+    assert_eq!(fleet.current("dev"), Some(("intent-demo".into(), 1)));
+    assert_eq!(fleet.run_current("dev"), "stop_conveyor");
+    assert!(
+        https.log().iter().any(|a| a.path.starts_with("/blobs/")),
+        "{:?}",
+        https.log()
+    );
 }
 
 #[test]

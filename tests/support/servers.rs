@@ -75,17 +75,39 @@ pub struct Nginx {
     child: Child,
     port: u16,
     dir: Scratch,
+    tls: bool,
 }
 
 impl Nginx {
     /// Serves `root`; `limit_rate` (bytes per second) slows every answer.
     pub fn start(root: &Path, limit_rate: Option<u64>) -> Self {
+        Self::launch(root, limit_rate, None)
+    }
+
+    /// Serves `root` over HTTPS only, with this certificate chain and key
+    /// (PEM files); [`Nginx::url`] is then `https://127.0.0.1:PORT/`.
+    pub fn start_tls(root: &Path, cert: &Path, key: &Path) -> Self {
+        Self::launch(root, None, Some((cert, key)))
+    }
+
+    fn launch(root: &Path, limit_rate: Option<u64>, tls: Option<(&Path, &Path)>) -> Self {
         let dir = Scratch::new();
         let prefix = dir.path().display().to_string();
         std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
         let rate = limit_rate
             .map(|r| format!("limit_rate {r};"))
             .unwrap_or_default();
+        let (ssl, certificate) = match tls {
+            Some((cert, key)) => (
+                " ssl",
+                format!(
+                    "ssl_certificate {};\n        ssl_certificate_key {};",
+                    cert.display(),
+                    key.display()
+                ),
+            ),
+            None => ("", String::new()),
+        };
         for _attempt in 0..5 {
             let port = free_port();
             let conf = format!(
@@ -105,7 +127,8 @@ http {{
     uwsgi_temp_path {prefix}/tmp;
     scgi_temp_path {prefix}/tmp;
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{ssl};
+        {certificate}
         root {root};
         {rate}
         location / {{ }}
@@ -138,7 +161,12 @@ http {{
                 continue;
             }
             wait_for_port(port, &mut child, &error_log);
-            return Self { child, port, dir };
+            return Self {
+                child,
+                port,
+                dir,
+                tls: tls.is_some(),
+            };
         }
         panic!("nginx found no free port in 5 attempts");
     }
@@ -148,9 +176,10 @@ http {{
         self.port
     }
 
-    /// `http://127.0.0.1:PORT/`.
+    /// `http://127.0.0.1:PORT/`, or `https://` over TLS.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 
     /// Every request logged so far.

@@ -20,7 +20,7 @@
 //! another, so a crash at any point leaves the device on the old version or
 //! the new, never on a mix.
 
-use super::transport::{Fetcher, TufTransport};
+use super::transport::{self, Fetcher, TufTransport};
 use super::{Assignment, BLOBS_DIR, FleetError, MAX_ASSIGNMENT_BYTES, check_group, group_target};
 use crate::device::DeviceState;
 use crate::policy::DevicePolicy;
@@ -63,6 +63,9 @@ pub struct UpdaterOptions {
     pub trust: Vec<PathBuf>,
     /// A read that brings no byte for this long fails.
     pub stall: Duration,
+    /// Certificate authorities (PEM) trusted for `https://` beside the
+    /// system's: a repository or registry behind a private CA.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// One installed version: what `current.json` records.
@@ -195,12 +198,11 @@ fn repo_url(repo: &str) -> Result<Url, FleetError> {
         url: repo.to_owned(),
         problem,
     };
-    let mut url = if repo.starts_with("http://") || repo.starts_with("file://") {
+    let mut url = if ["https://", "http://", "file://"]
+        .iter()
+        .any(|scheme| repo.starts_with(scheme))
+    {
         Url::parse(repo).map_err(|e| bad(format!("not a URL: {e}")))?
-    } else if repo.starts_with("https://") {
-        return Err(bad(
-            "https:// is not supported yet; serve the repository over http:// (its metadata and blobs are signed and digest-checked) or mount it and give a path".into(),
-        ));
     } else {
         let path = std::path::absolute(repo).map_err(|e| bad(e.to_string()))?;
         Url::from_directory_path(&path).map_err(|()| bad("not a usable path".into()))?
@@ -217,7 +219,10 @@ impl Updater {
         check_group(&options.group)?;
         repo_url(&options.repo)?;
         Ok(Self {
-            fetcher: Fetcher::new(options.stall),
+            fetcher: Fetcher::new(
+                options.stall,
+                transport::client_tls(options.ca_file.as_deref())?,
+            ),
             options,
             state: state.to_owned(),
         })

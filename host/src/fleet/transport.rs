@@ -1,5 +1,7 @@
-//! Fetching from a fleet repository: `http://` through hyper's client and
-//! `file://` from the local file system, for TUF metadata (as a
+//! Fetching from a fleet repository: `https://` and `http://` through
+//! hyper's client (TLS by rustls, trusting the system's certificate
+//! authorities plus an optional CA file) and `file://` from the local file
+//! system, for TUF metadata (as a
 //! [`tough::Transport`]) and for blobs (with a start offset, so an
 //! interrupted download resumes with an HTTP `Range` request).
 //!
@@ -10,11 +12,15 @@
 use bytes::Bytes;
 use futures_util::Stream;
 use http_body_util::{BodyExt, Empty};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio_rustls::rustls;
 use tough::{TransportError, TransportErrorKind, TransportStream};
 use url::Url;
 
@@ -57,10 +63,62 @@ pub struct Fetched {
     pub body: ByteStream,
 }
 
-/// Fetches `http://` and `file://` URLs.
+/// Why the TLS trust anchors could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {problem}", path.as_deref().map_or("TLS setup".to_owned(), |p| format!("CA file {}", p.display())))]
+pub struct TlsError {
+    /// The CA file, when it is the cause.
+    pub path: Option<std::path::PathBuf>,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// The client TLS configuration for fetches: rustls with the system's
+/// certificate authorities (the store `rustls-native-certs` finds, on
+/// Debian `/etc/ssl/certs`) plus every certificate in `ca_file` (PEM), for a
+/// repository or registry behind a private CA.
+pub fn client_tls(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    // A store that cannot be read (none installed) leaves only the CA file;
+    // an HTTPS fetch then fails naming the unknown issuer.
+    let system = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(system.certs);
+    if let Some(path) = ca_file {
+        let bad = |problem: String| TlsError {
+            path: Some(path.to_owned()),
+            problem,
+        };
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| bad(format!("not a readable PEM certificate file: {e}")))?;
+        if certs.is_empty() {
+            return Err(bad(
+                "holds no certificate (expected PEM 'BEGIN CERTIFICATE' blocks)".into(),
+            ));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| bad(format!("a certificate is not a usable CA: {e}")))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError {
+            path: None,
+            problem: e.to_string(),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Fetches `https://`, `http://` and `file://` URLs.
 #[derive(Clone)]
 pub struct Fetcher {
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
     stall: Duration,
 }
 
@@ -73,11 +131,18 @@ impl std::fmt::Debug for Fetcher {
 }
 
 impl Fetcher {
-    /// A fetcher whose reads give up after `stall` without a byte.
-    pub fn new(stall: Duration) -> Self {
+    /// A fetcher whose reads give up after `stall` without a byte, and
+    /// whose HTTPS connections trust what `tls` trusts (see [`client_tls`]).
+    pub fn new(stall: Duration, tls: Arc<rustls::ClientConfig>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(stall));
         connector.set_nodelay(true);
+        connector.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*tls).clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
@@ -88,11 +153,11 @@ impl Fetcher {
     /// it is above 0).
     pub async fn get(&self, url: &Url, offset: u64) -> Result<Fetched, FetchError> {
         match url.scheme() {
-            "http" => self.get_http(url, offset).await,
+            "https" | "http" => self.get_http(url, offset).await,
             "file" => get_file(url, offset).await,
             other => Err(FetchError::new(
                 url,
-                format!("unsupported URL scheme '{other}' (use http:// or file://)"),
+                format!("unsupported URL scheme '{other}' (use https://, http:// or file://)"),
             )),
         }
     }
@@ -112,7 +177,7 @@ impl Fetcher {
         let response = tokio::time::timeout(self.stall, self.client.request(request))
             .await
             .map_err(|_| FetchError::new(url, format!("no answer within {:?}", self.stall)))?
-            .map_err(|e| FetchError::new(url, format!("request failed: {e}")))?;
+            .map_err(|e| FetchError::new(url, format!("request failed: {}", chain(&e))))?;
         let status = response.status();
         let from_offset = match status.as_u16() {
             200 => offset == 0,
@@ -165,6 +230,23 @@ impl Fetcher {
             body: Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))),
         })
     }
+}
+
+/// An error and its causes, one line: hyper's own text ("client error
+/// (Connect)") hides the useful part, e.g. rustls's "invalid peer
+/// certificate: UnknownIssuer".
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        next = cause.source();
+    }
+    text
 }
 
 async fn get_file(url: &Url, offset: u64) -> Result<Fetched, FetchError> {

@@ -219,7 +219,7 @@ pub fn push(bundle: &Path, reference: &str, trust: &[PathBuf], state: &Path) -> 
 /// Where a device follows its fleet.
 #[derive(Args)]
 pub struct UpdateArgs {
-    /// The repository: http://HOST[:PORT]/PATH, file:///PATH or a folder.
+    /// The repository: https://HOST[:PORT]/PATH, http://..., file:///PATH or a folder.
     #[arg(long)]
     repo: String,
     /// This device's group.
@@ -240,6 +240,10 @@ pub struct UpdateArgs {
     /// A read that brings no byte for this long fails.
     #[arg(long, value_parser = parse_duration, default_value = "30s", value_name = "DURATION")]
     stall: Duration,
+    /// Certificate authorities (PEM) trusted for https:// beside the
+    /// system's, for a repository or registry behind a private CA.
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
 }
 
 impl UpdateArgs {
@@ -264,6 +268,7 @@ pub fn update(args: &UpdateArgs, host: Host) -> Result<()> {
             fleet_root: args.fleet_root.clone(),
             trust: args.trust.clone(),
             stall: args.stall,
+            ca_file: args.ca_file.clone(),
         },
     )?;
     let mut status = FleetStatus {

@@ -397,7 +397,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", one_line(&error));
             if verbose
                 && let Some(trace) = error.downcast_ref::<RunError>().and_then(|e| match e {
                     RunError::Stage(s) => s.backtrace(),
@@ -409,6 +409,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each cause once: libraries that
+/// put their cause's text in their own message (tough does) would otherwise
+/// repeat it at every level of `{:#}`.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {

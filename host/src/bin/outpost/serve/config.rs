@@ -49,6 +49,7 @@ pub struct UpdatesFile {
     pub repository: Option<String>,
     pub group: Option<String>,
     pub fleet_root: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
     pub interval_s: Option<u64>,
     pub jitter: Option<f64>,
     pub stall_ms: Option<u64>,
@@ -63,6 +64,8 @@ pub struct UpdateSettings {
     pub repository: String,
     pub group: String,
     pub fleet_root: PathBuf,
+    /// Certificate authorities trusted for https:// beside the system's.
+    pub ca_file: Option<PathBuf>,
     pub interval: Duration,
     /// Each wait is the interval times a random factor in 1 ± jitter.
     pub jitter: f64,
@@ -425,7 +428,7 @@ fn update_settings(
     let repository = required(
         u.repository,
         "updates.repository",
-        "repository = \"http://updates.example.com/fleet/\"",
+        "repository = \"https://updates.example.com/fleet/\"",
     )?;
     let group = required(u.group, "updates.group", "group = \"cameras-eu\"")?;
     let fleet_root = rel(u.fleet_root.ok_or_else(|| {
@@ -458,6 +461,7 @@ fn update_settings(
         repository,
         group,
         fleet_root,
+        ca_file: u.ca_file.map(rel),
         interval: seconds(u.interval_s, 300, "updates.interval_s")?,
         jitter: fraction(u.jitter, 0.1, "updates.jitter")?,
         stall: Duration::from_millis(stall_ms),

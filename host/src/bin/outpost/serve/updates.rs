@@ -35,6 +35,7 @@ pub fn updater(state: &Path, settings: &UpdateSettings, trust: &[PathBuf]) -> Re
             fleet_root: settings.fleet_root.clone(),
             trust: trust.to_vec(),
             stall: settings.stall,
+            ca_file: settings.ca_file.clone(),
         },
     )?)
 }
