@@ -1294,10 +1294,10 @@ fn a_full_disk_mid_download_keeps_the_old_version_gives_the_space_back_and_lands
 #[test]
 fn the_service_keeps_serving_and_says_stale_when_fleet_metadata_expires() {
     let fleet = Fleet::new();
-    // A short probation: the agent does not check during one.
+    // v1 stays on probation throughout: the agent checks during one.
     let server = serve_on_v1(
         &fleet,
-        "interval_s = 1\njitter = 0.0\nprobation_s = 1\nmin_requests = 1000\n",
+        "interval_s = 1\njitter = 0.0\nprobation_s = 3600\nmin_requests = 1000\n",
     );
     // The timestamp is re-signed to expire at once, and nothing fresher comes.
     fleet
@@ -1329,4 +1329,44 @@ fn the_service_keeps_serving_and_says_stale_when_fleet_metadata_expires() {
     wait_until("stale ends", Duration::from_secs(60), || {
         server_status(&server)["agent"]["stale"] == false
     });
+}
+
+#[test]
+fn a_version_assigned_during_probation_is_installed_at_once_and_swapped_in_after_the_verdict() {
+    let fleet = Fleet::new();
+    let server = serve_on_v1(
+        &fleet,
+        "interval_s = 1\njitter = 0.0\nprobation_s = 30\nmin_requests = 1000\n",
+    );
+    assert_eq!(server_status(&server)["agent"]["phase"], "probation");
+    let v2 = fleet.relabelled_demo("v2", 2, "halt_conveyor", &["a", "b"]);
+    fleet.publish(&v2);
+    fleet.set("lab", 2);
+    let installed = fleet.device("svc").join("fleet/bundles/intent-demo-2");
+    wait_until(
+        "v2 is installed while v1 is on probation",
+        Duration::from_secs(25),
+        || installed.is_dir() && server_status(&server)["agent"]["target"]["version"] == 2,
+    );
+    // Installed, not served: v1's verdict comes first.
+    let status = server_status(&server);
+    assert_eq!(status["current"]["version"], 1, "{status}");
+    assert_eq!(status["agent"]["phase"], "probation", "{status}");
+    let traffic = Traffic::start(&server.http);
+    std::thread::sleep(Duration::from_millis(300));
+    let (labels, failures) = traffic.finish();
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(labels.keys().collect::<Vec<_>>(), ["stop_conveyor"]);
+
+    // v1 passes probation, then v2 goes in.
+    wait_until("v2 serves", Duration::from_secs(90), || {
+        server_status(&server)["current"]["version"] == 2
+    });
+    let status = server_status(&server);
+    assert_eq!(status["previous"]["version"], 1, "{status}");
+    let traffic = Traffic::start(&server.http);
+    std::thread::sleep(Duration::from_millis(300));
+    let (labels, failures) = traffic.finish();
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(labels.contains_key("halt_conveyor"), "{labels:?}");
 }

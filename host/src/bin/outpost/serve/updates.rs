@@ -67,6 +67,9 @@ pub struct Agent {
     updater: Updater,
     app: Arc<App>,
     probation: Option<Probation>,
+    /// A newer version installed while another was on probation: it is
+    /// swapped in by the first check after the verdict.
+    pending: Option<Installed>,
     status: FleetStatus,
 }
 
@@ -106,6 +109,7 @@ impl Agent {
             updater,
             app,
             probation,
+            pending: None,
             status,
         })
     }
@@ -140,9 +144,13 @@ impl Agent {
         };
         let mut next_check = Instant::now();
         loop {
-            if self.probation.is_some() {
-                self.judge();
-            } else if Instant::now() >= next_check {
+            // Probation does not stop the checks: staleness and a newer
+            // target are noticed (and the newer version downloaded and
+            // installed) at once; only its swap waits for the verdict.
+            if self.probation.is_some() && self.judge() && self.pending.is_some() {
+                next_check = Instant::now();
+            }
+            if Instant::now() >= next_check {
                 self.check(&runtime);
                 next_check = Instant::now() + self.next_wait();
             }
@@ -166,9 +174,25 @@ impl Agent {
                 self.status.target = Some(report.assignment.clone());
                 self.status.last_error = None;
                 self.status.last_error_kind = None;
-                self.status.phase = "serving".into();
+                self.status.phase = if self.probation.is_some() {
+                    "probation"
+                } else {
+                    "serving"
+                }
+                .into();
+                self.pending = None;
                 match &report.outcome {
                     UpdateOutcome::UpToDate => {}
+                    UpdateOutcome::Staged { .. } if self.probation.is_some() => {
+                        let target = installed(&report.assignment);
+                        tracing::info!(
+                            model = %target.bundle,
+                            version = target.version,
+                            fetched_bytes = report.blob_bytes_fetched,
+                            "newer version installed during probation; it is swapped in once the verdict is in"
+                        );
+                        self.pending = Some(target);
+                    }
                     UpdateOutcome::Rejected { reason } => {
                         tracing::debug!(
                             reason,
@@ -273,10 +297,10 @@ impl Agent {
     }
 
     /// Judges the version on probation: too many failures roll it back;
-    /// the window passing accepts it.
-    fn judge(&mut self) {
+    /// the window passing accepts it. Returns whether probation ended.
+    fn judge(&mut self) -> bool {
         let Some(probation) = &self.probation else {
-            return;
+            return false;
         };
         let (answered, failed) = probation.candidate.served.outcomes();
         let rate = if answered == 0 {
@@ -291,9 +315,10 @@ impl Agent {
                 self.updates.max_failure_rate * 100.0
             );
             self.roll_back(&reason);
+            true
         } else if probation.started.elapsed() >= self.updates.probation {
             let Some(probation) = self.probation.take() else {
-                return;
+                return false;
             };
             let c = &probation.candidate;
             match self.device.accept(&c.verified, &c.running) {
@@ -307,6 +332,9 @@ impl Agent {
                 }
             }
             self.record();
+            true
+        } else {
+            false
         }
     }
 
