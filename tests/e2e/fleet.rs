@@ -857,6 +857,18 @@ fn serve_on_v1(fleet: &Fleet, updates: &str) -> Server {
     let v1 = fleet.publisher.demo_bundle("v1", 1, &["a", "b"]);
     fleet.publish(&v1);
     fleet.set("lab", 1);
+    let server = Server::start(&service_args(fleet, updates));
+    wait_until(
+        "v1 is installed and served",
+        Duration::from_secs(120),
+        || ready(&server),
+    );
+    server
+}
+
+/// `serve --config FILE` for the service following the fleet (state
+/// "svc"), with `updates` added to `[updates]`; writes FILE anew.
+fn service_args(fleet: &Fleet, updates: &str) -> Vec<String> {
     let config = fleet.scratch.write(
         "outpost.toml",
         format!(
@@ -867,23 +879,18 @@ fn serve_on_v1(fleet: &Fleet, updates: &str) -> Server {
             repo = fleet.repo().display(),
         ),
     );
-    let server = Server::start(&["--config".to_owned(), config.display().to_string()]);
-    wait_until(
-        "v1 is installed and served",
-        Duration::from_secs(120),
-        || {
-            http(
-                &server.http,
-                "GET",
-                "/v2/models/intent-demo/ready",
-                &[],
-                b"",
-            )
-            .status
-                == 200
-        },
+    vec!["--config".to_owned(), config.display().to_string()]
+}
+
+fn ready(server: &Server) -> bool {
+    let reply = http(
+        &server.http,
+        "GET",
+        "/v2/models/intent-demo/ready",
+        &[],
+        b"",
     );
-    server
+    reply.status == 200
 }
 
 #[test]
@@ -1369,4 +1376,189 @@ fn a_version_assigned_during_probation_is_installed_at_once_and_swapped_in_after
     let (labels, failures) = traffic.finish();
     assert!(failures.is_empty(), "{failures:?}");
     assert!(labels.contains_key("halt_conveyor"), "{labels:?}");
+}
+
+/// The top label the service answers for the demo request.
+fn served_label(server: &Server) -> String {
+    let reply = http(
+        &server.http,
+        "POST",
+        "/v2/models/intent-demo/infer",
+        &[("content-type", "application/json")],
+        text_request("text", "stop the conveyor")
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let body = reply.json();
+    let labels = body["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "labels")
+        .unwrap()["data"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    labels.split('\t').next().unwrap().to_owned()
+}
+
+#[test]
+fn kill_nine_of_the_service_across_updates_restarts_on_a_verified_version_and_converges() {
+    let fleet = Fleet::new();
+    let mut server = serve_on_v1(
+        &fleet,
+        "interval_s = 1\njitter = 0.0\nprobation_s = 2\nmin_requests = 1000\nmax_restarts = 1000\n",
+    );
+    let config = fleet.scratch.path().join("outpost.toml");
+    let args = ["--config".to_owned(), config.display().to_string()];
+    // Each version answers the demo request with its own label.
+    let labels = [
+        "stop_conveyor",
+        "halt_conveyor",
+        "pause_conveyor",
+        "park_conveyor",
+        "hold_conveyor",
+        "rest_conveyor",
+    ];
+    for (version, label) in labels.iter().enumerate().skip(1) {
+        let version = version as u64 + 1;
+        let bundle = fleet.relabelled_demo(&format!("v{version}"), version, label, &["a", "b"]);
+        fleet.publish(&bundle);
+    }
+    let mut assigned = 1;
+    let mut served_before = 1;
+    let mut rng = Xorshift::seeded();
+    let mut seen = BTreeMap::new();
+    for round in 0..16 {
+        // Move the group on once the device has caught up.
+        if assigned < labels.len() as u64
+            && server_status(&server)["current"]["version"] == assigned
+        {
+            assigned += 1;
+            fleet.set("lab", assigned);
+        }
+        // Somewhere in fetch, install, swap, probation or accept.
+        std::thread::sleep(Duration::from_millis(rng.below(2000)));
+        drop(server); // SIGKILL, then reaped
+        server = Server::start(&args);
+        wait_until(
+            "the restarted service serves",
+            Duration::from_secs(120),
+            || ready(&server),
+        );
+        // A verified version, whole: its own label, what current.json says,
+        // and never below what it served before.
+        let status = server_status(&server);
+        let version = status["current"]["version"].as_u64().unwrap();
+        let label = served_label(&server);
+        assert_eq!(
+            label,
+            labels[version as usize - 1],
+            "round {round}: {status}"
+        );
+        assert!(
+            version >= served_before && version <= assigned,
+            "round {round}: served v{version} after v{served_before}, v{assigned} assigned"
+        );
+        *seen
+            .entry(format!("v{version} phase {}", status["agent"]["phase"]))
+            .or_insert(0) += 1;
+        served_before = version;
+    }
+    eprintln!("after each restart: {seen:?}");
+    fleet.set("lab", labels.len() as u64);
+    wait_until(
+        "the last version is served and accepted",
+        Duration::from_secs(120),
+        || {
+            let status = server_status(&server);
+            status["current"]["version"] == labels.len() as u64
+                && status["agent"]["phase"] == "serving"
+        },
+    );
+    assert_eq!(served_label(&server), labels[labels.len() - 1]);
+}
+
+#[test]
+fn a_version_on_probation_that_keeps_killing_the_service_is_rolled_back_at_start() {
+    let fleet = Fleet::new();
+    let mut server = serve_on_v1(
+        &fleet,
+        "interval_s = 1\njitter = 0.0\nprobation_s = 1\nmin_requests = 1000\n",
+    );
+    wait_until("v1 is accepted", Duration::from_secs(60), || {
+        server_status(&server)["agent"]["phase"] == "serving"
+    });
+    // From now on a probation outlasts the test, and a third start with
+    // the same version on probation is one too many.
+    let args = service_args(
+        &fleet,
+        "interval_s = 1\njitter = 0.0\nprobation_s = 3600\nmin_requests = 1000\nmax_restarts = 2\n",
+    );
+    let v2 = fleet.relabelled_demo("v2", 2, "halt_conveyor", &["a", "b"]);
+    fleet.publish(&v2);
+    fleet.set("lab", 2);
+    wait_until("v2 is on probation", Duration::from_secs(60), || {
+        server_status(&server)["current"]["version"] == 2
+    });
+    let restart = |server: Server| {
+        drop(server); // SIGKILL
+        let server = Server::start(&args);
+        wait_until(
+            "the restarted service serves",
+            Duration::from_secs(120),
+            || ready(&server),
+        );
+        server
+    };
+    // Start 1 with v2 on probation.
+    server = restart(server);
+    let status = server_status(&server);
+    assert_eq!(status["current"]["version"], 2, "{status}");
+    assert_eq!(status["agent"]["phase"], "probation", "{status}");
+    // A clean stop (SIGTERM, drained) does not count against v2.
+    server.signal("TERM");
+    assert!(server.wait(Duration::from_secs(30)).success());
+    server = Server::start(&args);
+    wait_until("the service serves again", Duration::from_secs(120), || {
+        ready(&server)
+    });
+    assert_eq!(server_status(&server)["current"]["version"], 2);
+    assert_eq!(served_label(&server), "halt_conveyor");
+    // Start 2: still v2.
+    server = restart(server);
+    assert_eq!(server_status(&server)["current"]["version"], 2);
+    // Start 3: more than max_restarts; v1 serves, v2 is rejected.
+    server = restart(server);
+    let status = server_status(&server);
+    assert_eq!(status["current"]["version"], 1, "{status}");
+    assert_eq!(served_label(&server), "stop_conveyor");
+    assert_eq!(status["agent"]["phase"], "rolled-back", "{status}");
+    let why = status["agent"]["last_error"].as_str().unwrap();
+    assert!(
+        why.contains("started 3 times with it on probation") && why.contains("max_restarts"),
+        "{status}"
+    );
+    assert_eq!(status["rejected"][0]["version"], 2, "{status}");
+    let metrics = http(&server.http, "GET", "/metrics", &[], b"");
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(text.contains("outpost_fleet_rollbacks_total 1"), "{text}");
+    // Checks go on and do not bring v2 back.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(server_status(&server)["current"]["version"], 1);
+    assert_eq!(served_label(&server), "stop_conveyor");
+    // A fixed v3 lands.
+    let v3 = fleet.relabelled_demo("v3", 3, "pause_conveyor", &["a", "b"]);
+    fleet.publish(&v3);
+    fleet.set("lab", 3);
+    wait_until("v3 serves", Duration::from_secs(60), || {
+        server_status(&server)["current"]["version"] == 3
+    });
+    assert_eq!(served_label(&server), "pause_conveyor");
 }

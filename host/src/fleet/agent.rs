@@ -47,6 +47,7 @@ const CURRENT_FILE: &str = "current.json";
 const PARTIAL_SUFFIX: &str = ".partial";
 const STATUS_FILE: &str = "status.json";
 const REJECTED_FILE: &str = "rejected.json";
+const PROBATION_FILE: &str = "probation.json";
 
 /// Where and how a device follows its fleet.
 #[derive(Clone, Debug)]
@@ -145,6 +146,33 @@ pub struct StatusReport {
 /// Now, as RFC 3339.
 pub fn now() -> String {
     jiff::Timestamp::now().to_string()
+}
+
+/// A version on probation in `outpost serve`, kept on disk so a restart
+/// neither restarts its window nor forgets how often the service died
+/// during it (`STATE/fleet/probation.json`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ProbationRecord {
+    /// The version's manifest digest.
+    pub manifest_digest: String,
+    /// When its probation began, in seconds since the Unix epoch.
+    pub since_unix: u64,
+    /// How many times the service started with it on probation.
+    pub starts: u32,
+}
+
+impl ProbationRecord {
+    /// How long the probation has run; a clock that went back restarts it.
+    pub fn elapsed(&self) -> Duration {
+        Duration::from_secs(unix_now().saturating_sub(self.since_unix))
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// What one update check did.
@@ -274,6 +302,46 @@ impl Updater {
         };
         self.write_current(&back)?;
         Ok(back.current)
+    }
+
+    /// Starts the probation of `installed` (just swapped in).
+    pub fn begin_probation(&self, installed: &Installed) -> Result<ProbationRecord, FleetError> {
+        let record = ProbationRecord {
+            manifest_digest: installed.manifest_digest.clone(),
+            since_unix: unix_now(),
+            starts: 0,
+        };
+        write_json(&self.fleet_dir().join(PROBATION_FILE), &record)?;
+        Ok(record)
+    }
+
+    /// The service starts with `installed` still on probation: counts the
+    /// start and returns the record (begun now if none was kept for it,
+    /// as after a crash between the swap and its record).
+    pub fn resume_probation(&self, installed: &Installed) -> Result<ProbationRecord, FleetError> {
+        let path = self.fleet_dir().join(PROBATION_FILE);
+        // Torn or unreadable, it only costs the window a fresh start.
+        let kept: Option<ProbationRecord> = read_json(&path, "remove it").unwrap_or(None);
+        let mut record = match kept {
+            Some(r) if r.manifest_digest == installed.manifest_digest => r,
+            _ => ProbationRecord {
+                manifest_digest: installed.manifest_digest.clone(),
+                since_unix: unix_now(),
+                starts: 0,
+            },
+        };
+        record.starts = record.starts.saturating_add(1);
+        write_json(&path, &record)?;
+        Ok(record)
+    }
+
+    /// Ends a probation (passed or rolled back).
+    pub fn end_probation(&self) -> Result<(), FleetError> {
+        let path = self.fleet_dir().join(PROBATION_FILE);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(FleetError::io(&path)(e)),
+            _ => Ok(()),
+        }
     }
 
     fn write_current(&self, current: &Current) -> Result<(), FleetError> {
@@ -774,6 +842,18 @@ impl Updater {
         }
         Ok((moved, resumed))
     }
+}
+
+/// The service stopped cleanly (drained on SIGTERM) during a probation:
+/// its start is not counted against the version, which did not kill it.
+pub fn probation_stopped_cleanly(state: &Path) -> Result<(), FleetError> {
+    let path = state.join(FLEET_DIR).join(PROBATION_FILE);
+    let kept: Option<ProbationRecord> = read_json(&path, "remove it")?;
+    if let Some(mut record) = kept {
+        record.starts = record.starts.saturating_sub(1);
+        write_json(&path, &record)?;
+    }
+    Ok(())
 }
 
 /// What `STATE/fleet/current.json` says (nothing installed from a fleet

@@ -56,6 +56,7 @@ pub struct UpdatesFile {
     pub probation_s: Option<u64>,
     pub max_failure_rate: Option<f64>,
     pub min_requests: Option<u64>,
+    pub max_restarts: Option<u32>,
 }
 
 /// How the service follows its fleet.
@@ -76,6 +77,9 @@ pub struct UpdateSettings {
     pub max_failure_rate: f64,
     /// Probation judges only once this many requests reached the new version.
     pub min_requests: u64,
+    /// A version on probation is rolled back at start once the service
+    /// has started more often than this with it on probation.
+    pub max_restarts: u32,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -468,6 +472,7 @@ fn update_settings(
         probation: seconds(u.probation_s, 300, "updates.probation_s")?,
         max_failure_rate: fraction(u.max_failure_rate, 0.2, "updates.max_failure_rate")?,
         min_requests: u.min_requests.unwrap_or(10),
+        max_restarts: u.max_restarts.unwrap_or(3),
     })
 }
 

@@ -22,6 +22,7 @@ use models::{App, Served};
 use outpost_host::backend::{BackendName, BackendOptions};
 use outpost_host::device::DeviceState;
 use outpost_host::{Allocator, EngineOptions, Host};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -96,10 +97,18 @@ pub fn run(flags: config::Flags, check: bool) -> Result<ExitCode> {
             app.clone(),
         )?)?;
     }
+    let follows_fleet = settings.updates.is_some();
+    let state = trust::state_dir(settings.state_dir.as_deref());
     let code = runtime.block_on(serve(settings, app, tls));
     // Runs that outlived their request (answered 504 meanwhile) are not
     // waited for: the drain is over.
     runtime.shutdown_background();
+    if follows_fleet
+        && code.is_ok()
+        && let Err(e) = outpost_host::fleet::agent::probation_stopped_cleanly(&state)
+    {
+        tracing::warn!(error = %e, "cannot record the clean stop during probation");
+    }
     code
 }
 
@@ -135,9 +144,12 @@ struct Loaded {
     models: Vec<Arc<Served>>,
     device: DeviceState,
     policy: outpost_host::policy::DevicePolicy,
-    /// The version installed from the fleet, loaded but not yet accepted:
-    /// the service restarted during its probation.
-    on_probation: Option<updates::Candidate>,
+    /// The version installed from the fleet, loaded but not yet accepted
+    /// (the service restarted during its probation), and how long its
+    /// probation has run.
+    on_probation: Option<(updates::Candidate, std::time::Duration)>,
+    /// Why the version on probation was rolled back at start, if it was.
+    rolled_back: Option<String>,
 }
 
 /// Verifies and loads every bundle (and, with `[updates]`, the version the
@@ -176,68 +188,55 @@ fn load(settings: &Settings, check: bool) -> Result<Loaded> {
     }
     let policy = trust::policy(settings.policy.as_deref())?;
     let mut served: Vec<Arc<Served>> = Vec::new();
-    let mut paths: Vec<(std::path::PathBuf, bool)> = settings
-        .bundles
-        .iter()
-        .map(|p| (p.clone(), false))
-        .collect();
-    if let Some(updates) = &settings.updates {
-        let state = trust::state_dir(settings.state_dir.as_deref());
-        let current = outpost_host::fleet::agent::read_current(&state)?;
-        if let Some(installed) = current.current {
-            let updater = updates::updater(&state, updates, &settings.trust)?;
-            paths.push((updater.installed_dir(&installed), true));
+    for path in &settings.bundles {
+        let Bundle {
+            verified,
+            pipeline,
+            running,
+        } = load_bundle(&host, &device, settings, &policy, path)?;
+        if !check {
+            device
+                .accept(&verified, &running)
+                .with_context(|| format!("bundle {}", path.display()))?;
         }
+        add_model(&mut served, settings, &verified, pipeline, path)?;
     }
     let mut on_probation = None;
-    for (path, from_fleet) in &paths {
-        let context = || format!("bundle {}", path.display());
-        let (verified, _provenance, _staging) = device
-            .open_verified(path, &settings.trust, &policy)
-            .with_context(context)?;
-        let pipeline = host.load_bundle(&verified).with_context(context)?;
-        pipeline.run_checks().with_context(context)?;
-        let info = &verified.manifest().bundle;
-        if served.iter().any(|s| s.name == info.name) {
-            bail!(
-                "two bundles are named '{}' ({} is the second); a model name is served once",
-                info.name,
-                path.display()
-            );
-        }
-        let admission = settings.admission(&info.name);
-        let running = crate::running_bundle(&verified, &pipeline);
-        // A fleet version above what the device accepted is still on
-        // probation (the service stopped during it): the agent accepts it
-        // once probation passes.
-        let probation = *from_fleet
-            && device
-                .accepted(&info.name)?
-                .is_none_or(|(accepted, _)| accepted < info.version);
-        if !check && !probation {
-            device.accept(&verified, &running).with_context(context)?;
-        }
-        tracing::info!(
-            model = %info.name,
-            version = info.version,
-            manifest = %verified.manifest_digest(),
-            "bundle verified and loaded"
-        );
-        let model = Arc::new(Served::new(
-            info.name.clone(),
-            info.version.to_string(),
-            pipeline,
-            admission,
-        ));
-        if probation {
-            on_probation = Some(updates::Candidate {
-                installed: outpost_host::fleet::agent::installed_of(&verified),
+    let mut rolled_back = None;
+    if let Some(updates) = &settings.updates {
+        let state = trust::state_dir(settings.state_dir.as_deref());
+        let updater = updates::updater(&state, updates, &settings.trust)?;
+        let fleet = FleetStart {
+            updater: &updater,
+            updates,
+            check,
+        };
+        let (chosen, rollback) = fleet.choose(&host, &device, settings, &policy)?;
+        rolled_back = rollback;
+        if let Some((path, bundle, probation)) = chosen {
+            let Bundle {
                 verified,
+                pipeline,
                 running,
-                served: model.clone(),
-            });
+            } = bundle;
+            if probation.is_none() && !check {
+                device
+                    .accept(&verified, &running)
+                    .with_context(|| format!("bundle {}", path.display()))?;
+            }
+            let model = add_model(&mut served, settings, &verified, pipeline, &path)?;
+            if let Some(record) = probation {
+                on_probation = Some((
+                    updates::Candidate {
+                        installed: outpost_host::fleet::agent::installed_of(&verified),
+                        verified,
+                        running,
+                        served: model,
+                    },
+                    record.elapsed(),
+                ));
+            }
         }
-        served.push(model);
     }
     // With the pooling allocator, instances come from a fixed pool: every
     // stage of every model may hold `concurrency` of them at once.
@@ -278,7 +277,143 @@ fn load(settings: &Settings, check: bool) -> Result<Loaded> {
         device,
         policy,
         on_probation,
+        rolled_back,
     })
+}
+
+/// Serves a loaded bundle as a model named after it.
+fn add_model(
+    served: &mut Vec<Arc<Served>>,
+    settings: &Settings,
+    verified: &outpost_signing::bundle::VerifiedBundle,
+    pipeline: outpost_host::Pipeline,
+    path: &Path,
+) -> Result<Arc<Served>> {
+    let info = &verified.manifest().bundle;
+    if served.iter().any(|s| s.name == info.name) {
+        bail!(
+            "two bundles are named '{}' ({} is the second); a model name is served once",
+            info.name,
+            path.display()
+        );
+    }
+    tracing::info!(
+        model = %info.name,
+        version = info.version,
+        manifest = %verified.manifest_digest(),
+        "bundle verified and loaded"
+    );
+    let model = Arc::new(Served::new(
+        info.name.clone(),
+        info.version.to_string(),
+        pipeline,
+        settings.admission(&info.name),
+    ));
+    served.push(model.clone());
+    Ok(model)
+}
+
+/// A bundle verified, loaded and health-checked.
+struct Bundle {
+    verified: outpost_signing::bundle::VerifiedBundle,
+    pipeline: outpost_host::Pipeline,
+    running: outpost_signing::evidence::RunningBundle,
+}
+
+fn load_bundle(
+    host: &Host,
+    device: &DeviceState,
+    settings: &Settings,
+    policy: &outpost_host::policy::DevicePolicy,
+    path: &Path,
+) -> Result<Bundle> {
+    let context = || format!("bundle {}", path.display());
+    let (verified, _provenance, _staging) = device
+        .open_verified(path, &settings.trust, policy)
+        .with_context(context)?;
+    let pipeline = host.load_bundle(&verified).with_context(context)?;
+    pipeline.run_checks().with_context(context)?;
+    let running = crate::running_bundle(&verified, &pipeline);
+    Ok(Bundle {
+        verified,
+        pipeline,
+        running,
+    })
+}
+
+/// Picks what the service runs from the fleet at start.
+struct FleetStart<'a> {
+    updater: &'a outpost_host::fleet::Updater,
+    updates: &'a config::UpdateSettings,
+    check: bool,
+}
+
+/// The fleet version to serve: its folder, the loaded bundle, and its
+/// probation record when it is still on probation.
+type Chosen = (
+    std::path::PathBuf,
+    Bundle,
+    Option<outpost_host::fleet::agent::ProbationRecord>,
+);
+
+impl FleetStart<'_> {
+    /// The fleet's current version. One above what the device accepted is
+    /// still on probation (the service stopped during it): the start is
+    /// counted, and when the service has started too often with it on
+    /// probation (it may be what kills the service), or it no longer
+    /// loads, it is rejected and the previous version serves instead.
+    /// Also returns why it rolled back, if it did.
+    fn choose(
+        &self,
+        host: &Host,
+        device: &DeviceState,
+        settings: &Settings,
+        policy: &outpost_host::policy::DevicePolicy,
+    ) -> Result<(Option<Chosen>, Option<String>)> {
+        let current = self.updater.current()?;
+        let Some(installed) = current.current else {
+            return Ok((None, None));
+        };
+        let dir = self.updater.installed_dir(&installed);
+        let on_probation = device
+            .accepted(&installed.bundle)?
+            .is_none_or(|(accepted, _)| accepted < installed.version);
+        if !on_probation || self.check {
+            let bundle = load_bundle(host, device, settings, policy, &dir)?;
+            return Ok((Some((dir, bundle, None)), None));
+        }
+        let record = self.updater.resume_probation(&installed)?;
+        let reason = if record.starts > self.updates.max_restarts {
+            format!(
+                "the service started {} times with it on probation (updates.max_restarts is {})",
+                record.starts, self.updates.max_restarts
+            )
+        } else {
+            match load_bundle(host, device, settings, policy, &dir) {
+                Ok(bundle) => return Ok((Some((dir, bundle, Some(record))), None)),
+                Err(e) => format!("it no longer loads: {e:#}"),
+            }
+        };
+        tracing::warn!(
+            model = %installed.bundle,
+            version = installed.version,
+            reason,
+            "rolling back the version on probation"
+        );
+        self.updater.reject(&installed, &reason)?;
+        let back = self.updater.roll_back()?;
+        self.updater.end_probation()?;
+        let why = format!(
+            "{} version {} rolled back at start: {reason}",
+            installed.bundle, installed.version
+        );
+        let Some(previous) = back else {
+            return Ok((None, Some(why)));
+        };
+        let dir = self.updater.installed_dir(&previous);
+        let bundle = load_bundle(host, device, settings, policy, &dir)?;
+        Ok((Some((dir, bundle, None)), Some(why)))
+    }
 }
 
 async fn serve(

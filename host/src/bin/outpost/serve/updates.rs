@@ -84,21 +84,31 @@ impl Agent {
         let updater = updater(&state, &updates, &settings.trust)?;
         let defaults = settings.defaults;
         let pipelines = settings.pipelines.clone();
-        let probation = loaded.on_probation.map(|candidate| Probation {
+        // The window runs on from where it was when the service stopped.
+        let probation = loaded.on_probation.map(|(candidate, elapsed)| Probation {
             candidate,
             replaced: None,
-            started: Instant::now(),
+            started: Instant::now()
+                .checked_sub(elapsed)
+                .unwrap_or_else(Instant::now),
         });
         let status = FleetStatus {
             phase: if probation.is_some() {
                 "probation"
+            } else if loaded.rolled_back.is_some() {
+                "rolled-back"
             } else {
                 "idle"
             }
             .into(),
+            last_error_kind: loaded.rolled_back.as_ref().map(|_| "probation".into()),
+            last_error: loaded.rolled_back,
             ..FleetStatus::default()
         };
-        Ok(Self {
+        if status.last_error.is_some() {
+            app.metrics.fleet_rollbacks.inc();
+        }
+        let agent = Self {
             updates,
             trust: settings.trust.clone(),
             warm: settings.warm,
@@ -111,7 +121,10 @@ impl Agent {
             probation,
             pending: None,
             status,
-        })
+        };
+        // What the last process recorded is not this one's state.
+        agent.record();
+        Ok(agent)
     }
 
     fn record(&self) {
@@ -281,6 +294,10 @@ impl Agent {
         // Current first on disk, then in memory: a crash between the two
         // restarts on the new version, still on probation.
         self.updater.activate(installed.clone())?;
+        if let Err(e) = self.updater.begin_probation(&installed) {
+            // Without the record a restart begins the window anew.
+            tracing::warn!(error = %e, "cannot record the start of probation");
+        }
         let replaced = self.app.swap(served.clone());
         self.app.metrics.fleet_swaps.inc();
         self.probation = Some(Probation {
@@ -323,6 +340,7 @@ impl Agent {
             let c = &probation.candidate;
             match self.device.accept(&c.verified, &c.running) {
                 Ok(()) => {
+                    let _ = self.updater.end_probation();
                     tracing::info!(model = %c.installed.bundle, version = c.installed.version, answered, failed, "probation passed; version accepted");
                     self.status.phase = "serving".into();
                 }
@@ -360,6 +378,7 @@ impl Agent {
         if let Err(e) = self.updater.roll_back() {
             tracing::error!(error = %e, "cannot record the rollback");
         }
+        let _ = self.updater.end_probation();
         self.app.metrics.fleet_rollbacks.inc();
         self.status.phase = "rolled-back".into();
         self.status.last_error = Some(format!(
