@@ -28,6 +28,7 @@
 pub mod agent;
 pub mod oci;
 pub mod publish;
+pub mod remote;
 pub mod transport;
 
 use serde::{Deserialize, Serialize};

@@ -1562,3 +1562,125 @@ fn a_version_on_probation_that_keeps_killing_the_service_is_rolled_back_at_start
     });
     assert_eq!(served_label(&server), "pause_conveyor");
 }
+
+#[test]
+fn an_operator_publishes_to_a_remote_repository_by_upload_and_devices_follow_it() {
+    let fleet = Fleet::new(); // its publisher and bundles; its folder is unused
+    let dir = fleet.scratch.path();
+    let served = dir.join("remote");
+    std::fs::create_dir_all(&served).unwrap();
+    let token = "upload-token-0123456789abcdef";
+    let token_file = fleet.scratch.write("upload.token", format!("{token}\n"));
+    let server = Nginx::start_uploads(&served, token);
+    let keys = dir.join("remote-keys");
+    let operator = |args: &[&str], with_token: bool| -> Run {
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        all.extend(["--repo".into(), server.url(), "--keys".into()]);
+        all.push(keys.display().to_string());
+        if with_token {
+            all.extend(["--token-file".into(), token_file.display().to_string()]);
+        }
+        outpost(&all)
+    };
+    let publish = |bundle: &Path| {
+        operator(
+            &[
+                "publish",
+                &bundle.display().to_string(),
+                "--trust",
+                &fleet.publisher.path("root1.json").display().to_string(),
+                "--state-dir",
+                &dir.join("publisher-state").display().to_string(),
+            ],
+            true,
+        )
+    };
+    let device_update = || {
+        let mut args = fleet.update_args(&fleet.device("dev"), &server.url());
+        let at = args.iter().position(|a| a == "--fleet-root").unwrap();
+        args[at + 1] = served.join("metadata/1.root.json").display().to_string();
+        report(&outpost(&args))
+    };
+    let timestamp = || std::fs::read(served.join("metadata/timestamp.json")).unwrap();
+
+    operator(&["fleet", "init"], true).assert_ok();
+    assert_eq!(
+        std::fs::read(served.join("metadata/1.root.json")).unwrap(),
+        std::fs::read(keys.join("1.root.json")).unwrap(),
+        "init pins the fleet root beside the keys"
+    );
+    operator(&["fleet", "init"], true).expect_error(&["exists already"]);
+
+    let v1 = fleet.publisher.demo_bundle("v1", 1, &["a", "b"]);
+    publish(&v1).assert_ok();
+    operator(&["fleet", "set", "lab", "intent-demo", "1"], true).assert_ok();
+    assert!(device_update()["outcome"]["staged"].is_object());
+    assert_eq!(fleet.current("dev"), Some(("intent-demo".into(), 1)));
+    assert_eq!(fleet.run_current("dev"), "stop_conveyor");
+
+    // A stage-only v2: only its new blobs go up.
+    server.clear_log();
+    let v2 = fleet.relabelled_demo("v2", 2, "halt_conveyor", &["a", "b"]);
+    publish(&v2).assert_ok();
+    let old = blobs(&v1);
+    let changed: BTreeMap<String, u64> = blobs(&v2)
+        .into_iter()
+        .filter(|(d, _)| !old.contains_key(d))
+        .collect();
+    let put: BTreeMap<String, u64> = server
+        .log()
+        .into_iter()
+        .filter(|a| a.method == "PUT")
+        .filter_map(|a| {
+            let size = std::fs::metadata(served.join(a.path.trim_start_matches('/')))
+                .unwrap()
+                .len();
+            a.path.strip_prefix("/blobs/").map(|d| (d.to_owned(), size))
+        })
+        .collect();
+    assert_eq!(put, changed);
+    // The timestamp went up last.
+    let puts: Vec<String> = server
+        .log()
+        .into_iter()
+        .filter(|a| a.method == "PUT")
+        .map(|a| a.path)
+        .collect();
+    assert_eq!(
+        puts.last().map(String::as_str),
+        Some("/metadata/timestamp.json"),
+        "{puts:?}"
+    );
+    operator(&["fleet", "set", "lab", "intent-demo", "2"], true).assert_ok();
+    assert!(device_update()["outcome"]["staged"].is_object());
+    assert_eq!(fleet.run_current("dev"), "halt_conveyor");
+
+    // Without the token: refused, and nothing a device reads moved.
+    let before = timestamp();
+    operator(&["fleet", "refresh"], false).expect_error(&["401", "--token-file"]);
+    assert_eq!(timestamp(), before);
+    operator(&["fleet", "refresh"], true).assert_ok();
+    assert_ne!(timestamp(), before);
+    assert_eq!(device_update()["outcome"], "up-to-date");
+
+    // A server holding another fleet's repository, or lying about this
+    // one: its root is not the one pinned with the keys.
+    outpost(&[
+        "fleet",
+        "init",
+        "--repo",
+        &dir.join("other").display().to_string(),
+        "--keys",
+        &dir.join("other-keys").display().to_string(),
+    ])
+    .assert_ok();
+    std::fs::copy(
+        dir.join("other/metadata/1.root.json"),
+        served.join("metadata/1.root.json"),
+    )
+    .unwrap();
+    let before = timestamp();
+    operator(&["fleet", "refresh"], true)
+        .expect_error(&["1.root.json", "is not the fleet root pinned"]);
+    assert_eq!(timestamp(), before);
+}

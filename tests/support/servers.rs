@@ -59,6 +59,8 @@ fn wait_for_port(port: u16, child: &mut Child, log: &Path) {
 /// One request in nginx's access log.
 #[derive(Debug, Clone)]
 pub struct Access {
+    /// The method (GET, HEAD, PUT).
+    pub method: String,
     /// The path asked for.
     pub path: String,
     /// The status answered.
@@ -81,16 +83,28 @@ pub struct Nginx {
 impl Nginx {
     /// Serves `root`; `limit_rate` (bytes per second) slows every answer.
     pub fn start(root: &Path, limit_rate: Option<u64>) -> Self {
-        Self::launch(root, limit_rate, None)
+        Self::launch(root, limit_rate, None, None)
+    }
+
+    /// Serves `root` and accepts uploads into it (WebDAV `PUT`, as a fleet
+    /// operator's server would) from requests that bring
+    /// `Authorization: Bearer TOKEN`; others get 401.
+    pub fn start_uploads(root: &Path, token: &str) -> Self {
+        Self::launch(root, None, None, Some(token))
     }
 
     /// Serves `root` over HTTPS only, with this certificate chain and key
     /// (PEM files); [`Nginx::url`] is then `https://127.0.0.1:PORT/`.
     pub fn start_tls(root: &Path, cert: &Path, key: &Path) -> Self {
-        Self::launch(root, None, Some((cert, key)))
+        Self::launch(root, None, Some((cert, key)), None)
     }
 
-    fn launch(root: &Path, limit_rate: Option<u64>, tls: Option<(&Path, &Path)>) -> Self {
+    fn launch(
+        root: &Path,
+        limit_rate: Option<u64>,
+        tls: Option<(&Path, &Path)>,
+        upload_token: Option<&str>,
+    ) -> Self {
         let dir = Scratch::new();
         let prefix = dir.path().display().to_string();
         std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
@@ -107,6 +121,19 @@ impl Nginx {
                 ),
             ),
             None => ("", String::new()),
+        };
+        let location = match upload_token {
+            Some(token) => format!(
+                r#"dav_methods PUT;
+            create_full_put_path on;
+            dav_access user:rw group:r all:r;
+            client_max_body_size 0;
+            set $refuse "";
+            if ($request_method = PUT) {{ set $refuse "yes"; }}
+            if ($http_authorization = "Bearer {token}") {{ set $refuse ""; }}
+            if ($refuse = "yes") {{ return 401; }}"#
+            ),
+            None => String::new(),
         };
         for _attempt in 0..5 {
             let port = free_port();
@@ -131,7 +158,9 @@ http {{
         {certificate}
         root {root};
         {rate}
-        location / {{ }}
+        location / {{
+            {location}
+        }}
     }}
 }}
 "#,
@@ -188,8 +217,9 @@ http {{
         text.lines()
             .filter_map(|line| {
                 let mut parts = line.splitn(5, ' ');
-                let _method = parts.next()?;
+                let method = parts.next()?.to_owned();
                 Some(Access {
+                    method,
                     path: parts.next()?.to_owned(),
                     status: parts.next()?.parse().ok()?,
                     bytes: parts.next()?.parse().ok()?,

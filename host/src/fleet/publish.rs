@@ -78,6 +78,12 @@ impl FleetKeys {
         }
     }
 
+    /// The fleet's first root metadata, kept with the keys by `init`: a
+    /// remote repository's chain of roots must start with these bytes.
+    pub fn pinned_root(&self) -> PathBuf {
+        self.dir.join("1.root.json")
+    }
+
     /// The key file of `role`.
     pub fn path(&self, role: RoleName) -> PathBuf {
         self.dir.join(format!("{}.pk8", role.as_str()))
@@ -287,6 +293,11 @@ impl Publisher {
             );
         }
         self.write_root(root).await?;
+        let pin = self.keys.pinned_root();
+        if !pin.exists() {
+            let bytes = std::fs::read(&root_path).map_err(FleetError::io(&root_path))?;
+            write_atomic(&pin, &bytes, 0o644)?;
+        }
         for dir in [TARGETS_DIR, BLOBS_DIR] {
             let dir = self.repo.join(dir);
             std::fs::create_dir_all(&dir).map_err(FleetError::io(&dir))?;

@@ -235,7 +235,7 @@ impl Fetcher {
 /// An error and its causes, one line: hyper's own text ("client error
 /// (Connect)") hides the useful part, e.g. rustls's "invalid peer
 /// certificate: UnknownIssuer".
-fn chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut next = error.source();
     while let Some(cause) = next {

@@ -6,6 +6,7 @@ use clap::{Args, Subcommand};
 use outpost_host::Host;
 use outpost_host::device::DeviceState;
 use outpost_host::fleet::oci::OciRef;
+use outpost_host::fleet::remote::{Pulled, Pushed, Remote};
 use outpost_host::fleet::{
     FleetKeys, FleetStatus, Lifetimes, Publisher, RoleName, UpdateOutcome, Updater, UpdaterOptions,
 };
@@ -15,9 +16,19 @@ use std::time::Duration;
 /// The repository and key folders of a fleet operator.
 #[derive(Args)]
 pub struct RepoArgs {
-    /// The fleet repository folder (what a web server publishes).
+    /// The fleet repository: a folder (what a web server publishes), or
+    /// the https:// (http://) URL of one on a server that accepts uploads
+    /// (HTTP PUT, e.g. nginx with dav_methods PUT).
     #[arg(long)]
-    repo: PathBuf,
+    repo: String,
+    /// For a URL: a file holding the upload token, sent as
+    /// `Authorization: Bearer TOKEN`.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// For an https:// URL: certificate authorities (PEM) trusted beside
+    /// the system's.
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
     /// The folder of role keys (root, targets, snapshot, timestamp; kept
     /// apart from the repository).
     #[arg(long)]
@@ -34,9 +45,84 @@ pub struct RepoArgs {
 }
 
 impl RepoArgs {
-    fn publisher(&self) -> Result<Publisher> {
-        let repo = std::path::absolute(&self.repo)
-            .with_context(|| format!("repository {}", self.repo.display()))?;
+    fn is_remote(&self) -> bool {
+        self.repo.starts_with("https://") || self.repo.starts_with("http://")
+    }
+
+    fn remote(&self) -> Result<Remote> {
+        let token = match &self.token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("--token-file {}: cannot read it", path.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        Ok(Remote::new(
+            &self.repo,
+            token,
+            self.ca_file.as_deref(),
+            Duration::from_secs(30),
+        )?)
+    }
+
+    /// Runs `op` on the repository: in place for a folder; for a URL, on a
+    /// scratch mirror of its metadata (pulled, checked against the pinned
+    /// root), then uploads what changed. `target` names a target file the
+    /// operation reads (pulled too).
+    fn edit<T>(
+        &self,
+        target: Option<String>,
+        op: impl AsyncFnOnce(&Publisher) -> Result<T>,
+    ) -> Result<(T, Option<Pushed>)> {
+        let rt = runtime()?;
+        if !self.is_remote() {
+            let publisher = self.publisher(Path::new(&self.repo))?;
+            return Ok((rt.block_on(op(&publisher))?, None));
+        }
+        let remote = self.remote()?;
+        let mirror = Mirror::new()?;
+        let publisher = self.publisher(&mirror.0)?;
+        rt.block_on(async {
+            let mut pulled = remote
+                .pull(&mirror.0, &FleetKeys::open(&self.keys).pinned_root())
+                .await?;
+            if let Some(target) = &target {
+                remote.pull_target(&mirror.0, &mut pulled, target).await?;
+            }
+            let value = op(&publisher).await?;
+            let pushed = remote.push(&mirror.0, &pulled).await?;
+            Ok((value, Some(pushed)))
+        })
+    }
+
+    /// `fleet init` on a folder, or on a URL where no repository is yet.
+    fn init(&self) -> Result<(PathBuf, Option<Pushed>)> {
+        let rt = runtime()?;
+        if !self.is_remote() {
+            let publisher = self.publisher(Path::new(&self.repo))?;
+            return Ok((rt.block_on(publisher.init())?, None));
+        }
+        let remote = self.remote()?;
+        let mirror = Mirror::new()?;
+        let publisher = self.publisher(&mirror.0)?;
+        rt.block_on(async {
+            if remote.exists("metadata/1.root.json").await? {
+                bail!(
+                    "{}metadata/1.root.json: this repository exists already",
+                    remote.url()
+                );
+            }
+            publisher.init().await?;
+            let pushed = remote.push(&mirror.0, &Pulled::default()).await?;
+            Ok((FleetKeys::open(&self.keys).pinned_root(), Some(pushed)))
+        })
+    }
+
+    fn publisher(&self, repo: &Path) -> Result<Publisher> {
+        let repo =
+            std::path::absolute(repo).with_context(|| format!("repository {}", repo.display()))?;
         let mut publisher = Publisher::new(&repo, FleetKeys::open(&self.keys));
         let defaults = Lifetimes::default();
         publisher.lifetimes = Lifetimes {
@@ -47,6 +133,42 @@ impl RepoArgs {
         };
         Ok(publisher)
     }
+}
+
+/// A scratch folder for a remote repository's mirror, removed when dropped.
+struct Mirror(PathBuf);
+
+impl Mirror {
+    fn new() -> Result<Self> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "outpost-fleet-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot make the scratch folder {}", dir.display()))?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn uploaded(pushed: &Option<Pushed>, repo: &str) -> Result<()> {
+    if let Some(p) = pushed {
+        outln!(
+            "uploaded {} files ({} bytes) to {repo}; {} were there already",
+            p.uploaded,
+            p.bytes,
+            p.present
+        );
+    }
+    Ok(())
 }
 
 /// `90s`, `15m`, `12h`, `7d`, or plain seconds.
@@ -121,13 +243,13 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 /// Runs `outpost fleet ...`.
 pub fn fleet(command: FleetCommand) -> Result<()> {
-    let rt = runtime()?;
     match command {
         FleetCommand::Init { repo } => {
-            let root = rt.block_on(repo.publisher()?.init())?;
+            let (root, pushed) = repo.init()?;
+            uploaded(&pushed, &repo.repo)?;
             outln!(
                 "fleet repository {} made; keys in {}; install devices with {} as their fleet root",
-                repo.repo.display(),
+                repo.repo,
                 repo.keys.display(),
                 root.display()
             );
@@ -138,7 +260,11 @@ pub fn fleet(command: FleetCommand) -> Result<()> {
             version,
             repo,
         } => {
-            let assignment = rt.block_on(repo.publisher()?.set(&group, &name, version))?;
+            let target = outpost_host::fleet::head_target(&name, version, "manifest.toml");
+            let (assignment, pushed) = repo.edit(Some(target), async |p: &Publisher| {
+                Ok(p.set(&group, &name, version).await?)
+            })?;
+            uploaded(&pushed, &repo.repo)?;
             outln!(
                 "group '{group}' -> {} version {} (manifest {})",
                 assignment.bundle,
@@ -147,7 +273,9 @@ pub fn fleet(command: FleetCommand) -> Result<()> {
             );
         }
         FleetCommand::Refresh { snapshot, repo } => {
-            let version = rt.block_on(repo.publisher()?.refresh(snapshot))?;
+            let (version, pushed) =
+                repo.edit(None, async |p: &Publisher| Ok(p.refresh(snapshot).await?))?;
+            uploaded(&pushed, &repo.repo)?;
             outln!("timestamp version {version} signed");
         }
         FleetCommand::Rotate { role, repo } => {
@@ -157,7 +285,9 @@ pub fn fleet(command: FleetCommand) -> Result<()> {
                 "snapshot" => RoleName::Snapshot,
                 _ => RoleName::Timestamp,
             };
-            let version = rt.block_on(repo.publisher()?.rotate(role))?;
+            let (version, pushed) =
+                repo.edit(None, async |p: &Publisher| Ok(p.rotate(role).await?))?;
+            uploaded(&pushed, &repo.repo)?;
             outln!("root metadata version {version} signed");
         }
     }
@@ -180,7 +310,10 @@ pub fn publish(
     let device = DeviceState::open(state)?;
     let root = device.trust_root(trust)?;
     let oci = oci.map(OciRef::parse).transpose()?;
-    let published = runtime()?.block_on(repo.publisher()?.publish(bundle, &root, oci.as_ref()))?;
+    let (published, pushed) = repo.edit(None, async |p: &Publisher| {
+        Ok(p.publish(bundle, &root, oci.as_ref()).await?)
+    })?;
+    uploaded(&pushed, &repo.repo)?;
     if let Some(oci) = &published.oci {
         outln!("blobs pushed to {oci}");
     }
