@@ -611,6 +611,28 @@ fn a_download_cut_mid_blob_resumes_from_where_it_stopped() {
     assert_eq!(ranged[0].bytes, size - kept);
 }
 
+/// TUF's slow retrieval attack: a server that sends a blob a few bytes at
+/// a time, never silent long enough to trip the stall timeout.
+#[test]
+fn a_server_that_trickles_a_blob_is_given_up_on_and_the_device_keeps_its_version() {
+    let (fleet, v1) = fleet_on_v1();
+    let hex = publish_v2(&fleet, &v1);
+    let size = std::fs::metadata(repo_blob(&fleet, &hex)).unwrap().len();
+    let trickle = Nginx::start(&fleet.repo(), Some(100));
+    let mut args = fleet.update_args(&fleet.device("dev"), &trickle.url());
+    args.extend(["--stall".into(), "1s".into()]);
+    let run = outpost(&args);
+    assert_refused_and_still_v1(&fleet, &run, &[&hex, "too slow", "bytes/s"]);
+    // The partial file is kept; a good server finishes the update.
+    let done = report(&fleet.update("dev"));
+    assert!(done["outcome"]["staged"].is_object(), "{done}");
+    assert!(
+        done["blob_bytes_fetched"].as_u64().unwrap() < size * 2,
+        "{done}"
+    );
+    assert_eq!(fleet.run_current("dev"), "halt_conveyor");
+}
+
 #[test]
 fn bad_fleet_arguments_get_clear_errors() {
     let fleet = Fleet::new();

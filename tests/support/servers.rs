@@ -81,7 +81,8 @@ pub struct Nginx {
 }
 
 impl Nginx {
-    /// Serves `root`; `limit_rate` (bytes per second) slows every answer.
+    /// Serves `root`; `limit_rate` (bytes per second) slows every answer
+    /// under `/blobs/` after its first KiB (so the head arrives at once).
     pub fn start(root: &Path, limit_rate: Option<u64>) -> Self {
         Self::launch(root, limit_rate, None, None)
     }
@@ -109,7 +110,11 @@ impl Nginx {
         let prefix = dir.path().display().to_string();
         std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
         let rate = limit_rate
-            .map(|r| format!("limit_rate {r};"))
+            .map(|r| {
+                format!(
+                    "location /blobs/ {{ limit_rate_after 1k; limit_rate {r}; postpone_output 0; }}"
+                )
+            })
             .unwrap_or_default();
         let (ssl, certificate) = match tls {
             Some((cert, key)) => (

@@ -63,6 +63,10 @@ pub struct Fetched {
     pub body: ByteStream,
 }
 
+/// The slowest average a download may keep, after its first stall period
+/// (bytes per second): 1 KiB/s moves a 60 MB model in under 17 hours.
+pub const MIN_RATE: u64 = 1024;
+
 /// Why the TLS trust anchors could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[error("{}: {problem}", path.as_deref().map_or("TLS setup".to_owned(), |p| format!("CA file {}", p.display())))]
@@ -204,7 +208,26 @@ impl Fetcher {
         let what = url.clone();
         let mut body = response.into_body();
         tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let mut received: u64 = 0;
             loop {
+                // A trickle is a stall too (TUF's slow retrieval attack):
+                // after the first `stall`, the body must keep an average of
+                // MIN_RATE, so a download of bounded size ends in bounded
+                // time.
+                let allowed = stall + Duration::from_secs_f64(received as f64 / MIN_RATE as f64);
+                if started.elapsed() > allowed {
+                    let _ = tx
+                        .send(Err(FetchError::new(
+                            &what,
+                            format!(
+                                "too slow: {received} bytes in {:.1} s, under {MIN_RATE} bytes/s",
+                                started.elapsed().as_secs_f64()
+                            ),
+                        )))
+                        .await;
+                    break;
+                }
                 let frame = match tokio::time::timeout(stall, body.frame()).await {
                     Err(_) => Err(FetchError::new(
                         &what,
@@ -215,7 +238,10 @@ impl Fetcher {
                         Err(FetchError::new(&what, format!("connection broke: {e}")))
                     }
                     Ok(Some(Ok(frame))) => match frame.into_data() {
-                        Ok(data) => Ok(data),
+                        Ok(data) => {
+                            received += data.len() as u64;
+                            Ok(data)
+                        }
                         Err(_) => continue, // trailers
                     },
                 };
