@@ -148,6 +148,19 @@ pub enum StageError {
         /// The stage's name.
         stage: String,
     },
+    /// The pooling allocator's instances are all in use: the host's
+    /// capacity, not the stage, is at fault.
+    #[error(
+        "pipeline '{pipeline}', stage '{stage}': the instance pool is full ({message}); raise engine.pool_instances or lower requests.concurrency"
+    )]
+    PoolExhausted {
+        /// The pipeline's name.
+        pipeline: String,
+        /// The stage's name.
+        stage: String,
+        /// What wasmtime reported.
+        message: String,
+    },
     /// A fresh instance of the stage could not be created.
     #[error("pipeline '{pipeline}', stage '{stage}' could not be instantiated: {message}")]
     Instantiate {
@@ -183,6 +196,7 @@ impl StageError {
             StageError::CapabilityDenied { .. } => "CapabilityDenied",
             StageError::DeadlineExceeded { .. } => "DeadlineExceeded",
             StageError::Instantiate { .. } => "Instantiate",
+            StageError::PoolExhausted { .. } => "PoolExhausted",
         }
     }
 

@@ -398,17 +398,23 @@ impl LoadedStage {
         });
         self.arm(&mut store);
         self.arm_deadline(&mut store, deadline);
-        let stage =
-            self.pre
-                .instantiate(&mut store)
-                .map_err(|e| match self.classify(e, &store) {
-                    StageError::Trap { trap, .. } => StageError::Instantiate {
-                        pipeline: self.pipeline.clone(),
-                        stage: self.name.clone(),
-                        message: trap,
-                    },
-                    other => other,
-                })?;
+        let stage = self.pre.instantiate(&mut store).map_err(|e| {
+            if let Some(full) = e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
+                return StageError::PoolExhausted {
+                    pipeline: self.pipeline.clone(),
+                    stage: self.name.clone(),
+                    message: full.to_string(),
+                };
+            }
+            match self.classify(e, &store) {
+                StageError::Trap { trap, .. } => StageError::Instantiate {
+                    pipeline: self.pipeline.clone(),
+                    stage: self.name.clone(),
+                    message: trap,
+                },
+                other => other,
+            }
+        })?;
         match stage.call_init(&mut store, &self.config) {
             Ok(Ok(())) => Ok(Instance {
                 store,

@@ -5,7 +5,7 @@
 
 use crate::bundles::{AssertOk, Publisher, top_label};
 use crate::serve::{Server, http, text_request};
-use outpost_e2e::servers::{CuttingRelay, Nginx, Registry};
+use outpost_e2e::servers::{CuttingRelay, Nginx, Registry, Trickle};
 use outpost_e2e::{Run, Scratch, demo_dir, outpost, target_dir};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -27,7 +27,7 @@ impl Fleet {
         let publisher = Publisher::new();
         let scratch = Scratch::new();
         let fleet = Self {
-            nginx: Nginx::start(&scratch.path().join("repo"), None),
+            nginx: Nginx::start(&scratch.path().join("repo")),
             publisher,
             scratch,
         };
@@ -618,7 +618,7 @@ fn a_server_that_trickles_a_blob_is_given_up_on_and_the_device_keeps_its_version
     let (fleet, v1) = fleet_on_v1();
     let hex = publish_v2(&fleet, &v1);
     let size = std::fs::metadata(repo_blob(&fleet, &hex)).unwrap().len();
-    let trickle = Nginx::start(&fleet.repo(), Some(100));
+    let trickle = Trickle::start(&fleet.repo(), Duration::from_millis(100));
     let mut args = fleet.update_args(&fleet.device("dev"), &trickle.url());
     args.extend(["--stall".into(), "1s".into()]);
     let run = outpost(&args);
@@ -1705,4 +1705,38 @@ fn an_operator_publishes_to_a_remote_repository_by_upload_and_devices_follow_it(
     operator(&["fleet", "refresh"], true)
         .expect_error(&["1.root.json", "is not the fleet root pinned"]);
     assert_eq!(timestamp(), before);
+}
+
+#[test]
+fn a_swap_the_instance_pool_cannot_hold_waits_for_capacity_and_is_not_held_against_the_version() {
+    let fleet = Fleet::new();
+    // Three stages at two requests at once: 6 instances per version; the
+    // pool holds one version, not two.
+    let tight = "interval_s = 1\njitter = 0.0\nprobation_s = 1\nmin_requests = 1000\n[engine]\nallocator = \"pooling\"\npool_instances = 8\n[requests]\nconcurrency = 2\n";
+    let server = serve_on_v1(&fleet, tight);
+    let v2 = fleet.relabelled_demo("v2", 2, "halt_conveyor", &["a", "b"]);
+    fleet.publish(&v2);
+    fleet.set("lab", 2);
+    wait_until(
+        "the swap is refused for capacity",
+        Duration::from_secs(60),
+        || server_status(&server)["agent"]["last_error_kind"] == "capacity",
+    );
+    let status = server_status(&server);
+    let why = status["agent"]["last_error"].as_str().unwrap();
+    assert!(
+        why.contains("engine.pool_instances") && why.contains(" 8"),
+        "{status}"
+    );
+    assert_eq!(status["current"]["version"], 1, "{status}");
+    assert_eq!(status["rejected"], serde_json::json!([]), "{status}");
+    assert_eq!(served_label(&server), "stop_conveyor");
+    // With a pool that holds both, the same version lands.
+    drop(server);
+    let roomy = tight.replace("pool_instances = 8", "pool_instances = 16");
+    let server = Server::start(&service_args(&fleet, &roomy));
+    wait_until("v2 serves", Duration::from_secs(60), || {
+        server_status(&server)["current"]["version"] == 2
+    });
+    assert_eq!(served_label(&server), "halt_conveyor");
 }

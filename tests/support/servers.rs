@@ -81,41 +81,28 @@ pub struct Nginx {
 }
 
 impl Nginx {
-    /// Serves `root`; `limit_rate` (bytes per second) slows every answer
-    /// under `/blobs/` after its first KiB (so the head arrives at once).
-    pub fn start(root: &Path, limit_rate: Option<u64>) -> Self {
-        Self::launch(root, limit_rate, None, None)
+    /// Serves `root`.
+    pub fn start(root: &Path) -> Self {
+        Self::launch(root, None, None)
     }
 
     /// Serves `root` and accepts uploads into it (WebDAV `PUT`, as a fleet
     /// operator's server would) from requests that bring
     /// `Authorization: Bearer TOKEN`; others get 401.
     pub fn start_uploads(root: &Path, token: &str) -> Self {
-        Self::launch(root, None, None, Some(token))
+        Self::launch(root, None, Some(token))
     }
 
     /// Serves `root` over HTTPS only, with this certificate chain and key
     /// (PEM files); [`Nginx::url`] is then `https://127.0.0.1:PORT/`.
     pub fn start_tls(root: &Path, cert: &Path, key: &Path) -> Self {
-        Self::launch(root, None, Some((cert, key)), None)
+        Self::launch(root, Some((cert, key)), None)
     }
 
-    fn launch(
-        root: &Path,
-        limit_rate: Option<u64>,
-        tls: Option<(&Path, &Path)>,
-        upload_token: Option<&str>,
-    ) -> Self {
+    fn launch(root: &Path, tls: Option<(&Path, &Path)>, upload_token: Option<&str>) -> Self {
         let dir = Scratch::new();
         let prefix = dir.path().display().to_string();
         std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
-        let rate = limit_rate
-            .map(|r| {
-                format!(
-                    "location /blobs/ {{ limit_rate_after 1k; limit_rate {r}; postpone_output 0; }}"
-                )
-            })
-            .unwrap_or_default();
         let (ssl, certificate) = match tls {
             Some((cert, key)) => (
                 " ssl",
@@ -162,7 +149,6 @@ http {{
         listen 127.0.0.1:{port}{ssl};
         {certificate}
         root {root};
-        {rate}
         location / {{
             {location}
         }}
@@ -288,6 +274,70 @@ impl CuttingRelay {
     pub fn cuts(&self) -> usize {
         self.cuts.load(Ordering::Relaxed)
     }
+}
+
+/// A static file server over a folder that sends every file under
+/// `/blobs/` one byte each `every`, never silent for long: the slow
+/// retrieval attack. Other files go at once.
+pub struct Trickle {
+    port: u16,
+}
+
+impl Trickle {
+    /// Serves `root` on a loopback port until the test ends.
+    pub fn start(root: &Path, every: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let root = root.to_owned();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let root = root.clone();
+                std::thread::spawn(move || {
+                    let _ = trickle(client, &root, every);
+                });
+            }
+        });
+        Self { port }
+    }
+
+    /// `http://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+}
+
+fn trickle(mut client: TcpStream, root: &Path, every: Duration) -> std::io::Result<()> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if client.read(&mut byte)? == 0 {
+            return Ok(());
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    let Ok(body) = std::fs::read(root.join(path.trim_start_matches('/'))) else {
+        return client.write_all(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+    };
+    client.write_all(
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )?;
+    if !path.starts_with("/blobs/") {
+        return client.write_all(&body);
+    }
+    for b in body {
+        client.write_all(&[b])?;
+        std::thread::sleep(every);
+    }
+    Ok(())
 }
 
 fn relay(

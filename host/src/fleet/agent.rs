@@ -748,13 +748,23 @@ impl Updater {
         // may have left any prefix of it.
         let mut hasher = Sha256::new();
         let mut have = 0u64;
-        if let Ok(bytes) = std::fs::read(&partial) {
-            if bytes.len() as u64 <= size {
-                hasher.update(&bytes);
-                have = bytes.len() as u64;
-            } else {
+        match std::fs::metadata(&partial) {
+            Ok(meta) if meta.len() <= size => {
+                // Streamed: a partial model may be larger than memory.
+                let hashed = std::fs::File::open(&partial)
+                    .and_then(|mut file| std::io::copy(&mut file, &mut hasher));
+                match hashed {
+                    Ok(n) => have = n,
+                    Err(_) => {
+                        hasher = Sha256::new();
+                        let _ = std::fs::remove_file(&partial);
+                    }
+                }
+            }
+            Ok(_) => {
                 let _ = std::fs::remove_file(&partial);
             }
+            Err(_) => {}
         }
         if have == size {
             // Whole already: the process stopped between writing and naming.

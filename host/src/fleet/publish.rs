@@ -91,7 +91,11 @@ impl FleetKeys {
 
     /// Makes a new key for `role`; refuses to overwrite one.
     pub fn generate(&self, role: RoleName) -> Result<(), FleetError> {
-        let path = self.path(role);
+        self.generate_to(&self.path(role))
+    }
+
+    fn generate_to(&self, path: &Path) -> Result<(), FleetError> {
+        let path = path.to_owned();
         if path.exists() {
             return Err(FleetError::Key {
                 path,
@@ -430,16 +434,35 @@ impl Publisher {
             .sign(&self.keys.sources())
             .await
             .map_err(self.edit_error("signing"))?;
+        // Everything is written beside its place first and renamed into it,
+        // so a publisher killed at any point leaves whole files only: the
+        // targets, then root, targets and snapshot metadata, the timestamp
+        // last (a device reads nothing new before it moves).
         if let Some(staged) = staged {
+            let targets = self.repo.join(TARGETS_DIR);
+            let temp = RemoveDir(targets.join(format!(".write-{}", std::process::id())));
+            let _ = std::fs::remove_dir_all(&temp.0);
             signed
-                .copy_targets(staged, self.repo.join(TARGETS_DIR), PathExists::Skip)
+                .copy_targets(staged, &temp.0, PathExists::Replace)
                 .await
                 .map_err(self.edit_error("copying targets"))?;
+            move_into(&temp.0, &targets, |name, dest| {
+                // Named by their digest: a whole one is never replaced.
+                name.split_once('.').is_some_and(|(hex, _)| {
+                    std::fs::read(dest).is_ok_and(|bytes| {
+                        outpost_signing::Digest::of(&bytes).to_string() == format!("sha256:{hex}")
+                    })
+                })
+            })?;
         }
+        let metadata = self.metadata_dir();
+        let temp = RemoveDir(metadata.join(format!(".write-{}", std::process::id())));
+        let _ = std::fs::remove_dir_all(&temp.0);
         signed
-            .write(self.metadata_dir())
+            .write(&temp.0)
             .await
             .map_err(self.edit_error("writing metadata"))?;
+        move_into(&temp.0, &metadata, |_, _| false)?;
         Ok(())
     }
 
@@ -692,8 +715,12 @@ impl Publisher {
             })?;
         let path = self.keys.path(role);
         let retired = path.with_extension("pk8.old");
+        // The new key exists before the old one moves aside.
+        let fresh = path.with_extension("pk8.new");
+        let _ = std::fs::remove_file(&fresh);
+        self.keys.generate_to(&fresh)?;
         std::fs::rename(&path, &retired).map_err(FleetError::io(&path))?;
-        self.keys.generate(role)?;
+        std::fs::rename(&fresh, &path).map_err(FleetError::io(&path))?;
         let key = self.keys.public(role)?;
         let id = key.key_id().map_err(|e| FleetError::Key {
             path: path.clone(),
@@ -754,6 +781,38 @@ impl Publisher {
         self.commit(editor, None).await?;
         Ok(version)
     }
+}
+
+/// Moves every file of `from` into `to` by rename, each synced first, in
+/// TUF's safe order (anything else, root, targets, snapshot, timestamp);
+/// `keep(name, dest)` says when the file in place stays.
+fn move_into(from: &Path, to: &Path, keep: impl Fn(&str, &Path) -> bool) -> Result<(), FleetError> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(from).map_err(FleetError::io(from))? {
+        let entry = entry.map_err(FleetError::io(from))?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    let rank = |name: &str| match name {
+        n if n.ends_with(".root.json") => 1,
+        n if n.ends_with(".targets.json") => 2,
+        n if n.ends_with(".snapshot.json") => 3,
+        "timestamp.json" => 4,
+        _ => 0,
+    };
+    names.sort_by_key(|n| (rank(n), n.clone()));
+    for name in names {
+        let source = from.join(&name);
+        let dest = to.join(&name);
+        if keep(&name, &dest) {
+            continue;
+        }
+        std::fs::File::open(&source)
+            .and_then(|f| f.sync_all())
+            .map_err(FleetError::io(&source))?;
+        std::fs::rename(&source, &dest).map_err(FleetError::io(&dest))?;
+    }
+    outpost_signing::durable::sync_dir(to)?;
+    Ok(())
 }
 
 fn hash_error(path: &Path) -> impl FnOnce(tough::schema::Error) -> FleetError {

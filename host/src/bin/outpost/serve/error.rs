@@ -87,6 +87,8 @@ impl ApiError {
                         kind: ErrorKind::InvalidInput,
                         ..
                     } => Class::BadRequest,
+                    // The host is out of instances: try again later.
+                    StageError::PoolExhausted { .. } => Class::Unavailable,
                     _ => Class::Internal,
                 };
                 Self::new(class, kind, format!("{kind}: {message}"))

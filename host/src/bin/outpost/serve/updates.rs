@@ -25,6 +25,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The instance pool cannot hold the old and the new version at once.
+#[derive(Debug)]
+struct NoCapacity(String);
+
+impl std::fmt::Display for NoCapacity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NoCapacity {}
+
 /// The updater for these settings.
 pub fn updater(state: &Path, settings: &UpdateSettings, trust: &[PathBuf]) -> Result<Updater> {
     Ok(Updater::new(
@@ -228,16 +240,20 @@ impl Agent {
                             }
                             Err(e) => {
                                 let reason = format!("{e:#}");
-                                tracing::warn!(model = %target.bundle, version = target.version, error = %reason, "new version refused; the current one keeps serving");
-                                let _ = self.updater.reject(&target, &reason);
+                                // Not the version's fault: no rejection.
+                                let kind = if e.downcast_ref::<NoCapacity>().is_some() {
+                                    "capacity"
+                                } else {
+                                    let _ = self.updater.reject(&target, &reason);
+                                    "install"
+                                };
+                                tracing::warn!(model = %target.bundle, version = target.version, error = %reason, kind, "new version not swapped in; the current one keeps serving");
                                 self.status.phase = "failed".into();
                                 self.status.last_error = Some(reason);
-                                self.status.last_error_kind = Some("install".into());
+                                self.status.last_error_kind = Some(kind.into());
                                 metrics
                                     .fleet_check_failures
-                                    .get_or_create(&KindLabel {
-                                        kind: "install".into(),
-                                    })
+                                    .get_or_create(&KindLabel { kind: kind.into() })
                                     .inc();
                             }
                         }
@@ -270,13 +286,40 @@ impl Agent {
             .device
             .open_verified(dir, &self.trust, &self.policy)
             .with_context(|| format!("installed bundle {}", dir.display()))?;
-        let pipeline = self
-            .host
-            .load_bundle(&verified)
-            .with_context(|| format!("loading {}", dir.display()))?;
+        let pipeline = self.host.load_bundle(&verified).map_err(|e| {
+            let full = matches!(
+                &e,
+                outpost_host::PipelineError::Stage(outpost_host::StageError::PoolExhausted { .. })
+            );
+            let e = anyhow::Error::new(e).context(format!("loading {}", dir.display()));
+            if full {
+                anyhow::Error::new(NoCapacity(format!(
+                    "{e:#}; the version is tried again at the next check"
+                )))
+            } else {
+                e
+            }
+        })?;
         pipeline.run_checks()?;
         let info = &verified.manifest().bundle;
         let admission = (self.admission)(&info.name);
+        // Through the swap and the probation after it, the old version
+        // stays loaded beside the new: both hold instances of the pool.
+        if let Some(pool) = self.host.runtime().pool_instances() {
+            let held: usize = self
+                .app
+                .models()
+                .iter()
+                .map(|s| s.admission().concurrency * s.pipeline.stages().len())
+                .sum();
+            let wanted = admission.concurrency * pipeline.stages().len();
+            if held + wanted > pool as usize {
+                return Err(anyhow::Error::new(NoCapacity(format!(
+                    "the models served hold up to {held} stage instances and {} version {} needs {wanted} more while both are loaded, beyond the instance pool's {pool}; raise engine.pool_instances (or lower requests.concurrency); the version is tried again at the next check",
+                    info.name, info.version
+                ))));
+            }
+        }
         let served = Arc::new(Served::new(
             info.name.clone(),
             info.version.to_string(),
