@@ -55,6 +55,18 @@ pub fn group_target(group: &str) -> String {
     format!("group-{group}.json")
 }
 
+/// Where a target's file lies under `targets/` in a repository with
+/// consistent snapshots: `<sha256 hex>.<name>`.
+pub fn target_file_name(name: &str, target: &tough::schema::Target) -> String {
+    let hex: String = target
+        .hashes
+        .sha256
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{hex}.{name}")
+}
+
 /// The TUF target name of one file of a bundle's head.
 pub fn head_target(bundle: &str, version: u64, file: &str) -> String {
     format!("{bundle}-{version}.{file}")

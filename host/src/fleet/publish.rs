@@ -130,17 +130,31 @@ impl FleetKeys {
 
     /// The public key of `role`, as TUF metadata lists it.
     pub fn public(&self, role: RoleName) -> Result<tough::schema::key::Key, FleetError> {
+        public_of(&self.path(role))
+    }
+
+    /// Where a rotation keeps the new key of `role` until it is in place.
+    pub fn fresh_path(&self, role: RoleName) -> PathBuf {
+        self.path(role).with_extension("pk8.new")
+    }
+
+    /// Puts the new key of a rotation to root version `version` in place
+    /// (once the new metadata is written, and uploaded for a remote
+    /// repository); the old key is kept as `<role>.pk8.old-<version - 1>`,
+    /// never overwritten.
+    pub fn finish_rotation(&self, role: RoleName, version: u64) -> Result<PathBuf, FleetError> {
         let path = self.path(role);
-        let bytes = std::fs::read(&path).map_err(|e| FleetError::Key {
-            path: path.clone(),
-            problem: format!("cannot read it: {e}; make the keys with outpost fleet init"),
-        })?;
-        use tough::sign::Sign;
-        let pair = tough::sign::parse_keypair(&bytes).map_err(|e| FleetError::Key {
-            path: path.clone(),
-            problem: format!("not an ed25519 PKCS#8 key: {e}"),
-        })?;
-        Ok(pair.tuf_key())
+        let fresh = self.fresh_path(role);
+        let mut retired = path.with_extension(format!("pk8.old-{}", version.saturating_sub(1)));
+        let mut n = 2;
+        while retired.exists() {
+            retired = path.with_extension(format!("pk8.old-{}-{n}", version.saturating_sub(1)));
+            n += 1;
+        }
+        std::fs::rename(&path, &retired).map_err(FleetError::io(&path))?;
+        std::fs::rename(&fresh, &path).map_err(FleetError::io(&fresh))?;
+        outpost_signing::durable::sync_dir(&self.dir)?;
+        Ok(retired)
     }
 }
 
@@ -193,6 +207,10 @@ pub struct Publisher {
     keys: FleetKeys,
     /// Lifetimes of what is signed from here on.
     pub lifetimes: Lifetimes,
+    /// Where the newest metadata this publisher verified is kept between
+    /// runs, so a repository served back older than that (a replay) is
+    /// refused: for a remote repository, whose server is not trusted.
+    pub datastore: Option<PathBuf>,
 }
 
 fn expires_in(lifetime: Duration) -> Result<jiff::Timestamp, FleetError> {
@@ -219,6 +237,7 @@ impl Publisher {
             repo: repo.to_owned(),
             keys,
             lifetimes: Lifetimes::default(),
+            datastore: None,
         }
     }
 
@@ -242,7 +261,12 @@ impl Publisher {
     /// A fresh scratch folder inside the repository (same file system, so
     /// targets copy into place), removed when the guard drops.
     fn work_dir(&self) -> Result<RemoveDir, FleetError> {
-        let work = self.repo.join(format!(".publish-{}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let work = self.repo.join(format!(
+            ".publish-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&work);
         std::fs::create_dir_all(&work).map_err(FleetError::io(&work))?;
         Ok(RemoveDir(work))
@@ -348,54 +372,71 @@ impl Publisher {
         Ok(())
     }
 
-    /// The newest root metadata file in the repository.
-    pub fn latest_root(&self) -> Result<PathBuf, FleetError> {
-        let dir = self.metadata_dir();
-        let mut best: Option<(u64, PathBuf)> = None;
-        for entry in std::fs::read_dir(&dir).map_err(FleetError::io(&dir))? {
-            let entry = entry.map_err(FleetError::io(&dir))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(n) = name
-                .strip_suffix(".root.json")
-                .and_then(|n| n.parse::<u64>().ok())
-                && best.as_ref().is_none_or(|(b, _)| n > *b)
-            {
-                best = Some((n, entry.path()));
-            }
-        }
-        best.map(|(_, path)| path).ok_or_else(|| FleetError::Io {
-            path: dir.join("1.root.json"),
-            source: std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "no root metadata: make the repository with outpost fleet init",
-            ),
-        })
+    /// The repository's first root metadata: the anchor every load walks
+    /// forward from, one signed rotation at a time (for a remote
+    /// repository, the pulled copy already matched the pinned one).
+    fn first_root(&self) -> PathBuf {
+        self.metadata_dir().join("1.root.json")
     }
 
     /// Loads the repository as it is (expired metadata included: this is
     /// the publisher re-signing it) and opens an editor on it, with every
     /// version one up and fresh expiry times.
-    async fn editor(&self) -> Result<(RepositoryEditor, tough::Repository), FleetError> {
-        let root_path = self.latest_root()?;
-        let repo = self.load(&root_path).await?;
+    async fn editor(&self) -> Result<(RepositoryEditor, tough::Repository, RemoveDir), FleetError> {
+        let repo = self.load().await?;
+        let (root_path, work) = self.verified_root_file(&repo)?;
         let editor = self.editor_on(&root_path, repo.clone()).await?;
-        Ok((editor, repo))
+        Ok((editor, repo, work))
     }
 
-    /// Loads the repository, trusting the root metadata at `root_path`.
-    async fn load(&self, root_path: &Path) -> Result<tough::Repository, FleetError> {
-        let root_bytes = std::fs::read(root_path).map_err(FleetError::io(root_path))?;
+    /// The newest root as the load verified it, written to a scratch file
+    /// for tough's editor (which takes a path). A root file merely present
+    /// in the folder is never trusted by its name.
+    fn verified_root_file(
+        &self,
+        repo: &tough::Repository,
+    ) -> Result<(PathBuf, RemoveDir), FleetError> {
+        let work = self.work_dir()?;
+        let path = work.0.join("root.json");
+        let bytes = serde_json::to_vec_pretty(repo.root()).map_err(|e| FleetError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        std::fs::write(&path, bytes).map_err(FleetError::io(&path))?;
+        Ok((path, work))
+    }
+
+    /// Loads the repository as it is now, so the datastore (if any)
+    /// remembers it: after an upload, what this publisher wrote is the
+    /// newest it accepts from the server next time.
+    pub async fn remember(&self) -> Result<(), FleetError> {
+        self.load().await.map(|_| ())
+    }
+
+    /// Loads the repository, trusting `1.root.json` and following (and
+    /// verifying) every later root, then timestamp, snapshot and targets.
+    async fn load(&self) -> Result<tough::Repository, FleetError> {
+        let root_path = self.first_root();
+        let root_bytes = std::fs::read(&root_path).map_err(|e| FleetError::Io {
+            path: root_path.clone(),
+            source: std::io::Error::new(
+                e.kind(),
+                format!("{e}: no fleet repository here; make one with outpost fleet init"),
+            ),
+        })?;
         let url = |dir: &str| {
             url::Url::from_directory_path(self.repo.join(dir)).map_err(|()| FleetError::Io {
                 path: self.repo.join(dir),
                 source: std::io::Error::other("not an absolute path; give the repository as one"),
             })
         };
-        RepositoryLoader::new(&root_bytes, url(METADATA_DIR)?, url(TARGETS_DIR)?)
-            .expiration_enforcement(ExpirationEnforcement::Unsafe)
-            .load()
-            .await
-            .map_err(self.edit_error("loading"))
+        let mut loader = RepositoryLoader::new(&root_bytes, url(METADATA_DIR)?, url(TARGETS_DIR)?)
+            .expiration_enforcement(ExpirationEnforcement::Unsafe);
+        if let Some(datastore) = &self.datastore {
+            std::fs::create_dir_all(datastore).map_err(FleetError::io(datastore))?;
+            loader = loader.datastore(datastore);
+        }
+        loader.load().await.map_err(self.edit_error("loading"))
     }
 
     /// An editor on `repo` that signs under the root at `root_path`.
@@ -429,9 +470,12 @@ impl Publisher {
         &self,
         editor: RepositoryEditor,
         staged: Option<&Path>,
+        extra: Vec<Box<dyn KeySource>>,
     ) -> Result<(), FleetError> {
+        let mut sources = self.keys.sources();
+        sources.extend(extra);
         let signed = editor
-            .sign(&self.keys.sources())
+            .sign(&sources)
             .await
             .map_err(self.edit_error("signing"))?;
         // Everything is written beside its place first and renamed into it,
@@ -462,7 +506,12 @@ impl Publisher {
             .write(&temp.0)
             .await
             .map_err(self.edit_error("writing metadata"))?;
-        move_into(&temp.0, &metadata, |_, _| false)?;
+        // A published root is never rewritten: devices and the operator's
+        // pin hold its exact bytes (tough writes the root it signed under
+        // again, serialised its own way).
+        move_into(&temp.0, &metadata, |name, dest| {
+            name.ends_with(".root.json") && dest.exists()
+        })?;
         Ok(())
     }
 
@@ -534,7 +583,7 @@ impl Publisher {
         // target names.
         let staged = work.join("targets");
         std::fs::create_dir_all(&staged).map_err(FleetError::io(&staged))?;
-        let (mut editor, _) = self.editor().await?;
+        let (mut editor, _, _root) = self.editor().await?;
         for file in [MANIFEST_FILE, SIGNATURES_FILE, PROVENANCE_FILE] {
             let source = dir.join(file);
             if !source.exists() {
@@ -554,7 +603,7 @@ impl Publisher {
                 .add_target(name.as_str(), target)
                 .map_err(self.edit_error(format!("adding {name}")))?;
         }
-        self.commit(editor, Some(&staged)).await?;
+        self.commit(editor, Some(&staged), Vec::new()).await?;
         Ok(Published {
             oci: oci.map(|o| o.to_string()),
             bundle: info.name.clone(),
@@ -574,7 +623,7 @@ impl Publisher {
         version: u64,
     ) -> Result<Assignment, FleetError> {
         check_group(group)?;
-        let (mut editor, repo) = self.editor().await?;
+        let (mut editor, repo, _root) = self.editor().await?;
         let mut head = BTreeMap::new();
         for file in [MANIFEST_FILE, SIGNATURES_FILE, PROVENANCE_FILE] {
             let target = head_target(name, version, file);
@@ -628,7 +677,7 @@ impl Publisher {
         editor
             .add_target(name.as_str(), target)
             .map_err(self.edit_error(format!("adding {name}")))?;
-        self.commit(editor, Some(&work)).await?;
+        self.commit(editor, Some(&work), Vec::new()).await?;
         Ok(assignment)
     }
 
@@ -647,83 +696,69 @@ impl Publisher {
                 target: name.to_owned(),
                 problem: "not listed in the targets metadata".into(),
             })?;
-        let hex: String = target
-            .hashes
-            .sha256
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        Ok(self.repo.join(TARGETS_DIR).join(format!("{hex}.{name}")))
+        Ok(self
+            .repo
+            .join(TARGETS_DIR)
+            .join(super::target_file_name(name, target)))
     }
 
     /// Re-signs the timestamp with a fresh expiry time (the job of a timer,
     /// with the online timestamp key only); `snapshot` re-signs the
-    /// snapshot too (with the snapshot key).
+    /// snapshot too (with the snapshot key). Only metadata the load
+    /// verified is signed again: a timestamp merely found in the folder (or
+    /// served by a remote repository) is never renewed.
     pub async fn refresh(&self, snapshot: bool) -> Result<u64, FleetError> {
         if snapshot {
-            let (editor, repo) = self.editor().await?;
+            let (editor, repo, _root) = self.editor().await?;
             let version = bump(repo.timestamp().signed.version).get();
-            self.commit(editor, None).await?;
+            self.commit(editor, None, Vec::new()).await?;
             return Ok(version);
         }
-        let root_path = self.latest_root()?;
-        let root_bytes = std::fs::read(&root_path).map_err(FleetError::io(&root_path))?;
-        let root: Signed<Root> =
-            serde_json::from_slice(&root_bytes).map_err(|e| FleetError::Io {
-                path: root_path.clone(),
-                source: std::io::Error::other(e),
-            })?;
-        let path = self.metadata_dir().join("timestamp.json");
-        let bytes = std::fs::read(&path).map_err(FleetError::io(&path))?;
-        let old: Signed<Timestamp> =
-            serde_json::from_slice(&bytes).map_err(|e| FleetError::Io {
-                path: path.clone(),
-                source: std::io::Error::other(e),
-            })?;
+        let repo = self.load().await?;
+        let old = repo.timestamp().signed.clone();
         let timestamp = Timestamp {
-            version: bump(old.signed.version),
+            version: bump(old.version),
             expires: expires_in(self.lifetimes.timestamp)?,
-            ..old.signed
+            ..old
         };
         let version = timestamp.version.get();
         let rng = aws_lc_rs::rand::SystemRandom::new();
         let signed = SignedRole::new(
             timestamp,
-            &KeyHolder::Root(root.signed),
+            &KeyHolder::Root(repo.root().signed.clone()),
             &[self.keys.source(RoleName::Timestamp)],
             &rng,
         )
         .await
         .map_err(self.edit_error("signing the timestamp"))?;
-        write_atomic(&path, signed.buffer(), 0o644)?;
+        write_atomic(
+            &self.metadata_dir().join("timestamp.json"),
+            signed.buffer(),
+            0o644,
+        )?;
         Ok(version)
     }
 
-    /// Rotates the key of `role`: a new key file (the old one is kept as
-    /// `<role>.pk8.old`), and root metadata version N+1 signed by the old
-    /// and the new root keys. Devices follow rotations one version at a
-    /// time.
+    /// Rotates the key of `role`: a new key (`<role>.pk8.new` until
+    /// [`FleetKeys::finish_rotation`] puts it in place), root metadata
+    /// version N+1 naming it, signed by the new root's keys and, for the
+    /// root role, by the old root key too, and every role re-signed under
+    /// it. Returns N+1. Devices follow rotations one version at a time.
     pub async fn rotate(&self, role: RoleName) -> Result<u64, FleetError> {
-        let root_path = self.latest_root()?;
-        // The repository as the current root trusts it, before anything moves.
-        let repo = self.load(&root_path).await?;
-        let root_bytes = std::fs::read(&root_path).map_err(FleetError::io(&root_path))?;
-        let old: Signed<Root> =
-            serde_json::from_slice(&root_bytes).map_err(|e| FleetError::Io {
-                path: root_path.clone(),
-                source: std::io::Error::other(e),
-            })?;
-        let path = self.keys.path(role);
-        let retired = path.with_extension("pk8.old");
-        // The new key exists before the old one moves aside.
-        let fresh = path.with_extension("pk8.new");
-        let _ = std::fs::remove_file(&fresh);
+        // The repository as the verified chain of roots has it.
+        let repo = self.load().await?;
+        let old = repo.root().clone();
+        let fresh = self.keys.fresh_path(role);
+        if fresh.exists() {
+            return Err(FleetError::Key {
+                path: fresh,
+                problem: "a rotation was interrupted: this new key was made but never put in place. If the repository's newest root metadata names it, finish by hand (mv it over the role's key, keeping the old one); else delete it and rotate again".into(),
+            });
+        }
         self.keys.generate_to(&fresh)?;
-        std::fs::rename(&path, &retired).map_err(FleetError::io(&path))?;
-        std::fs::rename(&fresh, &path).map_err(FleetError::io(&path))?;
-        let key = self.keys.public(role)?;
+        let key = public_of(&fresh)?;
         let id = key.key_id().map_err(|e| FleetError::Key {
-            path: path.clone(),
+            path: fresh.clone(),
             problem: format!("no key id: {e}"),
         })?;
         let mut root = old.signed.clone();
@@ -747,15 +782,15 @@ impl Publisher {
         }
         root.keys.insert(id, key);
         let version = root.version.get();
-        // Signed by the new root's keys and, for a root rotation, by the
-        // old root key too (continuity).
+        // The role keys in place (the old root key among them) and the new.
         let rng = aws_lc_rs::rand::SystemRandom::new();
+        let fresh_source = || -> Box<dyn KeySource> {
+            Box::new(LocalKeySource {
+                path: fresh.clone(),
+            })
+        };
         let mut sources = self.keys.sources();
-        if role == RoleName::Root {
-            sources.push(Box::new(LocalKeySource {
-                path: retired.clone(),
-            }));
-        }
+        sources.push(fresh_source());
         let new = SignedRole::new(root.clone(), &KeyHolder::Root(root.clone()), &sources, &rng)
             .await
             .map_err(self.edit_error("signing the new root"))?;
@@ -770,17 +805,31 @@ impl Publisher {
                 }
             }
         }
+        let new_path = self.metadata_dir().join(format!("{version}.root.json"));
         let bytes = serde_json::to_vec_pretty(&signed).map_err(|e| FleetError::Io {
-            path: root_path.clone(),
+            path: new_path.clone(),
             source: std::io::Error::other(e),
         })?;
-        let new_path = self.metadata_dir().join(format!("{version}.root.json"));
         write_atomic(&new_path, &bytes, 0o644)?;
         // Re-sign everything under the new root.
         let editor = self.editor_on(&new_path, repo).await?;
-        self.commit(editor, None).await?;
+        self.commit(editor, None, vec![fresh_source()]).await?;
         Ok(version)
     }
+}
+
+/// The public key in a key file, as TUF metadata lists it.
+fn public_of(path: &Path) -> Result<tough::schema::key::Key, FleetError> {
+    let bytes = std::fs::read(path).map_err(|e| FleetError::Key {
+        path: path.to_owned(),
+        problem: format!("cannot read it: {e}; make the keys with outpost fleet init"),
+    })?;
+    use tough::sign::Sign;
+    let pair = tough::sign::parse_keypair(&bytes).map_err(|e| FleetError::Key {
+        path: path.to_owned(),
+        problem: format!("not an ed25519 PKCS#8 key: {e}"),
+    })?;
+    Ok(pair.tuf_key())
 }
 
 /// Moves every file of `from` into `to` by rename, each synced first, in

@@ -332,15 +332,11 @@ impl Remote {
         else {
             return Ok(()); // the caller reports a missing target
         };
-        let hex: String = target
-            .hashes
-            .sha256
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let file = format!("{TARGETS_DIR}/{hex}.{name}");
+        let file_name = super::target_file_name(name, target);
+        let file = format!("{TARGETS_DIR}/{file_name}");
         let body = self.metadata(&file).await?;
-        if sha256_hex(&body) != format!("sha256:{hex}") {
+        let listed = file_name.split_once('.').map_or("", |(hex, _)| hex);
+        if sha256_hex(&body) != format!("sha256:{listed}") {
             return Err(FleetError::Target {
                 repo: self.url.to_string(),
                 target: name.to_owned(),

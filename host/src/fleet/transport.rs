@@ -215,7 +215,8 @@ impl Fetcher {
                 // after the first `stall`, the body must keep an average of
                 // MIN_RATE, so a download of bounded size ends in bounded
                 // time.
-                let allowed = stall + Duration::from_secs_f64(received as f64 / MIN_RATE as f64);
+                let allowed = stall
+                    .saturating_add(Duration::from_secs_f64(received as f64 / MIN_RATE as f64));
                 if started.elapsed() > allowed {
                     let _ = tx
                         .send(Err(FetchError::new(

@@ -50,6 +50,12 @@ impl RepoArgs {
     }
 
     fn remote(&self) -> Result<Remote> {
+        if self.token_file.is_some() && self.repo.starts_with("http://") {
+            eprintln!(
+                "warning: the upload token goes to {} without TLS; anyone on the path can read it",
+                self.repo
+            );
+        }
         let token = match &self.token_file {
             Some(path) => Some(
                 std::fs::read_to_string(path)
@@ -83,7 +89,16 @@ impl RepoArgs {
         }
         let remote = self.remote()?;
         let mirror = Mirror::new()?;
-        let publisher = self.publisher(&mirror.0)?;
+        let mut publisher = self.publisher(&mirror.0)?;
+        // What this operator verified last of this repository, kept with
+        // the keys: a server that replays older metadata is refused.
+        let name: String = outpost_signing::Digest::of(remote.url().as_str().as_bytes())
+            .to_string()
+            .trim_start_matches("sha256:")
+            .chars()
+            .take(16)
+            .collect();
+        publisher.datastore = Some(self.keys.join(format!("remote-{name}")));
         rt.block_on(async {
             let mut pulled = remote
                 .pull(&mirror.0, &FleetKeys::open(&self.keys).pinned_root())
@@ -93,6 +108,7 @@ impl RepoArgs {
             }
             let value = op(&publisher).await?;
             let pushed = remote.push(&mirror.0, &pulled).await?;
+            publisher.remember().await?;
             Ok((value, Some(pushed)))
         })
     }
@@ -139,15 +155,18 @@ impl RepoArgs {
 struct Mirror(PathBuf);
 
 impl Mirror {
+    /// A new folder only this user can enter, under a name no one could
+    /// have guessed and made first (the signing happens in it).
     fn new() -> Result<Self> {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "outpost-fleet-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)
+        use std::os::unix::fs::DirBuilderExt;
+        let mut random = [0u8; 12];
+        getrandom::fill(&mut random)
+            .map_err(|e| anyhow::anyhow!("no randomness for a scratch folder name: {e}"))?;
+        let name: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let dir = std::env::temp_dir().join(format!("outpost-fleet-{name}"));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
             .with_context(|| format!("cannot make the scratch folder {}", dir.display()))?;
         Ok(Self(dir))
     }
@@ -223,7 +242,8 @@ pub enum FleetCommand {
         #[command(flatten)]
         repo: RepoArgs,
     },
-    /// Replace one role's key: a new key file (the old kept as .pk8.old)
+    /// Replace one role's key: a new key file (the old kept as
+    /// .pk8.old-N, N the root version it served)
     /// and root metadata N+1 signed by the old and new root keys.
     Rotate {
         /// The role: root, targets, snapshot or timestamp.
@@ -288,7 +308,13 @@ pub fn fleet(command: FleetCommand) -> Result<()> {
             let (version, pushed) =
                 repo.edit(None, async |p: &Publisher| Ok(p.rotate(role).await?))?;
             uploaded(&pushed, &repo.repo)?;
-            outln!("root metadata version {version} signed");
+            // Only now, with the new metadata in place, does the new key
+            // replace the old one.
+            let retired = FleetKeys::open(&repo.keys).finish_rotation(role, version)?;
+            outln!(
+                "root metadata version {version} signed; the old key is kept as {}",
+                retired.display()
+            );
         }
     }
     Ok(())
