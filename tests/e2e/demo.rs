@@ -95,19 +95,26 @@ fn help_explains_the_commands() {
     );
 }
 
-/// `outpost run ... | grep -q label` closes the pipe once it has seen the
-/// label; the run's work is done, so that is a quiet success, not a panic.
-/// Here the reader is gone before the first byte is written.
-#[test]
-fn output_into_a_closed_pipe_is_a_quiet_success() {
-    let mut child = std::process::Command::new(outpost_e2e::outpost_bin())
+/// `outpost run` of the demo on one input, its output not yet directed.
+fn demo_run() -> std::process::Command {
+    let mut command = std::process::Command::new(outpost_e2e::outpost_bin());
+    command
         .args([
             "run",
             "--insecure-unsigned",
             "host/pipelines/demo/intent.toml",
         ])
         .args(["--input", "stop the conveyor"])
-        .current_dir(outpost_e2e::repo())
+        .current_dir(outpost_e2e::repo());
+    command
+}
+
+/// `outpost run ... | grep -q label` closes the pipe once it has seen the
+/// label; the run's work is done, so that is a quiet success, not a panic.
+/// Here the reader is gone before the first byte is written.
+#[test]
+fn output_into_a_closed_pipe_is_a_quiet_success() {
+    let mut child = demo_run()
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -127,17 +134,7 @@ fn output_to_a_full_device_is_an_error_naming_stdout() {
         .write(true)
         .open("/dev/full")
         .unwrap();
-    let out = std::process::Command::new(outpost_e2e::outpost_bin())
-        .args([
-            "run",
-            "--insecure-unsigned",
-            "host/pipelines/demo/intent.toml",
-        ])
-        .args(["--input", "stop the conveyor"])
-        .current_dir(outpost_e2e::repo())
-        .stdout(full)
-        .output()
-        .unwrap();
+    let out = demo_run().stdout(full).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(

@@ -253,10 +253,7 @@ fn blobs(bundle: &Path) -> BTreeMap<String, u64> {
 
 #[test]
 fn a_device_follows_its_group_over_http_and_a_stage_only_update_moves_only_changed_blobs() {
-    let fleet = Fleet::new();
-    let v1 = fleet.publisher.demo_bundle("v1", 1, &["a", "b"]);
-    fleet.publish(&v1);
-    fleet.set("lab", 1);
+    let (fleet, v1) = fleet_with_v1();
 
     let first = report(&fleet.update("dev"));
     assert!(first["outcome"]["staged"].is_object(), "{first}");
@@ -342,11 +339,17 @@ fn assert_refused_and_still_v1(fleet: &Fleet, run: &Run, needles: &[&str]) {
 
 /// A fleet with v1 published, set and installed on device `dev`.
 fn fleet_on_v1() -> (Fleet, PathBuf) {
+    let (fleet, v1) = fleet_with_v1();
+    report(&fleet.update("dev"));
+    (fleet, v1)
+}
+
+/// A fleet with v1 published and set for group `lab`.
+fn fleet_with_v1() -> (Fleet, PathBuf) {
     let fleet = Fleet::new();
     let v1 = fleet.publisher.demo_bundle("v1", 1, &["a", "b"]);
     fleet.publish(&v1);
     fleet.set("lab", 1);
-    report(&fleet.update("dev"));
     (fleet, v1)
 }
 
@@ -617,7 +620,6 @@ fn a_download_cut_mid_blob_resumes_from_where_it_stopped() {
 fn a_server_that_trickles_a_blob_is_given_up_on_and_the_device_keeps_its_version() {
     let (fleet, v1) = fleet_on_v1();
     let hex = publish_v2(&fleet, &v1);
-    let size = std::fs::metadata(repo_blob(&fleet, &hex)).unwrap().len();
     let trickle = Trickle::start(&fleet.repo(), Duration::from_millis(100));
     let mut args = fleet.update_args(&fleet.device("dev"), &trickle.url());
     args.extend(["--stall".into(), "1s".into()]);
@@ -626,10 +628,7 @@ fn a_server_that_trickles_a_blob_is_given_up_on_and_the_device_keeps_its_version
     // The partial file is kept; a good server finishes the update.
     let done = report(&fleet.update("dev"));
     assert!(done["outcome"]["staged"].is_object(), "{done}");
-    assert!(
-        done["blob_bytes_fetched"].as_u64().unwrap() < size * 2,
-        "{done}"
-    );
+    assert_eq!(done["resumed"], 1, "{done}");
     assert_eq!(fleet.run_current("dev"), "halt_conveyor");
 }
 
@@ -675,10 +674,7 @@ fn certificate(dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
 
 #[test]
 fn a_device_follows_its_group_over_https_trusting_a_private_ca_and_nothing_else() {
-    let fleet = Fleet::new();
-    let v1 = fleet.publisher.demo_bundle("v1", 1, &["a", "b"]);
-    fleet.publish(&v1);
-    fleet.set("lab", 1);
+    let (fleet, _v1) = fleet_with_v1();
     let dir = fleet.scratch.path();
     let (cert, key) = certificate(dir, "repo", &["127.0.0.1", "localhost"]);
     let https = Nginx::start_tls(&fleet.repo(), &cert, &key);
@@ -798,9 +794,12 @@ fn trapping_demo(fleet: &Fleet, dir: &str, version: u64, label: &str) -> PathBuf
 
 /// Sends the demo request over and over until stopped; counts answers by
 /// top label, and keeps every failure.
+/// Answers by top label, failures, and each request's latency.
+type Seen = (BTreeMap<String, u64>, Vec<String>, Vec<Duration>);
+
 struct Traffic {
     stop: Arc<AtomicBool>,
-    handle: std::thread::JoinHandle<(BTreeMap<String, u64>, Vec<String>)>,
+    handle: std::thread::JoinHandle<Seen>,
 }
 
 impl Traffic {
@@ -811,7 +810,9 @@ impl Traffic {
         let handle = std::thread::spawn(move || {
             let mut labels = BTreeMap::new();
             let mut failures = Vec::new();
+            let mut latencies = Vec::new();
             while !flag.load(Ordering::Relaxed) {
+                let sent = Instant::now();
                 let reply = http(
                     &addr,
                     "POST",
@@ -821,6 +822,7 @@ impl Traffic {
                         .to_string()
                         .as_bytes(),
                 );
+                latencies.push(sent.elapsed());
                 if reply.status == 200 {
                     let body = reply.json();
                     let label = body["outputs"]
@@ -847,12 +849,18 @@ impl Traffic {
                     ));
                 }
             }
-            (labels, failures)
+            (labels, failures, latencies)
         });
         Self { stop, handle }
     }
 
     fn finish(self) -> (BTreeMap<String, u64>, Vec<String>) {
+        let (labels, failures, _) = self.finish_timed();
+        (labels, failures)
+    }
+
+    /// Also each request's latency, in order.
+    fn finish_timed(self) -> Seen {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.join().unwrap()
     }
@@ -933,7 +941,7 @@ fn the_service_swaps_versions_without_failing_a_request_and_rolls_back_a_bad_one
         server_status(&server)["current"]["version"] == 2
     });
     std::thread::sleep(Duration::from_millis(500));
-    let (labels, failures) = traffic.finish();
+    let (labels, failures, mut latencies) = traffic.finish_timed();
     assert!(failures.is_empty(), "{failures:?}\n{}", server.log());
     assert!(
         labels.get("stop_conveyor").is_some_and(|n| *n > 0),
@@ -943,7 +951,26 @@ fn the_service_swaps_versions_without_failing_a_request_and_rolls_back_a_bad_one
         labels.get("halt_conveyor").is_some_and(|n| *n > 0),
         "{labels:?}"
     );
-    eprintln!("across the swap: {labels:?}, 0 failed");
+    // Reported, not asserted: timing is for benchmarks.
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    let swap = server
+        .log()
+        .lines()
+        .find(|l| l.contains("new version swapped in"))
+        .map(|l| {
+            l.split_whitespace()
+                .filter(|w| w.starts_with("prepare_ms=") || w.starts_with("swap_us="))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    eprintln!(
+        "across the swap: {labels:?}, 0 failed; request latency p50 {:?}, p99 {:?}, max {:?}; swap: {swap}",
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    );
     wait_until("v2's probation passes", Duration::from_secs(60), || {
         server_status(&server)["agent"]["phase"] == "serving"
     });
@@ -1361,43 +1388,55 @@ fn the_service_keeps_serving_and_says_stale_when_fleet_metadata_expires() {
 }
 
 #[test]
-fn a_version_assigned_during_probation_is_installed_at_once_and_swapped_in_after_the_verdict() {
+fn a_version_assigned_during_probation_is_seen_at_once_and_fetched_and_swapped_in_after_the_verdict()
+ {
     let fleet = Fleet::new();
-    let server = serve_on_v1(
-        &fleet,
-        "interval_s = 1\njitter = 0.0\nprobation_s = 30\nmin_requests = 1000\n",
-    );
+    // v1 (the first install) is on probation for longer than the test.
+    let long = "interval_s = 1\njitter = 0.0\nprobation_s = 3600\nmin_requests = 1000\n";
+    let server = serve_on_v1(&fleet, long);
     assert_eq!(server_status(&server)["agent"]["phase"], "probation");
     let v2 = fleet.relabelled_demo("v2", 2, "halt_conveyor", &["a", "b"]);
     fleet.publish(&v2);
     fleet.set("lab", 2);
-    let installed = fleet.device("svc").join("fleet/bundles/intent-demo-2");
     wait_until(
-        "v2 is installed while v1 is on probation",
-        Duration::from_secs(25),
-        || installed.is_dir() && server_status(&server)["agent"]["target"]["version"] == 2,
+        "the service sees v2 assigned while v1 is on probation",
+        Duration::from_secs(60),
+        || server_status(&server)["agent"]["target"]["version"] == 2,
     );
-    // Installed, not served: v1's verdict comes first.
+    // Seen, not fetched (a long download would hold up the verdict), not
+    // served.
     let status = server_status(&server);
     assert_eq!(status["current"]["version"], 1, "{status}");
     assert_eq!(status["agent"]["phase"], "probation", "{status}");
-    let traffic = Traffic::start(&server.http);
-    std::thread::sleep(Duration::from_millis(300));
-    let (labels, failures) = traffic.finish();
-    assert!(failures.is_empty(), "{failures:?}");
-    assert_eq!(labels.keys().collect::<Vec<_>>(), ["stop_conveyor"]);
+    assert!(
+        !fleet
+            .device("svc")
+            .join("fleet/bundles/intent-demo-2")
+            .exists()
+    );
+    assert_eq!(served_label(&server), "stop_conveyor");
 
-    // v1 passes probation, then v2 goes in.
+    // Restarted with a short probation: the window resumes from the time
+    // v1 already served, passes, and v2 is fetched and swapped in.
+    drop(server);
+    let short = long.replace("probation_s = 3600", "probation_s = 1");
+    let server = Server::start(&service_args(&fleet, &short));
     wait_until("v2 serves", Duration::from_secs(90), || {
         server_status(&server)["current"]["version"] == 2
     });
     let status = server_status(&server);
     assert_eq!(status["previous"]["version"], 1, "{status}");
-    let traffic = Traffic::start(&server.http);
-    std::thread::sleep(Duration::from_millis(300));
-    let (labels, failures) = traffic.finish();
-    assert!(failures.is_empty(), "{failures:?}");
-    assert!(labels.contains_key("halt_conveyor"), "{labels:?}");
+    // current.json moves just before the swap in memory.
+    wait_for_label(&server, "halt_conveyor");
+}
+
+/// Waits until the service answers the demo request with `label`.
+fn wait_for_label(server: &Server, label: &str) {
+    wait_until(
+        &format!("the service answers {label}"),
+        Duration::from_secs(60),
+        || served_label(server) == label,
+    );
 }
 
 /// The top label the service answers for the demo request.
@@ -1475,15 +1514,25 @@ fn kill_nine_of_the_service_across_updates_restarts_on_a_verified_version_and_co
             || ready(&server),
         );
         // A verified version, whole: its own label, what current.json says,
-        // and never below what it served before.
-        let status = server_status(&server);
-        let version = status["current"]["version"].as_u64().unwrap();
-        let label = served_label(&server);
-        assert_eq!(
-            label,
-            labels[version as usize - 1],
-            "round {round}: {status}"
-        );
+        // and never below what it served before. (A swap may fall between
+        // reading the status and asking: read both until they agree.)
+        let mut reads = 0;
+        let (status, version) = loop {
+            let before = server_status(&server);
+            let label = served_label(&server);
+            let after = server_status(&server);
+            let version = after["current"]["version"].as_u64().unwrap();
+            if before["current"] == after["current"] {
+                assert_eq!(
+                    label,
+                    labels[version as usize - 1],
+                    "round {round}: {after}"
+                );
+                break (after, version);
+            }
+            reads += 1;
+            assert!(reads < 50, "round {round}: the service kept swapping");
+        };
         assert!(
             version >= served_before && version <= assigned,
             "round {round}: served v{version} after v{served_before}, v{assigned} assigned"
@@ -1510,7 +1559,7 @@ fn kill_nine_of_the_service_across_updates_restarts_on_a_verified_version_and_co
 #[test]
 fn a_version_on_probation_that_keeps_killing_the_service_is_rolled_back_at_start() {
     let fleet = Fleet::new();
-    let mut server = serve_on_v1(
+    let server = serve_on_v1(
         &fleet,
         "interval_s = 1\njitter = 0.0\nprobation_s = 1\nmin_requests = 1000\n",
     );
@@ -1523,6 +1572,11 @@ fn a_version_on_probation_that_keeps_killing_the_service_is_rolled_back_at_start
         &fleet,
         "interval_s = 1\njitter = 0.0\nprobation_s = 3600\nmin_requests = 1000\nmax_restarts = 2\n",
     );
+    drop(server);
+    let mut server = Server::start(&args);
+    wait_until("the service serves v1", Duration::from_secs(120), || {
+        ready(&server)
+    });
     let v2 = fleet.relabelled_demo("v2", 2, "halt_conveyor", &["a", "b"]);
     fleet.publish(&v2);
     fleet.set("lab", 2);
@@ -1582,7 +1636,8 @@ fn a_version_on_probation_that_keeps_killing_the_service_is_rolled_back_at_start
     wait_until("v3 serves", Duration::from_secs(60), || {
         server_status(&server)["current"]["version"] == 3
     });
-    assert_eq!(served_label(&server), "pause_conveyor");
+    // current.json moves just before the swap in memory.
+    wait_for_label(&server, "pause_conveyor");
 }
 
 #[test]
@@ -1685,17 +1740,37 @@ fn an_operator_publishes_to_a_remote_repository_by_upload_and_devices_follow_it(
     assert_ne!(timestamp(), before);
     assert_eq!(device_update()["outcome"], "up-to-date");
 
+    // A server replaying an older timestamp (genuine, signed): the
+    // operator's machine verified a newer one before, so it is refused and
+    // nothing is signed on top of it.
+    let newest = timestamp();
+    std::fs::write(served.join("metadata/timestamp.json"), &before).unwrap();
+    operator(&["fleet", "refresh"], true).expect_error(&["loading", "timestamp"]);
+    assert_eq!(timestamp(), before);
+    std::fs::write(served.join("metadata/timestamp.json"), &newest).unwrap();
+
+    // A server adding a root 2 that another fleet's root key signed: the
+    // chain from the pinned root 1 does not verify, nothing is signed.
+    let other = |args: &[&str]| {
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        all.extend(["--repo".into(), dir.join("other").display().to_string()]);
+        all.extend([
+            "--keys".into(),
+            dir.join("other-keys").display().to_string(),
+        ]);
+        outpost(&all).assert_ok();
+    };
+    other(&["fleet", "init"]);
+    other(&["fleet", "rotate", "root"]);
+    let forged = served.join("metadata/2.root.json");
+    std::fs::copy(dir.join("other/metadata/2.root.json"), &forged).unwrap();
+    operator(&["fleet", "refresh"], true).expect_error(&["loading", "root"]);
+    assert_eq!(timestamp(), newest);
+    std::fs::remove_file(&forged).unwrap();
+    operator(&["fleet", "refresh"], true).assert_ok();
+
     // A server holding another fleet's repository, or lying about this
     // one: its root is not the one pinned with the keys.
-    outpost(&[
-        "fleet",
-        "init",
-        "--repo",
-        &dir.join("other").display().to_string(),
-        "--keys",
-        &dir.join("other-keys").display().to_string(),
-    ])
-    .assert_ok();
     std::fs::copy(
         dir.join("other/metadata/1.root.json"),
         served.join("metadata/1.root.json"),
@@ -1738,5 +1813,47 @@ fn a_swap_the_instance_pool_cannot_hold_waits_for_capacity_and_is_not_held_again
     wait_until("v2 serves", Duration::from_secs(60), || {
         server_status(&server)["current"]["version"] == 2
     });
-    assert_eq!(served_label(&server), "halt_conveyor");
+    // current.json moves just before the swap in memory.
+    wait_for_label(&server, "halt_conveyor");
+}
+
+#[test]
+fn the_service_follows_a_fleet_whose_blobs_are_in_an_oci_registry_and_swaps_without_failing_a_request()
+ {
+    let fleet = Fleet::new();
+    let registry = Registry::start();
+    let reference =
+        |tag: &str| format!("oci+http://{}/fleet/intent-demo:{tag}", registry.address());
+    let v1 = fleet.publisher.demo_bundle("v1", 1, &["a", "b"]);
+    fleet.publish_oci(&v1, &reference("v1")).assert_ok();
+    fleet.set("lab", 1);
+    let server = Server::start(&service_args(
+        &fleet,
+        "interval_s = 1\njitter = 0.0\nprobation_s = 1\nmin_requests = 1000\n",
+    ));
+    wait_until(
+        "v1 is installed and served",
+        Duration::from_secs(120),
+        || ready(&server),
+    );
+
+    let traffic = Traffic::start(&server.http);
+    std::thread::sleep(Duration::from_millis(300));
+    let v2 = fleet.relabelled_demo("v2", 2, "halt_conveyor", &["a", "b"]);
+    fleet.publish_oci(&v2, &reference("v2")).assert_ok();
+    fleet.set("lab", 2);
+    wait_until("v2 serves", Duration::from_secs(120), || {
+        server_status(&server)["current"]["version"] == 2
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (labels, failures) = traffic.finish();
+    assert!(failures.is_empty(), "{failures:?}\n{}", server.log());
+    assert!(labels.contains_key("stop_conveyor"), "{labels:?}");
+    assert!(labels.contains_key("halt_conveyor"), "{labels:?}");
+    // Every blob came from the registry: the repository holds none.
+    let in_repo = std::fs::read_dir(fleet.repo().join("blobs"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(in_repo, 0);
+    eprintln!("across the OCI swap: {labels:?}, 0 failed");
 }

@@ -307,16 +307,24 @@ impl Trickle {
     }
 }
 
-fn trickle(mut client: TcpStream, root: &Path, every: Duration) -> std::io::Result<()> {
+/// An HTTP request's head, up to its blank line; `None` if the client
+/// closed first.
+fn read_head(client: &mut TcpStream) -> std::io::Result<Option<String>> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         if client.read(&mut byte)? == 0 {
-            return Ok(());
+            return Ok(None);
         }
         head.push(byte[0]);
     }
-    let head = String::from_utf8_lossy(&head).into_owned();
+    Ok(Some(String::from_utf8_lossy(&head).into_owned()))
+}
+
+fn trickle(mut client: TcpStream, root: &Path, every: Duration) -> std::io::Result<()> {
+    let Some(head) = read_head(&mut client)? else {
+        return Ok(());
+    };
     let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
     let Ok(body) = std::fs::read(root.join(path.trim_start_matches('/'))) else {
         return client.write_all(
@@ -348,16 +356,9 @@ fn relay(
     cut_done: &Mutex<bool>,
     cuts: &AtomicUsize,
 ) -> std::io::Result<()> {
-    // The request head.
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if client.read(&mut byte)? == 0 {
-            return Ok(());
-        }
-        head.push(byte[0]);
-    }
-    let text = String::from_utf8_lossy(&head).into_owned();
+    let Some(text) = read_head(&mut client)? else {
+        return Ok(());
+    };
     let path = text.split(' ').nth(1).unwrap_or("").to_owned();
     let mut lines: Vec<&str> = text
         .trim_end()

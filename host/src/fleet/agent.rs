@@ -156,23 +156,18 @@ pub fn now() -> String {
 pub struct ProbationRecord {
     /// The version's manifest digest.
     pub manifest_digest: String,
-    /// When its probation began, in seconds since the Unix epoch.
-    pub since_unix: u64,
+    /// Milliseconds the service has run with it on probation (time it was
+    /// down does not count, nor do clock jumps).
+    pub served_ms: u64,
     /// How many times the service started with it on probation.
     pub starts: u32,
 }
 
 impl ProbationRecord {
-    /// How long the probation has run; a clock that went back restarts it.
-    pub fn elapsed(&self) -> Duration {
-        Duration::from_secs(unix_now().saturating_sub(self.since_unix))
+    /// How long the service has run with the version on probation.
+    pub fn served(&self) -> Duration {
+        Duration::from_millis(self.served_ms)
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// What one update check did.
@@ -308,11 +303,22 @@ impl Updater {
     pub fn begin_probation(&self, installed: &Installed) -> Result<ProbationRecord, FleetError> {
         let record = ProbationRecord {
             manifest_digest: installed.manifest_digest.clone(),
-            since_unix: unix_now(),
+            served_ms: 0,
             starts: 0,
         };
         write_json(&self.fleet_dir().join(PROBATION_FILE), &record)?;
         Ok(record)
+    }
+
+    /// Records how long the version on probation has been served.
+    pub fn probation_progress(&self, served: Duration) -> Result<(), FleetError> {
+        let path = self.fleet_dir().join(PROBATION_FILE);
+        let kept: Option<ProbationRecord> = read_json(&path, "remove it").unwrap_or(None);
+        if let Some(mut record) = kept {
+            record.served_ms = u64::try_from(served.as_millis()).unwrap_or(u64::MAX);
+            write_json(&path, &record)?;
+        }
+        Ok(())
     }
 
     /// The service starts with `installed` still on probation: counts the
@@ -326,7 +332,7 @@ impl Updater {
             Some(r) if r.manifest_digest == installed.manifest_digest => r,
             _ => ProbationRecord {
                 manifest_digest: installed.manifest_digest.clone(),
-                since_unix: unix_now(),
+                served_ms: 0,
                 starts: 0,
             },
         };
@@ -532,16 +538,16 @@ impl Updater {
         Ok(Some(bytes))
     }
 
-    /// Checks the fleet for this group's assignment and, when it is not what
-    /// runs, installs it: head, publisher signatures, policy and version,
-    /// then the missing blobs. Loading it and activating it is the caller's
-    /// job ([`Updater::activate`]), after the bundle loaded and passed its
-    /// checks.
-    pub async fn check(
-        &self,
-        device: &DeviceState,
-        policy: &DevicePolicy,
-    ) -> Result<UpdateReport, FleetError> {
+    /// The group's assignment and when the metadata that signs it
+    /// expires: TUF checked, nothing fetched beyond metadata. What a check
+    /// during a probation needs (staleness, a newer target) without the
+    /// downloads that would hold up the verdict.
+    pub async fn assignment(&self) -> Result<(Assignment, String), FleetError> {
+        let (_, assignment, expires) = self.load_assignment().await?;
+        Ok((assignment, expires))
+    }
+
+    async fn load_assignment(&self) -> Result<(tough::Repository, Assignment, String), FleetError> {
         self.prepare_dirs()?;
         let repo = self.load().await?;
         let expires = [
@@ -569,6 +575,21 @@ impl Updater {
                 target: target.clone(),
                 problem: format!("not an assignment: {e}"),
             })?;
+        Ok((repo, assignment, expires))
+    }
+
+    /// Checks the fleet for this group's assignment and, when it is not what
+    /// runs, installs it: head, publisher signatures, policy and version,
+    /// then the missing blobs. Loading it and activating it is the caller's
+    /// job ([`Updater::activate`]), after the bundle loaded and passed its
+    /// checks.
+    pub async fn check(
+        &self,
+        device: &DeviceState,
+        policy: &DevicePolicy,
+    ) -> Result<UpdateReport, FleetError> {
+        let (repo, assignment, expires) = self.load_assignment().await?;
+        let group = &self.options.group;
         let mut report = UpdateReport {
             assignment: assignment.clone(),
             outcome: UpdateOutcome::UpToDate,
@@ -669,6 +690,19 @@ impl Updater {
             )));
         }
         device.check_candidate(&verified, policy).map_err(refused)?;
+
+        // Installed already (an earlier check stopped before activating
+        // it, or the group went back to the previous version): used as it
+        // is, once its head passed the checks above. Replacing it would open
+        // a moment with no folder, and it may be the rollback target. The
+        // caller verifies it blob by blob anyway.
+        let dir = self.bundles_dir().join(&installed.dir);
+        if std::fs::read(dir.join(MANIFEST_FILE)).is_ok_and(|bytes| {
+            outpost_signing::Digest::of(&bytes).to_string() == assignment.manifest_digest
+        }) {
+            report.outcome = UpdateOutcome::Staged { dir };
+            return Ok(report);
+        }
 
         // Blobs: only those the store lacks, each checked while written.
         // From the repository's `blobs/HEX`, or an OCI registry's

@@ -233,7 +233,7 @@ fn load(settings: &Settings, check: bool) -> Result<Loaded> {
                         running,
                         served: model,
                     },
-                    record.elapsed(),
+                    record.served(),
                 ));
             }
         }
@@ -382,16 +382,39 @@ impl FleetStart<'_> {
             let bundle = load_bundle(host, device, settings, policy, &dir)?;
             return Ok((Some((dir, bundle, None)), None));
         }
-        let record = self.updater.resume_probation(&installed)?;
-        let reason = if record.starts > self.updates.max_restarts {
-            format!(
-                "the service started {} times with it on probation (updates.max_restarts is {})",
-                record.starts, self.updates.max_restarts
-            )
+        // Rejected already: the service stopped between recording that
+        // and making the previous version current again.
+        let rejected = self
+            .updater
+            .rejected()
+            .unwrap_or_default()
+            .into_iter()
+            .find(|r| r.manifest_digest == installed.manifest_digest);
+        let reason = if let Some(rejected) = rejected {
+            rejected.reason
         } else {
-            match load_bundle(host, device, settings, policy, &dir) {
-                Ok(bundle) => return Ok((Some((dir, bundle, Some(record))), None)),
-                Err(e) => format!("it no longer loads: {e:#}"),
+            // Bookkeeping that cannot be written must not stop the service.
+            let record = self
+                .updater
+                .resume_probation(&installed)
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot record the start during probation");
+                    outpost_host::fleet::agent::ProbationRecord {
+                        manifest_digest: installed.manifest_digest.clone(),
+                        served_ms: 0,
+                        starts: 1,
+                    }
+                });
+            if record.starts > self.updates.max_restarts {
+                format!(
+                    "the service started {} times with it on probation (updates.max_restarts is {})",
+                    record.starts, self.updates.max_restarts
+                )
+            } else {
+                match load_bundle(host, device, settings, policy, &dir) {
+                    Ok(bundle) => return Ok((Some((dir, bundle, Some(record))), None)),
+                    Err(e) => format!("it no longer loads: {e:#}"),
+                }
             }
         };
         tracing::warn!(
@@ -400,9 +423,19 @@ impl FleetStart<'_> {
             reason,
             "rolling back the version on probation"
         );
-        self.updater.reject(&installed, &reason)?;
-        let back = self.updater.roll_back()?;
-        self.updater.end_probation()?;
+        let warn = |what: &str, e: outpost_host::fleet::FleetError| {
+            tracing::warn!(error = %e, "cannot record {what}");
+        };
+        if let Err(e) = self.updater.reject(&installed, &reason) {
+            warn("the rejection", e);
+        }
+        let back = self.updater.roll_back().unwrap_or_else(|e| {
+            warn("the rollback", e);
+            current.previous.clone()
+        });
+        if let Err(e) = self.updater.end_probation() {
+            warn("the end of probation", e);
+        }
         let why = format!(
             "{} version {} rolled back at start: {reason}",
             installed.bundle, installed.version

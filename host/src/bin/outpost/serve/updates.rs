@@ -25,6 +25,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How long a swap took: loading, checking and warming the new version
+/// (off the request path), and replacing it in the model list (the only
+/// moment requests can notice: a write lock).
+struct SwapTimes {
+    prepared: Duration,
+    swapped: Duration,
+}
+
 /// The instance pool cannot hold the old and the new version at once.
 #[derive(Debug)]
 struct NoCapacity(String);
@@ -64,7 +72,30 @@ struct Probation {
     candidate: Candidate,
     /// What it replaced (kept loaded for a rollback without delay).
     replaced: Option<Arc<Served>>,
+    /// Time served on probation before this process started.
+    credit: Duration,
+    /// When this process took it on.
     started: Instant,
+    /// When the time served was last written down.
+    persisted: Instant,
+}
+
+impl Probation {
+    fn new(candidate: Candidate, replaced: Option<Arc<Served>>, credit: Duration) -> Self {
+        Self {
+            candidate,
+            replaced,
+            credit,
+            started: Instant::now(),
+            persisted: Instant::now(),
+        }
+    }
+
+    /// Time served on probation: the window counts only time the service
+    /// ran with the version, never time it was down.
+    fn served(&self) -> Duration {
+        self.credit + self.started.elapsed()
+    }
 }
 
 /// The agent and everything it works with.
@@ -96,14 +127,10 @@ impl Agent {
         let updater = updater(&state, &updates, &settings.trust)?;
         let defaults = settings.defaults;
         let pipelines = settings.pipelines.clone();
-        // The window runs on from where it was when the service stopped.
-        let probation = loaded.on_probation.map(|(candidate, elapsed)| Probation {
-            candidate,
-            replaced: None,
-            started: Instant::now()
-                .checked_sub(elapsed)
-                .unwrap_or_else(Instant::now),
-        });
+        // The window runs on from the time served before the restart.
+        let probation = loaded
+            .on_probation
+            .map(|(candidate, served)| Probation::new(candidate, None, served));
         let status = FleetStatus {
             phase: if probation.is_some() {
                 "probation"
@@ -169,14 +196,19 @@ impl Agent {
         };
         let mut next_check = Instant::now();
         loop {
-            // Probation does not stop the checks: staleness and a newer
-            // target are noticed (and the newer version downloaded and
-            // installed) at once; only its swap waits for the verdict.
+            // Probation does not stop the checks, but they read metadata
+            // only (bounded, quick): staleness and a newer target are seen
+            // at once, and nothing long holds up the verdict. The newer
+            // version is fetched and swapped in right after it.
             if self.probation.is_some() && self.judge() && self.pending.is_some() {
                 next_check = Instant::now();
             }
             if Instant::now() >= next_check {
-                self.check(&runtime);
+                if self.probation.is_some() {
+                    self.check_metadata(&runtime);
+                } else {
+                    self.check(&runtime);
+                }
                 next_check = Instant::now() + self.next_wait();
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -199,25 +231,10 @@ impl Agent {
                 self.status.target = Some(report.assignment.clone());
                 self.status.last_error = None;
                 self.status.last_error_kind = None;
-                self.status.phase = if self.probation.is_some() {
-                    "probation"
-                } else {
-                    "serving"
-                }
-                .into();
+                self.status.phase = "serving".into();
                 self.pending = None;
                 match &report.outcome {
                     UpdateOutcome::UpToDate => {}
-                    UpdateOutcome::Staged { .. } if self.probation.is_some() => {
-                        let target = installed(&report.assignment);
-                        tracing::info!(
-                            model = %target.bundle,
-                            version = target.version,
-                            fetched_bytes = report.blob_bytes_fetched,
-                            "newer version installed during probation; it is swapped in once the verdict is in"
-                        );
-                        self.pending = Some(target);
-                    }
                     UpdateOutcome::Rejected { reason } => {
                         tracing::debug!(
                             reason,
@@ -227,10 +244,12 @@ impl Agent {
                     UpdateOutcome::Staged { dir } => {
                         let target = installed(&report.assignment);
                         match self.swap_in(dir) {
-                            Ok(()) => {
+                            Ok(times) => {
                                 tracing::info!(
                                     model = %target.bundle,
                                     version = target.version,
+                                    prepare_ms = times.prepared.as_millis() as u64,
+                                    swap_us = times.swapped.as_micros() as u64,
                                     fetched_bytes = report.blob_bytes_fetched,
                                     fetched_blobs = report.blobs_fetched,
                                     reused_blobs = report.blobs_reused,
@@ -260,28 +279,63 @@ impl Agent {
                     }
                 }
             }
-            Err(e) => {
-                let stale = matches!(e, FleetError::Expired { .. });
-                metrics.fleet_stale.set(i64::from(stale));
-                metrics
-                    .fleet_check_failures
-                    .get_or_create(&KindLabel {
-                        kind: e.kind().into(),
-                    })
-                    .inc();
-                tracing::warn!(error = %e, kind = e.kind(), "update check failed; serving what runs");
-                self.status.stale = stale;
-                self.status.phase = if stale { "stale" } else { "failed" }.into();
-                self.status.last_error = Some(e.to_string());
-                self.status.last_error_kind = Some(e.kind().into());
-            }
+            Err(e) => self.check_failed(&e),
         }
         self.record();
     }
 
+    /// A check during probation: the fleet metadata and the group's
+    /// assignment only. A newer target is remembered, to be fetched and
+    /// swapped in once the version on probation has its verdict.
+    fn check_metadata(&mut self, runtime: &tokio::runtime::Runtime) {
+        let result = runtime.block_on(self.updater.assignment());
+        self.status.last_check = Some(now());
+        match result {
+            Ok((assignment, expires)) => {
+                self.app.metrics.fleet_stale.set(0);
+                self.status.stale = false;
+                self.status.metadata_expires = Some(expires);
+                self.status.last_error = None;
+                self.status.last_error_kind = None;
+                self.status.phase = "probation".into();
+                let target = installed(&assignment);
+                let on_probation = self.probation.as_ref().map(|p| &p.candidate.installed);
+                self.pending = (on_probation != Some(&target)).then(|| {
+                    tracing::info!(
+                        model = %target.bundle,
+                        version = target.version,
+                        "a newer version is assigned; it is fetched once the one on probation has its verdict"
+                    );
+                    target
+                });
+                self.status.target = Some(assignment);
+            }
+            Err(e) => self.check_failed(&e),
+        }
+        self.record();
+    }
+
+    fn check_failed(&mut self, e: &FleetError) {
+        let metrics = &self.app.metrics;
+        let stale = matches!(e, FleetError::Expired { .. });
+        metrics.fleet_stale.set(i64::from(stale));
+        metrics
+            .fleet_check_failures
+            .get_or_create(&KindLabel {
+                kind: e.kind().into(),
+            })
+            .inc();
+        tracing::warn!(error = %e, kind = e.kind(), "update check failed; serving what runs");
+        self.status.stale = stale;
+        self.status.phase = if stale { "stale" } else { "failed" }.into();
+        self.status.last_error = Some(e.to_string());
+        self.status.last_error_kind = Some(e.kind().into());
+    }
+
     /// Loads the installed bundle, runs its checks, warms it, swaps it in
     /// and starts its probation.
-    fn swap_in(&mut self, dir: &Path) -> Result<()> {
+    fn swap_in(&mut self, dir: &Path) -> Result<SwapTimes> {
+        let started = Instant::now();
         let (verified, _provenance, _staging) = self
             .device
             .open_verified(dir, &self.trust, &self.policy)
@@ -300,7 +354,6 @@ impl Agent {
                 e
             }
         })?;
-        pipeline.run_checks()?;
         let info = &verified.manifest().bundle;
         let admission = (self.admission)(&info.name);
         // Through the swap and the probation after it, the old version
@@ -320,17 +373,28 @@ impl Agent {
                 ))));
             }
         }
+        pipeline.run_checks()?;
         let served = Arc::new(Served::new(
             info.name.clone(),
             info.version.to_string(),
             pipeline,
             admission,
         ));
-        if self.warm {
-            served
-                .pipeline
-                .warm(admission.concurrency)
-                .context("warming its stages")?;
+        if self.warm
+            && let Err(e) = served.pipeline.warm(admission.concurrency)
+        {
+            let full = matches!(
+                &e,
+                outpost_host::RunError::Stage(outpost_host::StageError::PoolExhausted { .. })
+            );
+            let e = anyhow::Error::new(e).context("warming its stages");
+            return Err(if full {
+                anyhow::Error::new(NoCapacity(format!(
+                    "{e:#}; the version is tried again at the next check"
+                )))
+            } else {
+                e
+            });
         }
         let running = crate::running_bundle(&verified, &served.pipeline);
         let installed = installed_of(&verified);
@@ -341,27 +405,38 @@ impl Agent {
             // Without the record a restart begins the window anew.
             tracing::warn!(error = %e, "cannot record the start of probation");
         }
+        let prepared = started.elapsed();
+        let swap_started = Instant::now();
         let replaced = self.app.swap(served.clone());
+        let swapped = swap_started.elapsed();
         self.app.metrics.fleet_swaps.inc();
-        self.probation = Some(Probation {
-            candidate: Candidate {
+        self.probation = Some(Probation::new(
+            Candidate {
                 installed,
                 verified,
                 running,
                 served,
             },
             replaced,
-            started: Instant::now(),
-        });
-        Ok(())
+            Duration::ZERO,
+        ));
+        Ok(SwapTimes { prepared, swapped })
     }
 
     /// Judges the version on probation: too many failures roll it back;
     /// the window passing accepts it. Returns whether probation ended.
     fn judge(&mut self) -> bool {
-        let Some(probation) = &self.probation else {
+        let Some(probation) = &mut self.probation else {
             return false;
         };
+        // Time served, written down now and then: a restart resumes the
+        // window from there (losing at most this much).
+        if probation.persisted.elapsed() >= Duration::from_secs(5) {
+            probation.persisted = Instant::now();
+            if let Err(e) = self.updater.probation_progress(probation.served()) {
+                tracing::warn!(error = %e, "cannot record the time served on probation");
+            }
+        }
         let (answered, failed) = probation.candidate.served.outcomes();
         let rate = if answered == 0 {
             0.0
@@ -376,7 +451,7 @@ impl Agent {
             );
             self.roll_back(&reason);
             true
-        } else if probation.started.elapsed() >= self.updates.probation {
+        } else if probation.served() >= self.updates.probation {
             let Some(probation) = self.probation.take() else {
                 return false;
             };
