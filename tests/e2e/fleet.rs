@@ -1394,7 +1394,9 @@ fn a_version_assigned_during_probation_is_seen_at_once_and_fetched_and_swapped_i
     // v1 (the first install) is on probation for longer than the test.
     let long = "interval_s = 1\njitter = 0.0\nprobation_s = 3600\nmin_requests = 1000\n";
     let server = serve_on_v1(&fleet, long);
-    assert_eq!(server_status(&server)["agent"]["phase"], "probation");
+    wait_until("v1 is on probation", Duration::from_secs(60), || {
+        server_status(&server)["agent"]["phase"] == "probation"
+    });
     let v2 = fleet.relabelled_demo("v2", 2, "halt_conveyor", &["a", "b"]);
     fleet.publish(&v2);
     fleet.set("lab", 2);
@@ -1768,6 +1770,19 @@ fn an_operator_publishes_to_a_remote_repository_by_upload_and_devices_follow_it(
     assert_eq!(timestamp(), newest);
     std::fs::remove_file(&forged).unwrap();
     operator(&["fleet", "refresh"], true).assert_ok();
+
+    // A timestamp key rotated through the server (the new key is in place
+    // once the upload is done), then an older timestamp replayed: still
+    // refused, though tough's own datastore forgets across key rotations.
+    operator(&["fleet", "rotate", "timestamp"], true).assert_ok();
+    assert!(keys.join("timestamp.pk8").is_file() && !keys.join("timestamp.pk8.new").exists());
+    let rotated = timestamp();
+    operator(&["fleet", "refresh"], true).assert_ok();
+    let newest = timestamp();
+    std::fs::write(served.join("metadata/timestamp.json"), &rotated).unwrap();
+    operator(&["fleet", "refresh"], true).expect_error(&["older than version", "replays"]);
+    std::fs::write(served.join("metadata/timestamp.json"), &newest).unwrap();
+    assert_eq!(device_update()["outcome"], "up-to-date");
 
     // A server holding another fleet's repository, or lying about this
     // one: its root is not the one pinned with the keys.

@@ -696,10 +696,20 @@ impl Updater {
         // is, once its head passed the checks above. Replacing it would open
         // a moment with no folder, and it may be the rollback target. The
         // caller verifies it blob by blob anyway.
+        // Only whole: the same head as just verified, and every blob
+        // checked (a kill during garbage collection can leave a folder
+        // half gone). Else it is installed again.
         let dir = self.bundles_dir().join(&installed.dir);
-        if std::fs::read(dir.join(MANIFEST_FILE)).is_ok_and(|bytes| {
-            outpost_signing::Digest::of(&bytes).to_string() == assignment.manifest_digest
-        }) {
+        let same_head = [MANIFEST_FILE, SIGNATURES_FILE, PROVENANCE_FILE]
+            .iter()
+            .all(|file| std::fs::read(stage.join(file)).ok() == std::fs::read(dir.join(file)).ok());
+        let whole = || {
+            Bundle::open_dir(&dir)
+                .and_then(|b| b.verify(&root))
+                .and_then(|v| v.check_all_blobs())
+                .is_ok()
+        };
+        if same_head && whole() {
             report.outcome = UpdateOutcome::Staged { dir };
             return Ok(report);
         }

@@ -151,7 +151,15 @@ impl FleetKeys {
             retired = path.with_extension(format!("pk8.old-{}-{n}", version.saturating_sub(1)));
             n += 1;
         }
-        std::fs::rename(&path, &retired).map_err(FleetError::io(&path))?;
+        if !fresh.exists() {
+            return Err(FleetError::Key {
+                path: fresh,
+                problem: "no new key to put in place (was the rotation finished already?)".into(),
+            });
+        }
+        // The old key gets its second name first; the new one then replaces
+        // it in one rename: the role's key file exists at every moment.
+        std::fs::hard_link(&path, &retired).map_err(FleetError::io(&retired))?;
         std::fs::rename(&fresh, &path).map_err(FleetError::io(&fresh))?;
         outpost_signing::durable::sync_dir(&self.dir)?;
         Ok(retired)
@@ -211,6 +219,27 @@ pub struct Publisher {
     /// runs, so a repository served back older than that (a replay) is
     /// refused: for a remote repository, whose server is not trusted.
     pub datastore: Option<PathBuf>,
+}
+
+const SEEN_FILE: &str = "versions-seen.json";
+
+/// The newest metadata versions a publisher verified of a remote
+/// repository (missing: nothing seen yet).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Seen {
+    root: u64,
+    timestamp: u64,
+    snapshot: u64,
+    targets: u64,
+}
+
+impl Seen {
+    fn read(datastore: &Path) -> Self {
+        std::fs::read(datastore.join(SEEN_FILE))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
 }
 
 fn expires_in(lifetime: Duration) -> Result<jiff::Timestamp, FleetError> {
@@ -410,7 +439,22 @@ impl Publisher {
     /// remembers it: after an upload, what this publisher wrote is the
     /// newest it accepts from the server next time.
     pub async fn remember(&self) -> Result<(), FleetError> {
-        self.load().await.map(|_| ())
+        let repo = self.load().await?;
+        if let Some(datastore) = &self.datastore {
+            let seen = Seen {
+                root: repo.root().signed.version.get(),
+                timestamp: repo.timestamp().signed.version.get(),
+                snapshot: repo.snapshot().signed.version.get(),
+                targets: repo.targets().signed.version.get(),
+            };
+            let path = datastore.join(SEEN_FILE);
+            let json = serde_json::to_vec_pretty(&seen).map_err(|e| FleetError::Io {
+                path: path.clone(),
+                source: std::io::Error::other(e),
+            })?;
+            write_atomic(&path, &json, 0o644)?;
+        }
+        Ok(())
     }
 
     /// Loads the repository, trusting `1.root.json` and following (and
@@ -436,7 +480,37 @@ impl Publisher {
             std::fs::create_dir_all(datastore).map_err(FleetError::io(datastore))?;
             loader = loader.datastore(datastore);
         }
-        loader.load().await.map_err(self.edit_error("loading"))
+        let repo = loader.load().await.map_err(self.edit_error("loading"))?;
+        // tough's own datastore forgets timestamp and snapshot across key
+        // rotations; the versions seen are kept here too, and never go back.
+        if let Some(datastore) = &self.datastore {
+            let seen = Seen::read(datastore);
+            for (role, now, before) in [
+                ("root", repo.root().signed.version.get(), seen.root),
+                (
+                    "timestamp",
+                    repo.timestamp().signed.version.get(),
+                    seen.timestamp,
+                ),
+                (
+                    "snapshot",
+                    repo.snapshot().signed.version.get(),
+                    seen.snapshot,
+                ),
+                ("targets", repo.targets().signed.version.get(), seen.targets),
+            ] {
+                if now < before {
+                    return Err(FleetError::Target {
+                        repo: self.repo_name(),
+                        target: format!("{role}.json"),
+                        problem: format!(
+                            "loading: version {now} is older than version {before} this publisher saw before; the server replays old {role} metadata"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(repo)
     }
 
     /// An editor on `repo` that signs under the root at `root_path`.
@@ -805,7 +879,10 @@ impl Publisher {
                 }
             }
         }
-        let new_path = self.metadata_dir().join(format!("{version}.root.json"));
+        // Root N+1 goes in place with the rest, in TUF order, by commit:
+        // never alone, naming keys the other roles are not yet signed with.
+        let work = self.work_dir()?;
+        let new_path = work.0.join(format!("{version}.root.json"));
         let bytes = serde_json::to_vec_pretty(&signed).map_err(|e| FleetError::Io {
             path: new_path.clone(),
             source: std::io::Error::other(e),

@@ -108,7 +108,11 @@ impl RepoArgs {
             }
             let value = op(&publisher).await?;
             let pushed = remote.push(&mirror.0, &pulled).await?;
-            publisher.remember().await?;
+            // Uploaded already: a failure to remember it must not stop
+            // what follows (a rotation putting its key in place).
+            if let Err(e) = publisher.remember().await {
+                eprintln!("warning: cannot record the uploaded metadata as the newest seen: {e}");
+            }
             Ok((value, Some(pushed)))
         })
     }

@@ -431,7 +431,9 @@ impl Agent {
         };
         // Time served, written down now and then: a restart resumes the
         // window from there (losing at most this much).
-        if probation.persisted.elapsed() >= Duration::from_secs(5) {
+        // Not once the service drains: the clean stop's own record must be
+        // the last write.
+        if probation.persisted.elapsed() >= Duration::from_secs(5) && self.app.ready() {
             probation.persisted = Instant::now();
             if let Err(e) = self.updater.probation_progress(probation.served()) {
                 tracing::warn!(error = %e, "cannot record the time served on probation");
