@@ -16,7 +16,7 @@
 //! of it. A server that lies, or a repository changed by someone else while
 //! this runs, stops the command before the timestamp moves.
 
-use super::transport::{chain, client_tls};
+use super::transport::{chain, client_tls, https_connector};
 use super::{BLOBS_DIR, FleetError, METADATA_DIR, TARGETS_DIR};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -89,15 +89,7 @@ impl Remote {
             parsed.set_path(&format!("{}/", parsed.path()));
         }
         let tls = client_tls(ca_file)?;
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(stall));
-        http.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*tls).clone())
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let client = Client::builder(TokioExecutor::new()).build(https_connector(stall, &tls));
         Ok(Self {
             url: parsed,
             token,

@@ -119,6 +119,23 @@ pub fn client_tls(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, T
     Ok(Arc::new(config))
 }
 
+/// A connector for `https://` (with `tls`) and `http://` that gives up
+/// connecting after `stall`.
+pub(crate) fn https_connector(
+    stall: Duration,
+    tls: &rustls::ClientConfig,
+) -> HttpsConnector<HttpConnector> {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(stall));
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls.clone())
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http)
+}
+
 /// Fetches `https://`, `http://` and `file://` URLs.
 #[derive(Clone)]
 pub struct Fetcher {
@@ -138,18 +155,9 @@ impl Fetcher {
     /// A fetcher whose reads give up after `stall` without a byte, and
     /// whose HTTPS connections trust what `tls` trusts (see [`client_tls`]).
     pub fn new(stall: Duration, tls: Arc<rustls::ClientConfig>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(stall));
-        connector.set_nodelay(true);
-        connector.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*tls).clone())
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+            .build(https_connector(stall, &tls));
         Self { client, stall }
     }
 
