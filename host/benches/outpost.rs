@@ -8,6 +8,8 @@
 //!   through ONNX Runtime on the same thread count (one);
 //! - a fresh instance per request, pooling allocator against on-demand;
 //! - a call into an empty stage and back, and a 1 MiB tensor in and out;
+//! - bounds checks: the same stages with guard pages and with explicit
+//!   checks (what 39-bit boards and `ulimit -v` get);
 //! - cold start (engine, pipeline load, first request), compiling the
 //!   components against loading them from the precompiled cache.
 //!
@@ -26,7 +28,7 @@
 use anyhow::{Context, Result, bail};
 use outpost_host::backend::onnxruntime::session_builder;
 use outpost_host::backend::{BackendName, BackendOptions};
-use outpost_host::{Allocator, ElementType, EngineOptions, Host, Pipeline, Tensor};
+use outpost_host::{Allocator, Bounds, ElementType, EngineOptions, Host, Pipeline, Tensor};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -536,6 +538,111 @@ fn boundary(args: &Args) -> Result<Value> {
     }))
 }
 
+/// What explicit bounds checks cost: stages that do their own work in Wasm
+/// (the tokenizer, mean pooling over [8, 128, 384]) and the whole MiniLM-L3
+/// pipeline, on warm instances, with each memory layout.
+fn bounds(args: &Args) -> Result<Vec<Value>> {
+    let rounds = if args.quick { 10 } else { 200 };
+    let dir = target_dir().join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let plugin = |name: &str| target_dir().join(format!("wasm32-wasip2/plugin/{name}.wasm"));
+    let tokenizer = repo().join("host/pipelines/minilm/fetched/tokenizer.json");
+    let tokenize = dir.join("bounds-tokenize.toml");
+    std::fs::write(
+        &tokenize,
+        format!(
+            "[pipeline]\nname = \"tokenize\"\ninputs = [\"text\"]\n[[stages]]\nname = \"tokenize\"\ncomponent = \"{}\"\nfiles = {{ tokenizer = \"{}\" }}\nconfig = {{ max_length = 128 }}\n",
+            plugin("bert_tokenizer").display(),
+            tokenizer.display()
+        ),
+    )?;
+    let pool = dir.join("bounds-pool.toml");
+    std::fs::write(
+        &pool,
+        format!(
+            "[pipeline]\nname = \"pool\"\ninputs = [\"token_embeddings\", \"attention_mask\"]\n[[stages]]\nname = \"pool\"\ncomponent = \"{}\"\n",
+            plugin("mean_pool").display()
+        ),
+    )?;
+    let (batch, seq, hidden) = (8u32, 128u32, 384u32);
+    let embeddings = Tensor {
+        name: "token_embeddings".into(),
+        dims: vec![batch, seq, hidden],
+        element_type: ElementType::F32,
+        data: (0..batch * seq * hidden)
+            .flat_map(|i| ((i % 97) as f32 / 97.0).to_le_bytes())
+            .collect(),
+    };
+    let mask = Tensor {
+        name: "attention_mask".into(),
+        dims: vec![batch, seq],
+        element_type: ElementType::I64,
+        data: (0..batch * seq).flat_map(|_| 1i64.to_le_bytes()).collect(),
+    };
+    let cases: Vec<(&str, PathBuf, Vec<Tensor>)> = vec![
+        (
+            "tokenize, 128 tokens",
+            tokenize,
+            vec![Tensor::text("text", &text(128, 1))],
+        ),
+        ("mean pool, [8, 128, 384]", pool, vec![embeddings, mask]),
+        (
+            "minilm-l3 pipeline, seq 128",
+            repo().join("host/pipelines/minilm/minilm-l3.toml"),
+            vec![Tensor::text("text", &text(128, 1))],
+        ),
+    ];
+    let layouts = [
+        (Allocator::Pooling, Bounds::GuardPages),
+        (Allocator::Pooling, Bounds::Explicit),
+        (Allocator::OnDemand, Bounds::Explicit),
+    ];
+    println!(
+        "\n## Bounds checks: guard pages against explicit checks, warm instances, median µs of {rounds}"
+    );
+    let mut rows = Vec::new();
+    for (label, path, inputs) in cases {
+        let hosts = layouts
+            .iter()
+            .map(|&(allocator, bounds)| {
+                let host = Host::new(&EngineOptions {
+                    allocator: Some(allocator),
+                    bounds: Some(bounds),
+                    ..EngineOptions::default()
+                })?;
+                assert_eq!(host.runtime().layout().bounds, bounds);
+                let pipeline = host.load_pipeline(&path)?;
+                Ok((host, pipeline))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut samples = vec![Vec::with_capacity(rounds); layouts.len()];
+        for _ in 0..rounds {
+            for (i, (_, pipeline)) in hosts.iter().enumerate() {
+                pipeline.run(inputs.clone())?;
+                samples[i].push(time(|| Ok(pipeline.run(inputs.clone())?))?);
+            }
+        }
+        let medians: Vec<f64> = samples.into_iter().map(|s| us(median(s))).collect();
+        let ratio = |i: usize| medians[i] / medians[0];
+        println!(
+            "{label:<32} guard pages {:>9.1}   explicit (pool) {:>9.1} ({:.3}x)   explicit (on demand) {:>9.1} ({:.3}x)",
+            medians[0],
+            medians[1],
+            ratio(1),
+            medians[2],
+            ratio(2)
+        );
+        rows.push(json!({
+            "case": label,
+            "guard_pages_us": medians[0],
+            "explicit_pooling_us": medians[1],
+            "explicit_on_demand_us": medians[2],
+            "explicit_over_guard_pages": ratio(1),
+        }));
+    }
+    Ok(rows)
+}
+
 fn cold_start(args: &Args) -> Result<Vec<Value>> {
     let rounds = if args.quick { 2 } else { 5 };
     let cache = target_dir().join("bench/cache");
@@ -608,6 +715,7 @@ fn main() -> Result<()> {
         "minilm": models(&args, &ort)?,
         "instantiation": instantiation(&args)?,
         "boundary": boundary(&args)?,
+        "bounds": bounds(&args)?,
         "cold_start": cold_start(&args)?,
         "seconds": started.elapsed().as_secs_f64(),
     });

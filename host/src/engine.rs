@@ -4,6 +4,9 @@
 use std::time::Duration;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+mod space;
+pub use space::AddressSpace;
+
 /// How often the ticker advances the engine's epoch; deadlines are counted in
 /// these ticks, so a timeout fires at most one tick late.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -19,13 +22,30 @@ pub enum Allocator {
     OnDemand,
 }
 
+/// How compiled stages stay inside their linear memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bounds {
+    /// Every memory reserves 4 GiB of address space plus a guard region, so
+    /// an access outside it faults and compiled code skips bounds checks:
+    /// the fastest, but 4 GiB per memory does not fit small address spaces.
+    GuardPages,
+    /// Memories reserve only what they use plus room to grow, and compiled
+    /// code checks every access: for 39-bit boards and `ulimit -v`.
+    Explicit,
+}
+
 /// What the host wants of its engine.
 #[derive(Clone, Debug)]
 pub struct EngineOptions {
     /// `None`: try pooling, fall back to on-demand if the pool cannot be
     /// reserved.
     pub allocator: Option<Allocator>,
+    /// `None`: guard pages where the address space allows, else explicit
+    /// checks.
+    pub bounds: Option<Bounds>,
     /// Instances the pool holds at once (across all stages and pipelines).
+    /// With no allocator chosen, the pool shrinks to what the address space
+    /// holds (at least [`MIN_POOL_INSTANCES`]).
     pub pool_instances: u32,
     /// The largest linear memory any stage may be configured with.
     pub max_memory_bytes: usize,
@@ -55,6 +75,7 @@ impl Default for EngineOptions {
     fn default() -> Self {
         Self {
             allocator: None,
+            bounds: None,
             pool_instances: 128,
             max_memory_bytes: 1 << 30,
             fuel: false,
@@ -64,13 +85,134 @@ impl Default for EngineOptions {
     }
 }
 
-/// An engine, its allocator, and its epoch ticker.
+/// The smallest pool `auto` shrinks the configured one to before it gives
+/// up on pooling.
+pub const MIN_POOL_INSTANCES: u32 = 16;
+/// With guard pages and no pool, room for this many live instances must
+/// remain, else `auto` uses explicit checks.
+const MIN_GUARDED_INSTANCES: u64 = 32;
+/// Linear memories per component instance the pool holds slots for.
+const MEMORIES_PER_INSTANCE: u64 = 2;
+/// With guard pages: what one memory reserves, and the guard after it.
+const GUARDED_RESERVATION: u64 = 4 << 30;
+const GUARD: u64 = 32 << 20;
+/// With explicit checks: a small guard still lets one check cover nearby
+/// offsets; a memory keeps this much room to grow before it moves.
+const EXPLICIT_GUARD: u64 = 64 << 10;
+const GROWTH_RESERVATION: u64 = 16 << 20;
+/// Address space left to the host itself (heap, models, thread stacks,
+/// compiled code): at least this, or an eighth of what is available.
+const HOST_RESERVE: u64 = 1 << 30;
+
+/// How the engine lays out stage memory: the allocator, the bounds, and the
+/// size of the pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// How instances get memory.
+    pub allocator: Allocator,
+    /// How accesses are kept inside a memory.
+    pub bounds: Bounds,
+    /// With pooling, the instances the pool holds.
+    pub pool_instances: u32,
+}
+
+impl Layout {
+    /// Picks the layout for `options` in `space`. What the options name is
+    /// kept; what they leave open is chosen, fastest first: a pool with
+    /// guard pages (shrunk to fit, down to [`MIN_POOL_INSTANCES`]), guard
+    /// pages on demand while room for [`MIN_GUARDED_INSTANCES`] remains,
+    /// then explicit bounds checks on demand, which fit anywhere.
+    pub fn plan(options: &EngineOptions, space: &AddressSpace) -> Self {
+        let available = space.available();
+        let budget = available.saturating_sub(HOST_RESERVE.max(available / 8));
+        let max_memory = options.max_memory_bytes as u64;
+        let fits_pool = |bounds: Bounds| -> Option<u32> {
+            let per_instance = MEMORIES_PER_INSTANCE * slot(bounds, max_memory);
+            let fit = (budget / per_instance).min(u64::from(options.pool_instances)) as u32;
+            (fit >= options.pool_instances.min(MIN_POOL_INSTANCES)).then_some(fit)
+        };
+        let guarded_on_demand = budget >= MIN_GUARDED_INSTANCES * slot(Bounds::GuardPages, 0);
+        let layout = |allocator, bounds, pool_instances| Self {
+            allocator,
+            bounds,
+            pool_instances,
+        };
+        let requested = options.pool_instances;
+        match options.allocator {
+            Some(Allocator::Pooling) => {
+                let fitting = if fits_pool(Bounds::GuardPages) == Some(requested) {
+                    Bounds::GuardPages
+                } else {
+                    Bounds::Explicit
+                };
+                layout(
+                    Allocator::Pooling,
+                    options.bounds.unwrap_or(fitting),
+                    requested,
+                )
+            }
+            Some(Allocator::OnDemand) => {
+                let fitting = if guarded_on_demand {
+                    Bounds::GuardPages
+                } else {
+                    Bounds::Explicit
+                };
+                layout(Allocator::OnDemand, options.bounds.unwrap_or(fitting), 0)
+            }
+            None => {
+                let preferred = options.bounds.unwrap_or(Bounds::GuardPages);
+                if let Some(fit) = fits_pool(preferred) {
+                    layout(Allocator::Pooling, preferred, fit)
+                } else if options.bounds.is_some() || guarded_on_demand {
+                    layout(Allocator::OnDemand, preferred, 0)
+                } else {
+                    layout(Allocator::OnDemand, Bounds::Explicit, 0)
+                }
+            }
+        }
+    }
+
+    /// Address space the pool reserves when the engine is built (nothing on
+    /// demand).
+    pub fn pool_reservation(&self, max_memory_bytes: usize) -> u64 {
+        match self.allocator {
+            Allocator::OnDemand => 0,
+            Allocator::Pooling => {
+                u64::from(self.pool_instances)
+                    * MEMORIES_PER_INSTANCE
+                    * slot(self.bounds, max_memory_bytes as u64)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Layout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.allocator {
+            Allocator::Pooling => write!(f, "pooling ({} instances)", self.pool_instances)?,
+            Allocator::OnDemand => f.write_str("on-demand")?,
+        }
+        match self.bounds {
+            Bounds::GuardPages => f.write_str(", guard pages"),
+            Bounds::Explicit => f.write_str(", explicit bounds checks"),
+        }
+    }
+}
+
+/// Address space one memory takes in the pool.
+fn slot(bounds: Bounds, max_memory: u64) -> u64 {
+    match bounds {
+        Bounds::GuardPages => GUARDED_RESERVATION + GUARD,
+        Bounds::Explicit => max_memory.next_multiple_of(1 << 16) + EXPLICIT_GUARD,
+    }
+}
+
+/// An engine, its memory layout, and its epoch ticker.
 pub struct Runtime {
     engine: Engine,
-    allocator: Allocator,
+    layout: Layout,
     metering: Metering,
     max_memory_bytes: usize,
-    pool_instances: u32,
 }
 
 /// Why the engine could not be built.
@@ -85,28 +227,61 @@ impl EngineError {
 }
 
 impl Runtime {
-    /// Builds the engine. With no allocator chosen, a pooling engine is tried
-    /// first and on-demand allocation is used if the pool's address-space
-    /// reservation fails.
+    /// Builds the engine with the layout [`Layout::plan`] picks for this
+    /// process's address space. If a pool it planned still cannot be
+    /// reserved (the probe could not see a limit), on-demand allocation with
+    /// explicit checks is used instead, unless the options asked for pooling.
     pub fn new(options: &EngineOptions) -> Result<Self, EngineError> {
-        let (engine, allocator) = match options.allocator {
-            Some(kind) => (build(options, kind)?, kind),
-            None => match build(options, Allocator::Pooling) {
-                Ok(engine) => (engine, Allocator::Pooling),
-                Err(_) => (build(options, Allocator::OnDemand)?, Allocator::OnDemand),
-            },
+        Self::with_space(options, &AddressSpace::probe())
+    }
+
+    /// [`Runtime::new`] planned in a given address space.
+    pub fn with_space(options: &EngineOptions, space: &AddressSpace) -> Result<Self, EngineError> {
+        let planned = Layout::plan(options, space);
+        let available = space.available();
+        if planned.bounds == Bounds::GuardPages && available < slot(Bounds::GuardPages, 0) {
+            return Err(EngineError(format!(
+                "guard pages need {} MiB of address space per memory, and this process may map only {} MiB more (ulimit -v, LimitAS=, or the kernel's address width); use --memory-bounds explicit (engine.memory_bounds = \"explicit\") or auto",
+                slot(Bounds::GuardPages, 0) >> 20,
+                available >> 20
+            )));
+        }
+        if planned.allocator == Allocator::Pooling {
+            let needed = planned.pool_reservation(options.max_memory_bytes);
+            if needed > available {
+                return Err(EngineError(format!(
+                    "a pool of {} instances ({}) needs {} MiB of address space, and this process may map only {} MiB more; lower engine.pool_instances, or use --allocator on-demand or auto",
+                    planned.pool_instances,
+                    planned,
+                    needed >> 20,
+                    available >> 20
+                )));
+            }
+        }
+        let (engine, layout) = match build(options, planned) {
+            Ok(engine) => (engine, planned),
+            Err(e) if options.allocator.is_some() || planned.allocator == Allocator::OnDemand => {
+                return Err(e);
+            }
+            Err(_) => {
+                let fallback = Layout {
+                    allocator: Allocator::OnDemand,
+                    bounds: options.bounds.unwrap_or(Bounds::Explicit),
+                    pool_instances: 0,
+                };
+                (build(options, fallback)?, fallback)
+            }
         };
         start_ticker(&engine)?;
         Ok(Self {
             engine,
-            allocator,
+            layout,
             metering: Metering {
                 fuel: options.fuel,
                 epochs: options.epoch_interruption,
                 limits: options.resource_limits,
             },
             max_memory_bytes: options.max_memory_bytes,
-            pool_instances: options.pool_instances,
         })
     }
 
@@ -117,13 +292,18 @@ impl Runtime {
 
     /// The allocator in use.
     pub fn allocator(&self) -> Allocator {
-        self.allocator
+        self.layout.allocator
+    }
+
+    /// The memory layout in use.
+    pub fn layout(&self) -> Layout {
+        self.layout
     }
 
     /// With the pooling allocator, how many component instances can exist
     /// at once; `None` on demand (no fixed limit).
     pub fn pool_instances(&self) -> Option<u32> {
-        (self.allocator == Allocator::Pooling).then_some(self.pool_instances)
+        (self.layout.allocator == Allocator::Pooling).then_some(self.layout.pool_instances)
     }
 
     /// Whether the engine meters fuel.
@@ -142,24 +322,44 @@ impl Runtime {
     }
 }
 
-fn build(options: &EngineOptions, allocator: Allocator) -> Result<Engine, EngineError> {
+fn build(options: &EngineOptions, layout: Layout) -> Result<Engine, EngineError> {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(options.epoch_interruption);
     config.consume_fuel(options.fuel);
-    if allocator == Allocator::Pooling {
+    let max_memory = options.max_memory_bytes as u64;
+    match (layout.bounds, layout.allocator) {
+        (Bounds::GuardPages, _) => {
+            config.memory_reservation(GUARDED_RESERVATION);
+            config.memory_guard_size(GUARD);
+        }
+        // A pooled memory never moves: its slot is the largest it may grow to.
+        (Bounds::Explicit, Allocator::Pooling) => {
+            config.memory_reservation(max_memory.next_multiple_of(1 << 16));
+            config.memory_guard_size(EXPLICIT_GUARD);
+            config.guard_before_linear_memory(false);
+        }
+        (Bounds::Explicit, Allocator::OnDemand) => {
+            config.memory_reservation(0);
+            config.memory_reservation_for_growth(GROWTH_RESERVATION);
+            config.memory_guard_size(EXPLICIT_GUARD);
+            config.guard_before_linear_memory(false);
+        }
+    }
+    if layout.allocator == Allocator::Pooling {
+        let instances = layout.pool_instances;
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(options.pool_instances);
-        pool.total_core_instances(options.pool_instances * 4);
-        pool.total_memories(options.pool_instances * 2);
-        pool.total_tables(options.pool_instances * 4);
+        pool.total_component_instances(instances);
+        pool.total_core_instances(instances * 4);
+        pool.total_memories(instances * MEMORIES_PER_INSTANCE as u32);
+        pool.total_tables(instances * 4);
         pool.max_memory_size(options.max_memory_bytes);
         pool.max_memories_per_component(4);
         pool.max_tables_per_component(8);
         pool.max_core_instances_per_component(16);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
-    Engine::new(&config).map_err(|e| EngineError(format!("{e:#}")))
+    Engine::new(&config).map_err(|e| EngineError(format!("{layout}: {e:#}")))
 }
 
 /// Starts the one thread per engine that advances the epoch every
@@ -184,4 +384,104 @@ fn start_ticker(engine: &Engine) -> Result<(), EngineError> {
         // Without a ticker no deadline could fire: refuse to run at all.
         .map_err(|e| EngineError(format!("cannot start the epoch ticker thread: {e}")))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    fn space(va_bits: u32, limit: Option<u64>) -> AddressSpace {
+        AddressSpace {
+            va_bits,
+            limit,
+            used: GIB,
+        }
+    }
+
+    fn plan(options: &EngineOptions, space: &AddressSpace) -> (Allocator, Bounds, u32) {
+        let l = Layout::plan(options, space);
+        (l.allocator, l.bounds, l.pool_instances)
+    }
+
+    #[test]
+    fn auto_pools_with_guard_pages_where_the_whole_pool_fits() {
+        let x86 = space(47, None);
+        let options = EngineOptions::default();
+        assert_eq!(
+            plan(&options, &x86),
+            (Allocator::Pooling, Bounds::GuardPages, 128)
+        );
+    }
+
+    #[test]
+    fn auto_shrinks_the_pool_to_a_39_bit_address_space() {
+        let pi = space(39, None);
+        let layout = Layout::plan(&EngineOptions::default(), &pi);
+        assert_eq!(layout.allocator, Allocator::Pooling);
+        assert_eq!(layout.bounds, Bounds::GuardPages);
+        // 511 GiB free, an eighth kept for the host, 8 GiB + 64 MiB per instance.
+        assert_eq!(layout.pool_instances, 55);
+        assert!(layout.pool_reservation(1 << 30) < pi.available());
+        // One more instance would not leave the host its share.
+        let bigger = Layout {
+            pool_instances: 56,
+            ..layout
+        };
+        assert!(bigger.pool_reservation(1 << 30) > pi.available() - pi.available() / 8);
+    }
+
+    #[test]
+    fn auto_checks_bounds_explicitly_where_guard_pages_do_not_fit() {
+        let options = EngineOptions::default();
+        for limit in [2_048_000_000, 8_192_000_000, 64_000_000_000] {
+            assert_eq!(
+                plan(&options, &space(47, Some(limit))),
+                (Allocator::OnDemand, Bounds::Explicit, 0),
+                "ulimit -v {}",
+                limit / 1024
+            );
+        }
+        // 200 GiB: a pool of 21 guarded instances.
+        assert_eq!(
+            plan(&options, &space(47, Some(200 * GIB))),
+            (Allocator::Pooling, Bounds::GuardPages, 21)
+        );
+    }
+
+    #[test]
+    fn what_the_options_name_is_kept() {
+        let small = space(47, Some(2 * GIB));
+        let options = |allocator, bounds| EngineOptions {
+            allocator,
+            bounds,
+            ..EngineOptions::default()
+        };
+        assert_eq!(
+            plan(&options(Some(Allocator::Pooling), None), &small),
+            (Allocator::Pooling, Bounds::Explicit, 128)
+        );
+        assert_eq!(
+            plan(&options(None, Some(Bounds::GuardPages)), &small),
+            (Allocator::OnDemand, Bounds::GuardPages, 0)
+        );
+        assert_eq!(
+            plan(&options(None, Some(Bounds::Explicit)), &space(47, None)),
+            (Allocator::Pooling, Bounds::Explicit, 128)
+        );
+        assert_eq!(
+            plan(&options(Some(Allocator::OnDemand), None), &space(47, None)),
+            (Allocator::OnDemand, Bounds::GuardPages, 0)
+        );
+        // A small pool asked for is kept whole when it fits.
+        let few = EngineOptions {
+            pool_instances: 4,
+            ..EngineOptions::default()
+        };
+        assert_eq!(
+            plan(&few, &space(39, None)),
+            (Allocator::Pooling, Bounds::GuardPages, 4)
+        );
+    }
 }

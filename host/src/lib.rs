@@ -30,6 +30,8 @@ pub mod stage;
 pub mod tensor;
 
 pub use bindings::{Dim, ElementType, Tensor, TensorSpec};
-pub use engine::{Allocator, EngineOptions, Runtime};
+pub use engine::{
+    AddressSpace, Allocator, Bounds, EngineOptions, Layout, MIN_POOL_INSTANCES, Runtime,
+};
 pub use error::{PipelineError, RunError, StageError};
 pub use pipeline::{Host, Pipeline};

@@ -179,11 +179,23 @@ impl Run {
 
 /// Runs `outpost` with `args` from the repository root.
 pub fn outpost<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Run {
-    let out: Output = Command::new(outpost_bin())
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .unwrap();
+    finish(Command::new(outpost_bin()).args(args))
+}
+
+/// Runs `outpost` with `args` under `ulimit -v KIB` (the address space a
+/// small board or a service's `LimitAS=` leaves), from the repository root.
+pub fn outpost_with_address_space<S: AsRef<std::ffi::OsStr>>(kib: u64, args: &[S]) -> Run {
+    finish(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("ulimit -v {kib} && exec \"$0\" \"$@\""))
+            .arg(outpost_bin())
+            .args(args),
+    )
+}
+
+fn finish(command: &mut Command) -> Run {
+    let out: Output = command.current_dir(repo()).output().unwrap();
     Run {
         ok: out.status.success(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -20,7 +20,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use outpost_host::backend::{BackendName, BackendOptions, ModelSettings, SharedModel, load_model};
 use outpost_host::device::DeviceState;
-use outpost_host::{Allocator, EngineOptions, Host, Pipeline, RunError};
+use outpost_host::{Allocator, Bounds, EngineOptions, Host, Pipeline, RunError};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -39,6 +39,12 @@ struct Cli {
     /// [default: auto]
     #[arg(long, global = true, value_parser = ["auto", "pooling", "on-demand"])]
     allocator: Option<String>,
+    /// How stages are kept inside their memory: `guard-pages` (fastest; 4 GiB
+    /// of address space per memory), `explicit` (bounds checks in compiled
+    /// code; fits 39-bit boards and `ulimit -v`), or `auto` (guard pages where
+    /// the address space allows). [default: auto]
+    #[arg(long, global = true, value_parser = ["auto", "guard-pages", "explicit"])]
+    memory_bounds: Option<String>,
     /// Meter fuel, so stages may set limits.fuel (a deterministic CPU budget).
     #[arg(long, global = true)]
     fuel: bool,
@@ -436,6 +442,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Some("on-demand") => Some(Allocator::OnDemand),
             _ => None,
         },
+        bounds: match cli.memory_bounds.as_deref() {
+            Some("guard-pages") => Some(Bounds::GuardPages),
+            Some("explicit") => Some(Bounds::Explicit),
+            _ => None,
+        },
         fuel: cli.fuel,
         ..EngineOptions::default()
     };
@@ -444,8 +455,14 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         onnxruntime_library: cli.onnxruntime_lib,
         onnxruntime_threads: cli.onnxruntime_threads,
     };
-    let host =
-        || -> Result<Host> { Ok(Host::new(&options)?.with_backend_options(backends.clone())) };
+    let verbose = cli.verbose;
+    let host = || -> Result<Host> {
+        let host = Host::new(&options)?.with_backend_options(backends.clone());
+        if verbose {
+            eprintln!("engine: {}", host.runtime().layout());
+        }
+        Ok(host)
+    };
     match cli.command {
         Command::Run {
             pipeline,
@@ -577,6 +594,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 },
                 no_cache,
                 allocator: cli.allocator,
+                memory_bounds: cli.memory_bounds,
                 fuel: cli.fuel,
                 backend: backends.force.map(|b| b.to_string()),
                 onnxruntime_lib: backends.onnxruntime_library,

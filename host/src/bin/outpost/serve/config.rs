@@ -113,6 +113,7 @@ pub struct RequestsFile {
 #[serde(deny_unknown_fields, default)]
 pub struct EngineFile {
     pub allocator: Option<String>,
+    pub memory_bounds: Option<String>,
     pub fuel: Option<bool>,
     pub backend: Option<String>,
     pub onnxruntime_lib: Option<PathBuf>,
@@ -149,6 +150,7 @@ pub struct Flags {
     pub log_format: Option<LogFormat>,
     pub no_cache: bool,
     pub allocator: Option<String>,
+    pub memory_bounds: Option<String>,
     pub fuel: bool,
     pub backend: Option<String>,
     pub onnxruntime_lib: Option<PathBuf>,
@@ -193,6 +195,7 @@ pub struct Settings {
     pub defaults: Admission,
     pub pipelines: BTreeMap<String, Admission>,
     pub allocator: Option<String>,
+    pub memory_bounds: Option<String>,
     pub fuel: bool,
     pub backend: Option<String>,
     pub onnxruntime_lib: Option<PathBuf>,
@@ -395,6 +398,7 @@ impl Settings {
             defaults,
             pipelines,
             allocator: flags.allocator.or(file.engine.allocator),
+            memory_bounds: flags.memory_bounds.or(file.engine.memory_bounds),
             fuel: flags.fuel || file.engine.fuel.unwrap_or(false),
             backend: flags.backend.or(file.engine.backend),
             onnxruntime_lib: flags

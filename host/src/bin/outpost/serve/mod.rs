@@ -21,7 +21,7 @@ use listen::{Limits, Protocol};
 use models::{App, Served};
 use outpost_host::backend::{BackendName, BackendOptions};
 use outpost_host::device::DeviceState;
-use outpost_host::{Allocator, EngineOptions, Host};
+use outpost_host::{Allocator, Bounds, EngineOptions, Host};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -165,6 +165,15 @@ fn load(settings: &Settings, check: bool) -> Result<Loaded> {
                 settings.source
             ),
         },
+        bounds: match settings.memory_bounds.as_deref() {
+            None | Some("auto") => None,
+            Some("guard-pages") => Some(Bounds::GuardPages),
+            Some("explicit") => Some(Bounds::Explicit),
+            Some(other) => bail!(
+                "{}: engine.memory_bounds '{other}' is not one of auto, guard-pages, explicit",
+                settings.source
+            ),
+        },
         fuel: settings.fuel,
         pool_instances: settings
             .pool_instances
@@ -182,6 +191,7 @@ fn load(settings: &Settings, check: bool) -> Result<Loaded> {
         onnxruntime_threads: settings.onnxruntime_threads,
     };
     let mut host = Host::new(&options)?.with_backend_options(backends);
+    tracing::info!(layout = %host.runtime().layout(), "engine ready");
     let device = DeviceState::open(&trust::state_dir(settings.state_dir.as_deref()))?;
     if settings.component_cache {
         host = host.with_component_cache(&device.cache_dir(), device.cache_key()?);
