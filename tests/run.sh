@@ -61,6 +61,9 @@ cargo bench -p outpost-host --bench serve --profile dev -- --quick --json target
 step "fuzzing, short: every signing parser for 10 s (nightly + cargo-fuzz, installed when missing)"
 bash tests/fuzz.sh 10 signing
 
+step "the Debian package: lintian, install, the unit, serve as the service, purge"
+bash tests/package/run.sh
+
 step "the README's demo, signed"
 bash host/pipelines/demo/signed-demo.sh "stop the conveyor" | grep -q stop_conveyor
 step "done"

@@ -22,6 +22,14 @@ pub fn state_dir(arg: Option<&Path>) -> PathBuf {
     if let Some(dir) = std::env::var_os("OUTPOST_STATE_DIR") {
         return dir.into();
     }
+    // systemd's StateDirectory= (the packaged unit: /var/lib/outpost); the
+    // first of a colon-separated list.
+    if let Some(dirs) = std::env::var_os("STATE_DIRECTORY")
+        && let Some(first) = std::env::split_paths(&dirs).next()
+        && !first.as_os_str().is_empty()
+    {
+        return first;
+    }
     if let Some(dir) = std::env::var_os("XDG_STATE_HOME") {
         return PathBuf::from(dir).join("outpost");
     }
