@@ -7,7 +7,7 @@ library inside is checked against its sha256 for this machine's architecture,
 and only then written as DEST/libonnxruntime.so (default: target/onnxruntime
 in the repository). A library already there with the right digest is kept.
 
-    python3 host/onnxruntime/fetch.py [DEST]
+    python3 host/onnxruntime/fetch.py [--platform x86_64|aarch64] [DEST]
     outpost --onnxruntime-lib DEST/libonnxruntime.so run ...
 
 This is the CPU build. For GPUs, point --onnxruntime-lib at the library of the
@@ -40,8 +40,14 @@ def sha256(data):
 
 def main():
     root = Path(__file__).resolve().parents[2]
-    dest = Path(sys.argv[1]) if len(sys.argv) > 1 else root / "target" / "onnxruntime"
+    args = sys.argv[1:]
     machine = platform.machine()
+    # Another machine's library (a device's, e.g. aarch64 for tests/cross).
+    if args[:1] == ["--platform"]:
+        if len(args) < 2:
+            raise SystemExit("--platform needs a machine name: " + ", ".join(BUILDS))
+        machine, args = args[1], args[2:]
+    dest = Path(args[0]) if args else root / "target" / "onnxruntime"
     if machine not in BUILDS:
         raise SystemExit(f"no pinned ONNX Runtime {VERSION} library for {machine}; "
                          f"this script knows: {', '.join(BUILDS)}")
