@@ -538,7 +538,25 @@ fn a_public_address_without_tls_is_refused_and_bad_bundles_stop_the_start() {
     let run = outpost(&args);
     assert!(run.ok, "{}", run.stderr);
     // Logs as JSON lines.
-    let line: Value = serde_json::from_str(run.stderr.lines().next().unwrap()).unwrap();
+    let lines: Vec<Value> = run
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // The engine's memory layout comes first, then each bundle.
+    assert_eq!(
+        lines[0]["fields"]["message"], "engine ready",
+        "{}",
+        run.stderr
+    );
+    assert!(
+        lines[0]["fields"]["layout"]
+            .as_str()
+            .is_some_and(|l| l.contains("guard pages")),
+        "{}",
+        run.stderr
+    );
+    let line = &lines[1];
     assert_eq!(
         line["fields"]["message"], "bundle verified and loaded",
         "{line}"
