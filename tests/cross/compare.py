@@ -73,7 +73,7 @@ def main():
             close(name, "sentence_embedding", f"aarch64-ort-{name}.json",
                   f"{name} (aarch64 ONNX Runtime vs x86_64 tract)")
 
-    planted = results(work / "aarch64-planted.json")
+    planted = results(work / "aarch64-planted-intent-demo.json")
     first = results(work / "aarch64-intent-demo.json")[0]
     if planted[0][1]["labels"] != first[1]["labels"]:
         failures.append("after the x86_64 artifacts were planted, aarch64 answered differently")

@@ -115,8 +115,11 @@ for f in "$x86_dir"/*.cwasm; do
     fi
 done
 [ "$planted" -gt 0 ] || { echo "no cached component is named alike in both caches" >&2; exit 1; }
-arm run "$work/intent-demo.bundle" --state-dir "$work/device" --input "stop the conveyor" \
-    >"$work/aarch64-planted.json" 2>"$work/aarch64-planted.err"
+# Every bundle again, so every planted artifact is looked up.
+for name in intent-demo tokenize minilm-l3 minilm-l6-int8; do
+    arm run "$work/$name.bundle" --state-dir "$work/device" --input "stop the conveyor" \
+        >"$work/aarch64-planted-$name.json"
+done
 for f in "$arm_dir"/*.cwasm; do
     if cmp -s "$f" "$x86_dir/$(basename "$f")"; then
         echo "the aarch64 cache still holds a planted x86_64 artifact: $f" >&2
