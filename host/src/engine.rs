@@ -88,8 +88,8 @@ impl Default for EngineOptions {
 /// The smallest pool `auto` shrinks the configured one to before it gives
 /// up on pooling.
 pub const MIN_POOL_INSTANCES: u32 = 16;
-/// With guard pages and no pool, room for this many live instances must
-/// remain, else `auto` uses explicit checks.
+/// With on-demand allocation asked for, guard pages need room for this many
+/// live memories, else explicit checks are used.
 const MIN_GUARDED_INSTANCES: u64 = 32;
 /// Linear memories per component instance the pool holds slots for.
 const MEMORIES_PER_INSTANCE: u64 = 2;
@@ -119,9 +119,10 @@ pub struct Layout {
 impl Layout {
     /// Picks the layout for `options` in `space`. What the options name is
     /// kept; what they leave open is chosen, fastest first: a pool with
-    /// guard pages (shrunk to fit, down to [`MIN_POOL_INSTANCES`]), guard
-    /// pages on demand while room for [`MIN_GUARDED_INSTANCES`] remains,
-    /// then explicit bounds checks on demand, which fit anywhere.
+    /// guard pages (shrunk to fit, down to [`MIN_POOL_INSTANCES`]), else
+    /// explicit bounds checks on demand, which fit anywhere. With on-demand
+    /// allocation asked for, guard pages while room for
+    /// [`MIN_GUARDED_INSTANCES`] of them remains.
     pub fn plan(options: &EngineOptions, space: &AddressSpace) -> Self {
         let available = space.available();
         let budget = available.saturating_sub(HOST_RESERVE.max(available / 8));
@@ -160,13 +161,17 @@ impl Layout {
                 layout(Allocator::OnDemand, options.bounds.unwrap_or(fitting), 0)
             }
             None => {
+                // Room for a guarded pool of MIN_POOL_INSTANCES is room for
+                // MIN_GUARDED_INSTANCES guarded memories, so where the pool
+                // does not fit, guard pages on demand would not either.
                 let preferred = options.bounds.unwrap_or(Bounds::GuardPages);
-                if let Some(fit) = fits_pool(preferred) {
-                    layout(Allocator::Pooling, preferred, fit)
-                } else if options.bounds.is_some() || guarded_on_demand {
-                    layout(Allocator::OnDemand, preferred, 0)
-                } else {
-                    layout(Allocator::OnDemand, Bounds::Explicit, 0)
+                match fits_pool(preferred) {
+                    Some(fit) => layout(Allocator::Pooling, preferred, fit),
+                    None => layout(
+                        Allocator::OnDemand,
+                        options.bounds.unwrap_or(Bounds::Explicit),
+                        0,
+                    ),
                 }
             }
         }
