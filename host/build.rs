@@ -3,6 +3,11 @@
 //! (protoc-bin-vendored), so building needs nothing installed by hand.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Precompiled artifacts are keyed by the target the host runs on.
+    println!(
+        "cargo::rustc-env=OUTPOST_TARGET={}",
+        std::env::var("TARGET")?
+    );
     let proto = "proto/grpc_predict_v2.proto";
     println!("cargo::rerun-if-changed={proto}");
     let mut config = tonic_prost_build::Config::new();

@@ -61,6 +61,9 @@ cargo bench -p outpost-host --bench serve --profile dev -- --quick --json target
 step "fuzzing, short: every signing parser for 10 s (nightly + cargo-fuzz, installed when missing)"
 bash tests/fuzz.sh 10 signing
 
+step "the compiler-less host runs precompiled bundles, and only those"
+bash tests/precompile/run.sh
+
 step "the Debian package: lintian, install, the unit, serve as the service, purge"
 bash tests/package/run.sh
 

@@ -10,10 +10,17 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Writes an unsigned bundle of the pipeline in `pipeline_path` to `out`.
+/// For every target triple in `precompile`, each component is also compiled
+/// to native code for that target, once per engine configuration a host
+/// there picks by default ([`CodeSettings::published`]), and carried as a
+/// precompiled blob that hosts which allow it load instead of compiling.
+///
+/// [`CodeSettings::published`]: crate::engine::CodeSettings::published
 pub fn create_bundle(
     pipeline_path: &Path,
     name: &str,
     version: u64,
+    precompile: &[String],
     out: &Path,
 ) -> Result<Bundle, PipelineError> {
     let text = std::fs::read_to_string(pipeline_path).map_err(|source| PipelineError::Read {
@@ -58,6 +65,9 @@ pub fn create_bundle(
         |n| n.to_string_lossy().into_owned(),
     );
     let pipeline_digest = collector.add(rewritten.into_bytes(), BlobKind::Pipeline, file_name);
+    if !precompile.is_empty() {
+        collector.precompile(pipeline_path, precompile)?;
+    }
 
     let grants = spec
         .stages
@@ -112,6 +122,7 @@ impl Collector<'_> {
                     size: bytes.len() as u64,
                     kind,
                     name,
+                    precompiled: None,
                 });
                 self.blobs.push((digest, bytes));
             }
@@ -125,6 +136,69 @@ impl Collector<'_> {
             }
         }
         digest
+    }
+
+    /// Adds, for each component blob, its native code for every target and
+    /// published engine configuration.
+    #[cfg(feature = "cranelift")]
+    fn precompile(
+        &mut self,
+        pipeline_path: &Path,
+        targets: &[String],
+    ) -> Result<(), PipelineError> {
+        use crate::engine::{CodeSettings, precompile};
+        use outpost_signing::manifest::Precompiled;
+        let components: Vec<(Digest, String)> = self
+            .blobs
+            .iter()
+            .filter_map(|(digest, _)| {
+                let entry = self.entries.get(&digest.to_string())?;
+                (entry.kind == BlobKind::Component).then(|| (*digest, entry.name.clone()))
+            })
+            .collect();
+        for target in targets {
+            for code in CodeSettings::published() {
+                for (component, name) in &components {
+                    let bytes = self
+                        .blobs
+                        .iter()
+                        .find(|(d, _)| d == component)
+                        .map(|(_, b)| b.as_slice())
+                        .unwrap_or_default();
+                    let artifact =
+                        precompile(bytes, target, code).map_err(|e| PipelineError::Invalid {
+                            path: pipeline_path.to_owned(),
+                            message: format!("--precompile {target}: component '{name}': {e}"),
+                        })?;
+                    let variant = code.to_string().replace(' ', "_");
+                    let digest = self.add(
+                        artifact,
+                        BlobKind::Precompiled,
+                        format!("{name}.{target}.{variant}.cwasm"),
+                    );
+                    if let Some(entry) = self.entries.get_mut(&digest.to_string()) {
+                        entry.precompiled = Some(Precompiled {
+                            component: component.to_string(),
+                            target: target.clone(),
+                            engine: code.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(not(feature = "cranelift"))]
+    fn precompile(
+        &mut self,
+        pipeline_path: &Path,
+        _targets: &[String],
+    ) -> Result<(), PipelineError> {
+        Err(PipelineError::Invalid {
+            path: pipeline_path.to_owned(),
+            message: "--precompile needs a compiler, and this outpost was built without the `cranelift` feature; bundle on a host built with it".into(),
+        })
     }
 
     /// Reads the file a path value names and replaces the value with the

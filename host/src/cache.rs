@@ -12,10 +12,13 @@
 //! loaded. Someone who can write the cache but not read the key cannot make
 //! an artifact the host will load.
 
+// A host without a compiler has nothing to cache: only `load` is gated, the
+// rest stays compiled (and unused) so both builds check the same format.
+#![cfg_attr(not(feature = "cranelift"), allow(dead_code))]
+
 use hmac::{Hmac, Mac};
 use outpost_signing::Digest;
 use sha2::Sha256;
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use wasmtime::Engine;
 use wasmtime::component::Component;
@@ -112,15 +115,28 @@ impl CacheKey {
     }
 }
 
+/// A hash of everything that makes an artifact usable by `engine`.
+#[cfg(feature = "cranelift")]
+fn engine_hash(engine: &Engine) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Without a compiler nothing is compiled, so nothing is cached.
+#[cfg(not(feature = "cranelift"))]
+fn engine_hash(_engine: &Engine) -> u64 {
+    0
+}
+
 impl ComponentCache {
     /// A cache under `root`, in a subdirectory for this engine's target and
     /// compilation settings, so artifacts for another target or another
     /// configuration are never picked up; artifacts are authenticated with
     /// `key`.
     pub fn new(root: &Path, engine: &Engine, key: CacheKey) -> Self {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut hasher);
-        let engine_hash = hasher.finish();
+        let engine_hash = engine_hash(engine);
         let dir = root.join(format!(
             "{}-{}-{engine_hash:016x}",
             std::env::consts::ARCH,
@@ -156,6 +172,7 @@ impl ComponentCache {
     /// The component whose source bytes are `bytes` with digest `digest`
     /// (already verified by the caller): from the cache if an authentic
     /// artifact is there, else compiled and stored.
+    #[cfg(feature = "cranelift")]
     pub fn load(
         &self,
         engine: &Engine,

@@ -48,6 +48,16 @@ pub enum CompatError {
     },
 }
 
+#[cfg(feature = "cranelift")]
+fn compile(engine: &wasmtime::Engine, bytes: &[u8]) -> Result<Module, String> {
+    Module::new(engine, bytes).map_err(|e| format!("not a core WebAssembly module: {e:#}"))
+}
+
+#[cfg(not(feature = "cranelift"))]
+fn compile(_engine: &wasmtime::Engine, _bytes: &[u8]) -> Result<Module, String> {
+    Err("this host has no compiler (built without the `cranelift` feature), and core modules are compiled on the device; run them on a host built with it".to_owned())
+}
+
 /// Runs the command module in `path` with `args` (the program name is
 /// prepended), stdout and stderr inherited, nothing else granted, and the
 /// given models loadable by name. Returns the program's exit code.
@@ -64,8 +74,7 @@ pub fn exec(
     };
     let engine = runtime.engine();
     let bytes = std::fs::read(path).map_err(|e| load(format!("cannot read: {e}")))?;
-    let module = Module::new(engine, &bytes)
-        .map_err(|e| load(format!("not a core WebAssembly module: {e:#}")))?;
+    let module = compile(engine, &bytes).map_err(load)?;
     let mut linker: Linker<CompatHost> = Linker::new(engine);
     wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |h: &mut CompatHost| &mut h.wasi)
         .and_then(|()| {

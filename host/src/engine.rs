@@ -212,10 +212,130 @@ fn slot(bounds: Bounds, max_memory: u64) -> u64 {
     }
 }
 
+/// The target triple this host was built for.
+pub const TARGET: &str = env!("OUTPOST_TARGET");
+
+/// The wasmtime release the host embeds (pinned in the workspace manifest;
+/// a unit test keeps the two equal). Precompiled code is tied to it.
+pub const WASMTIME_VERSION: &str = "48.0.8";
+
+/// Everything in an engine's configuration that changes the code it
+/// generates, so native code compiled for one configuration is used only by
+/// engines with the same. Its [`Display`](std::fmt::Display) form is the
+/// engine fingerprint that precompiled artifacts in bundles are keyed by,
+/// e.g. `wasmtime-48.0.8 guard-pages epochs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CodeSettings {
+    /// How accesses are kept inside a memory.
+    pub bounds: Bounds,
+    /// With explicit checks: the fixed reservation of a pooled memory (its
+    /// largest size), which lets generated code compare against a constant;
+    /// `None` for memories that grow in place or move.
+    pub static_reservation: Option<u64>,
+    /// Epoch checks in loops and calls.
+    pub epochs: bool,
+    /// Fuel counting.
+    pub fuel: bool,
+}
+
+impl CodeSettings {
+    /// The code settings of an engine built from `options` with `layout`.
+    pub fn of(options: &EngineOptions, layout: Layout) -> Self {
+        let static_reservation = (layout.bounds == Bounds::Explicit
+            && layout.allocator == Allocator::Pooling)
+            .then(|| (options.max_memory_bytes as u64).next_multiple_of(1 << 16));
+        Self {
+            bounds: layout.bounds,
+            static_reservation,
+            epochs: options.epoch_interruption,
+            fuel: options.fuel,
+        }
+    }
+
+    /// The configurations `outpost bundle --precompile` compiles for: the
+    /// two a host with default options picks between (guard pages where the
+    /// address space allows, else explicit checks on demand), with epoch
+    /// deadlines and without fuel.
+    pub fn published() -> [Self; 2] {
+        [Bounds::GuardPages, Bounds::Explicit].map(|bounds| Self {
+            bounds,
+            static_reservation: None,
+            epochs: true,
+            fuel: false,
+        })
+    }
+
+    /// A wasmtime configuration with these settings (and nothing about
+    /// allocation or the target).
+    fn config(&self) -> Config {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(self.epochs);
+        config.consume_fuel(self.fuel);
+        match (self.bounds, self.static_reservation) {
+            (Bounds::GuardPages, _) => {
+                config.memory_reservation(GUARDED_RESERVATION);
+                config.memory_guard_size(GUARD);
+            }
+            // A pooled memory never moves: its slot is the largest it may
+            // grow to.
+            (Bounds::Explicit, Some(reservation)) => {
+                config.memory_reservation(reservation);
+                config.memory_guard_size(EXPLICIT_GUARD);
+                config.guard_before_linear_memory(false);
+            }
+            (Bounds::Explicit, None) => {
+                config.memory_reservation(0);
+                config.memory_reservation_for_growth(GROWTH_RESERVATION);
+                config.memory_guard_size(EXPLICIT_GUARD);
+                config.guard_before_linear_memory(false);
+            }
+        }
+        config
+    }
+}
+
+impl std::fmt::Display for CodeSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "wasmtime-{WASMTIME_VERSION}")?;
+        match (self.bounds, self.static_reservation) {
+            (Bounds::GuardPages, _) => f.write_str(" guard-pages")?,
+            (Bounds::Explicit, None) => f.write_str(" explicit")?,
+            (Bounds::Explicit, Some(bytes)) => write!(f, " explicit-static={bytes}")?,
+        }
+        if self.epochs {
+            f.write_str(" epochs")?;
+        }
+        if self.fuel {
+            f.write_str(" fuel")?;
+        }
+        Ok(())
+    }
+}
+
+/// Compiles the component `bytes` to native code for `target` with `code`
+/// settings, as a host on that target with those settings would: what
+/// `outpost bundle --precompile` puts in a bundle.
+#[cfg(feature = "cranelift")]
+pub fn precompile(bytes: &[u8], target: &str, code: CodeSettings) -> Result<Vec<u8>, EngineError> {
+    let mut config = code.config();
+    config.target(target).map_err(|e| {
+        EngineError(format!(
+            "cannot compile for target '{target}': {e:#} (this host compiles for x86_64, aarch64 and riscv64gc Linux targets)"
+        ))
+    })?;
+    let engine = Engine::new(&config)
+        .map_err(|e| EngineError(format!("an engine for '{target}' ({code}): {e:#}")))?;
+    engine
+        .precompile_component(bytes)
+        .map_err(|e| EngineError(format!("compiling for '{target}' ({code}): {e:#}")))
+}
+
 /// An engine, its memory layout, and its epoch ticker.
 pub struct Runtime {
     engine: Engine,
     layout: Layout,
+    code: CodeSettings,
     metering: Metering,
     max_memory_bytes: usize,
 }
@@ -281,6 +401,7 @@ impl Runtime {
         Ok(Self {
             engine,
             layout,
+            code: CodeSettings::of(options, layout),
             metering: Metering {
                 fuel: options.fuel,
                 epochs: options.epoch_interruption,
@@ -303,6 +424,12 @@ impl Runtime {
     /// The memory layout in use.
     pub fn layout(&self) -> Layout {
         self.layout
+    }
+
+    /// The settings that shape generated code; their text is the engine
+    /// fingerprint precompiled artifacts must match.
+    pub fn code_settings(&self) -> CodeSettings {
+        self.code
     }
 
     /// With the pooling allocator, how many component instances can exist
@@ -328,29 +455,7 @@ impl Runtime {
 }
 
 fn build(options: &EngineOptions, layout: Layout) -> Result<Engine, EngineError> {
-    let mut config = Config::new();
-    config.wasm_component_model(true);
-    config.epoch_interruption(options.epoch_interruption);
-    config.consume_fuel(options.fuel);
-    let max_memory = options.max_memory_bytes as u64;
-    match (layout.bounds, layout.allocator) {
-        (Bounds::GuardPages, _) => {
-            config.memory_reservation(GUARDED_RESERVATION);
-            config.memory_guard_size(GUARD);
-        }
-        // A pooled memory never moves: its slot is the largest it may grow to.
-        (Bounds::Explicit, Allocator::Pooling) => {
-            config.memory_reservation(max_memory.next_multiple_of(1 << 16));
-            config.memory_guard_size(EXPLICIT_GUARD);
-            config.guard_before_linear_memory(false);
-        }
-        (Bounds::Explicit, Allocator::OnDemand) => {
-            config.memory_reservation(0);
-            config.memory_reservation_for_growth(GROWTH_RESERVATION);
-            config.memory_guard_size(EXPLICIT_GUARD);
-            config.guard_before_linear_memory(false);
-        }
-    }
+    let mut config = CodeSettings::of(options, layout).config();
     if layout.allocator == Allocator::Pooling {
         let instances = layout.pool_instances;
         let mut pool = PoolingAllocationConfig::default();
@@ -488,5 +593,64 @@ mod tests {
             plan(&few, &space(39, None)),
             (Allocator::Pooling, Bounds::GuardPages, 4)
         );
+    }
+
+    #[test]
+    fn the_fingerprint_names_every_setting_that_changes_code() {
+        let options = EngineOptions::default();
+        let layout = |allocator, bounds| Layout {
+            allocator,
+            bounds,
+            pool_instances: 16,
+        };
+        let fingerprint = |options: &EngineOptions, allocator, bounds| {
+            CodeSettings::of(options, layout(allocator, bounds)).to_string()
+        };
+        let v = WASMTIME_VERSION;
+        // Pooled or not, guard pages generate the same code.
+        for allocator in [Allocator::Pooling, Allocator::OnDemand] {
+            assert_eq!(
+                fingerprint(&options, allocator, Bounds::GuardPages),
+                format!("wasmtime-{v} guard-pages epochs")
+            );
+        }
+        assert_eq!(
+            fingerprint(&options, Allocator::OnDemand, Bounds::Explicit),
+            format!("wasmtime-{v} explicit epochs")
+        );
+        // A pooled memory with explicit checks has a fixed bound, which the
+        // code compares against: part of the fingerprint.
+        assert_eq!(
+            fingerprint(&options, Allocator::Pooling, Bounds::Explicit),
+            format!("wasmtime-{v} explicit-static=1073741824 epochs")
+        );
+        let metered = EngineOptions {
+            fuel: true,
+            epoch_interruption: false,
+            ..EngineOptions::default()
+        };
+        assert_eq!(
+            fingerprint(&metered, Allocator::OnDemand, Bounds::GuardPages),
+            format!("wasmtime-{v} guard-pages fuel")
+        );
+        // What a publisher compiles for is what a default host picks.
+        let published: Vec<String> = CodeSettings::published()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            published,
+            [
+                fingerprint(&options, Allocator::Pooling, Bounds::GuardPages),
+                fingerprint(&options, Allocator::OnDemand, Bounds::Explicit),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_wasmtime_version_is_the_one_the_workspace_pins() {
+        let workspace = include_str!("../../Cargo.toml");
+        let pin = format!("wasmtime = {{ version = \"={WASMTIME_VERSION}\"");
+        assert!(workspace.contains(&pin), "Cargo.toml lacks {pin}");
     }
 }

@@ -34,4 +34,4 @@ pub use engine::{
     AddressSpace, Allocator, Bounds, EngineOptions, Layout, MIN_POOL_INSTANCES, Runtime,
 };
 pub use error::{PipelineError, RunError, StageError};
-pub use pipeline::{Host, Pipeline};
+pub use pipeline::{CodeOrigin, Host, Pipeline};

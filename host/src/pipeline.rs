@@ -25,6 +25,28 @@ pub struct Host {
     linker: Linker<StageHost>,
     cache: Option<ComponentCache>,
     backends: BackendOptions,
+    precompiled: bool,
+}
+
+/// Where a stage's native code came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CodeOrigin {
+    /// Compiled on this device from the component.
+    Compiled,
+    /// Read from this device's component cache.
+    Cached,
+    /// The publisher's precompiled artifact in the bundle, this blob.
+    Precompiled(Digest),
+}
+
+impl std::fmt::Display for CodeOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CodeOrigin::Compiled => f.write_str("compiled"),
+            CodeOrigin::Cached => f.write_str("cached"),
+            CodeOrigin::Precompiled(digest) => write!(f, "precompiled {digest}"),
+        }
+    }
 }
 
 impl Host {
@@ -38,6 +60,7 @@ impl Host {
             linker,
             cache: None,
             backends: BackendOptions::default(),
+            precompiled: false,
         })
     }
 
@@ -61,14 +84,83 @@ impl Host {
         self
     }
 
+    /// Lets bundles' precompiled artifacts stand in for compiling their
+    /// components (the device policy's `[precompiled] allow`). They are
+    /// native code that runs outside the sandbox, trusted because a trusted
+    /// key signed them: off by default.
+    pub fn with_precompiled(mut self, allow: bool) -> Self {
+        self.precompiled = allow;
+        self
+    }
+
+    /// Whether precompiled artifacts are used.
+    pub fn precompiled_allowed(&self) -> bool {
+        self.precompiled
+    }
+
+    /// Whether this host can compile components itself (built with the
+    /// `cranelift` feature).
+    pub const fn has_compiler() -> bool {
+        cfg!(feature = "cranelift")
+    }
+
     /// Compiles a component whose digest the caller has verified, through
     /// the cache when there is one.
-    fn compile(&self, digest: &Digest, bytes: &[u8]) -> wasmtime::Result<Component> {
+    #[cfg(feature = "cranelift")]
+    fn compile(&self, digest: &Digest, bytes: &[u8]) -> Result<(Component, CodeOrigin), String> {
         match &self.cache {
             Some(cache) => cache
                 .load(self.runtime.engine(), digest, bytes)
-                .map(|(c, _)| c),
-            None => Component::new(self.runtime.engine(), bytes),
+                .map(|(c, outcome)| {
+                    let origin = match outcome {
+                        crate::cache::CacheOutcome::Hit => CodeOrigin::Cached,
+                        crate::cache::CacheOutcome::Compiled => CodeOrigin::Compiled,
+                    };
+                    (c, origin)
+                })
+                .map_err(|e| format!("not a valid component: {e:#}")),
+            None => Component::new(self.runtime.engine(), bytes)
+                .map(|c| (c, CodeOrigin::Compiled))
+                .map_err(|e| format!("not a valid component: {e:#}")),
+        }
+    }
+
+    /// Without a compiler, a component that has no precompiled artifact
+    /// cannot run; the error says what would make it run.
+    #[cfg(not(feature = "cranelift"))]
+    fn compile(&self, _digest: &Digest, _bytes: &[u8]) -> Result<(Component, CodeOrigin), String> {
+        let code = self.runtime.code_settings();
+        let target = crate::engine::TARGET;
+        Err(if self.precompiled {
+            let remedy = if crate::engine::CodeSettings::published().contains(&code) {
+                format!("rebuild the bundle with `outpost bundle --precompile {target}`")
+            } else {
+                "bundles are precompiled for engines with default settings (no fuel metering; guard pages, or explicit checks on demand): start the host without fuel (engine.fuel) and with --memory-bounds auto or --allocator on-demand".to_owned()
+            };
+            format!(
+                "this host has no compiler (built without the `cranelift` feature) and the component has no precompiled artifact for {target} ({code}); {remedy}"
+            )
+        } else {
+            "this host has no compiler (built without the `cranelift` feature): it runs only components that bundles carry precompiled, and only where the device policy allows them ([precompiled] allow = true in policy.toml)".to_owned()
+        })
+    }
+
+    /// Loads a precompiled artifact whose bytes matched the digest a
+    /// verified manifest signs.
+    fn deserialize(&self, artifact: &[u8]) -> wasmtime::Result<Component> {
+        // SAFETY: wasmtime requires that the bytes come from
+        // `Component::serialize`/`Engine::precompile_component` of a
+        // compatible engine, since they are native code run as is. These
+        // are a blob of a bundle whose manifest signature verified against
+        // the device's trust roots, whose bytes matched the signed digest
+        // when read, and whose signed target and engine fingerprint equal
+        // this host's; the device's policy opted in to running native code
+        // signed by its publishers (`with_precompiled`). wasmtime still
+        // checks the artifact's own header (version, target, CPU features,
+        // settings) before using it.
+        #[allow(unsafe_code)]
+        unsafe {
+            Component::deserialize(self.runtime.engine(), artifact)
         }
     }
 
@@ -171,6 +263,7 @@ pub struct PipelineStage {
     outputs: Vec<(String, String)>,
     component: PathBuf,
     component_digest: Digest,
+    code: CodeOrigin,
     models: Vec<String>,
 }
 
@@ -186,6 +279,10 @@ impl PipelineStage {
     /// The sha256 of its component file.
     pub fn component_digest(&self) -> Digest {
         self.component_digest
+    }
+    /// Where its native code came from.
+    pub fn code_origin(&self) -> CodeOrigin {
+        self.code
     }
     /// The models it may load.
     pub fn models(&self) -> &[String] {

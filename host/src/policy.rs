@@ -15,6 +15,9 @@
 //! env = ["TZ"]
 //! network = ["127.0.0.1:1883"]
 //! clocks = true                       # the default
+//!
+//! [precompiled]
+//! allow = true   # load native code publishers compiled for this device
 //! ```
 
 use outpost_signing::manifest::Manifest;
@@ -32,6 +35,23 @@ pub struct DevicePolicy {
     /// What bundles may be granted (`[grants]`).
     #[serde(default)]
     pub grants: GrantPolicy,
+    /// Whether precompiled native code in bundles is used (`[precompiled]`).
+    #[serde(default)]
+    pub precompiled: PrecompiledPolicy,
+}
+
+/// The `[precompiled]` table. A bundle built with `outpost bundle
+/// --precompile` carries its components as native code for named targets.
+/// That code is not sandboxed by compilation on the device: it runs with
+/// the host's rights, trusted only because a trusted key signed it. So it is
+/// used only where the operator allows it; otherwise the host compiles each
+/// component itself. A host built without a compiler needs it allowed.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrecompiledPolicy {
+    /// Load precompiled artifacts whose target and engine match this host.
+    #[serde(default)]
+    pub allow: bool,
 }
 
 /// The `[grants]` table: the most any bundle may be granted here.

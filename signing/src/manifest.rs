@@ -48,6 +48,28 @@ pub struct BlobEntry {
     pub kind: BlobKind,
     /// Its file name before bundling, for people.
     pub name: String,
+    /// For a [`BlobKind::Precompiled`] blob: what it was compiled from and
+    /// for; absent on every other kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precompiled: Option<Precompiled>,
+}
+
+/// What a precompiled artifact is: native code for one target and engine
+/// configuration, compiled by the publisher from a component of the same
+/// bundle. A device loads it instead of compiling that component only where
+/// its policy allows native code from publishers, its target and engine
+/// match exactly, and the artifact's digest matched the signed one.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Precompiled {
+    /// The digest (`sha256:<hex>`) of the component blob it was compiled from.
+    pub component: String,
+    /// The target triple it runs on, e.g. `aarch64-unknown-linux-gnu`.
+    pub target: String,
+    /// The engine configuration it was compiled for (the host's
+    /// `engine fingerprint`): the runtime's version and every setting that
+    /// changes generated code.
+    pub engine: String,
 }
 
 /// What a blob is.
@@ -62,6 +84,8 @@ pub enum BlobKind {
     Model,
     /// A file handed to a stage.
     File,
+    /// Native code compiled from one of the components (see [`Precompiled`]).
+    Precompiled,
 }
 
 /// What one stage may use. The pipeline inside the bundle must grant
@@ -164,6 +188,9 @@ impl Manifest {
                 ));
             }
         }
+        for (digest, blob) in &self.blobs {
+            self.validate_precompiled(digest, blob)?;
+        }
         match self.blobs.get(&self.bundle.pipeline) {
             Some(blob) if blob.kind == BlobKind::Pipeline => Ok(()),
             _ => Err(Error::malformed(
@@ -176,8 +203,165 @@ impl Manifest {
         }
     }
 
+    /// A precompiled blob names a component blob of this manifest, a
+    /// plausible target and an engine; no other blob carries those fields.
+    fn validate_precompiled(&self, digest: &str, blob: &BlobEntry) -> Result<()> {
+        const WHAT: &str = "manifest.toml";
+        let bad =
+            |message: String| Err(Error::malformed(WHAT, format!("blob {digest}: {message}")));
+        match (blob.kind, &blob.precompiled) {
+            (BlobKind::Precompiled, None) => bad(
+                "a precompiled blob needs a [precompiled] table (component, target, engine)".into(),
+            ),
+            (BlobKind::Precompiled, Some(p)) => {
+                if !self
+                    .blobs
+                    .get(&p.component)
+                    .is_some_and(|c| c.kind == BlobKind::Component)
+                {
+                    return bad(format!(
+                        "precompiled.component = '{}' is not a component blob of this bundle",
+                        p.component
+                    ));
+                }
+                let plausible = |s: &str, extra: &[u8]| {
+                    !s.is_empty()
+                        && s.len() <= 128
+                        && s.bytes().all(|c| {
+                            c.is_ascii_alphanumeric() || b"._-".contains(&c) || extra.contains(&c)
+                        })
+                };
+                if !plausible(&p.target, b"") {
+                    return bad(format!(
+                        "precompiled.target = '{}' is not a target triple",
+                        p.target.escape_debug()
+                    ));
+                }
+                if !plausible(&p.engine, b" ,;=+") {
+                    return bad(format!(
+                        "precompiled.engine = '{}' is not an engine fingerprint",
+                        p.engine.escape_debug()
+                    ));
+                }
+                Ok(())
+            }
+            (_, Some(_)) => bad(format!(
+                "only precompiled blobs carry a [precompiled] table, not {:?} blobs",
+                blob.kind
+            )),
+            (_, None) => Ok(()),
+        }
+    }
+
     /// The manifest as TOML text (what gets signed).
     pub fn to_toml(&self) -> Result<String> {
         toml::to_string(self).map_err(|e| Error::malformed("manifest.toml", e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const COMPONENT: &str =
+        "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    const PIPELINE: &str =
+        "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+    const ARTIFACT: &str =
+        "sha256:3333333333333333333333333333333333333333333333333333333333333333";
+
+    fn entry(kind: BlobKind, precompiled: Option<Precompiled>) -> BlobEntry {
+        BlobEntry {
+            size: 1,
+            kind,
+            name: "x".into(),
+            precompiled,
+        }
+    }
+
+    fn artifact(component: &str, target: &str, engine: &str) -> Option<Precompiled> {
+        Some(Precompiled {
+            component: component.into(),
+            target: target.into(),
+            engine: engine.into(),
+        })
+    }
+
+    fn manifest(artifact_entry: BlobEntry) -> Manifest {
+        Manifest {
+            bundle: BundleInfo {
+                name: "b".into(),
+                version: 1,
+                pipeline: PIPELINE.into(),
+            },
+            blobs: BTreeMap::from([
+                (PIPELINE.into(), entry(BlobKind::Pipeline, None)),
+                (COMPONENT.into(), entry(BlobKind::Component, None)),
+                (ARTIFACT.into(), artifact_entry),
+            ]),
+            grants: BTreeMap::new(),
+        }
+    }
+
+    fn refused(m: Manifest) -> String {
+        m.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_precompiled_blob_round_trips_through_the_signed_text() {
+        let m = manifest(entry(
+            BlobKind::Precompiled,
+            artifact(
+                COMPONENT,
+                "aarch64-unknown-linux-gnu",
+                "wasmtime-48.0.8 guard-pages epochs",
+            ),
+        ));
+        m.validate().unwrap();
+        let text = m.to_toml().unwrap();
+        assert!(text.contains("kind = \"precompiled\""), "{text}");
+        assert_eq!(Manifest::parse(text.as_bytes()).unwrap(), m);
+    }
+
+    #[test]
+    fn precompiled_blobs_must_say_exactly_what_they_were_compiled_from_and_for() {
+        let engine = "wasmtime-48.0.8 explicit epochs";
+        let target = "x86_64-unknown-linux-gnu";
+        let e = refused(manifest(entry(BlobKind::Precompiled, None)));
+        assert!(
+            e.contains(ARTIFACT) && e.contains("needs a [precompiled] table"),
+            "{e}"
+        );
+        // Compiled from something that is not a component of the bundle:
+        // the pipeline, or a digest the bundle does not hold.
+        for from in [PIPELINE, ARTIFACT, &ARTIFACT.replace('3', "4")] {
+            let e = refused(manifest(entry(
+                BlobKind::Precompiled,
+                artifact(from, target, engine),
+            )));
+            assert!(e.contains("is not a component blob"), "{e}");
+        }
+        for bad in ["", "x86_64/../../etc", "x86 64", &"a".repeat(200)] {
+            let e = refused(manifest(entry(
+                BlobKind::Precompiled,
+                artifact(COMPONENT, bad, engine),
+            )));
+            assert!(e.contains("is not a target triple"), "{e}");
+        }
+        let e = refused(manifest(entry(
+            BlobKind::Precompiled,
+            artifact(COMPONENT, target, "\u{1b}[2Jwasmtime"),
+        )));
+        assert!(
+            e.contains("is not an engine fingerprint") && !e.contains('\u{1b}'),
+            "{e}"
+        );
+        // The table belongs to precompiled blobs only: a component that
+        // claims to be precompiled is refused, not half-trusted.
+        let e = refused(manifest(entry(
+            BlobKind::Component,
+            artifact(COMPONENT, target, engine),
+        )));
+        assert!(e.contains("only precompiled blobs carry"), "{e}");
     }
 }

@@ -101,9 +101,22 @@ impl Publisher {
         dir: &str,
         signers: &[&str],
     ) -> PathBuf {
+        self.bundle_with(pipeline, name, version, dir, signers, &[])
+    }
+
+    /// [`Publisher::bundle`] with more `outpost bundle` arguments.
+    pub(crate) fn bundle_with(
+        &self,
+        pipeline: &Path,
+        name: &str,
+        version: u64,
+        dir: &str,
+        signers: &[&str],
+        extra: &[&str],
+    ) -> PathBuf {
         let out = self.path(dir);
         let version = version.to_string();
-        let args = [
+        let mut args = vec![
             "bundle".as_ref(),
             pipeline.as_os_str(),
             "--name".as_ref(),
@@ -113,7 +126,14 @@ impl Publisher {
             "--out".as_ref(),
             out.as_os_str(),
         ];
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
         outpost(&args).assert_ok();
+        self.sign(&out, signers);
+        out
+    }
+
+    /// Adds signatures by `signers` to the bundle directory `out`.
+    pub(crate) fn sign(&self, out: &Path, signers: &[&str]) {
         for s in signers {
             outpost(&[
                 "sign".as_ref(),
@@ -123,7 +143,6 @@ impl Publisher {
             ])
             .assert_ok();
         }
-        out
     }
 
     /// The demo pipeline as bundle `dir`, version `version`, signed by `signers`.
@@ -550,6 +569,7 @@ fn small_signed_bundle(dir: &Path) -> (TrustRoot, Vec<PathBuf>) {
                 size: bytes.len() as u64,
                 kind,
                 name: name.into(),
+                precompiled: None,
             },
         );
         blobs.push((digest, bytes));

@@ -14,5 +14,6 @@ mod image;
 mod minilm;
 mod model_inputs;
 mod pipeline_errors;
+mod precompiled;
 mod serve;
 mod stage_errors;

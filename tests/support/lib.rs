@@ -147,6 +147,8 @@ pub struct Run {
     pub stdout: String,
     /// Standard error.
     pub stderr: String,
+    /// The exit code; `None` when a signal ended it (a crash).
+    pub code: Option<i32>,
 }
 
 impl Run {
@@ -200,6 +202,7 @@ fn finish(command: &mut Command) -> Run {
         ok: out.status.success(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: out.status.code(),
     }
 }
 

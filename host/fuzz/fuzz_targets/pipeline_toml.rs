@@ -66,6 +66,7 @@ fuzz_target!(|data: &[u8]| {
                 size: data.len() as u64,
                 kind: BlobKind::Pipeline,
                 name: "pipeline.toml".into(),
+                precompiled: None,
             },
         )]),
         grants,

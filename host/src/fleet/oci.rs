@@ -32,6 +32,7 @@ pub fn blob_media_type(kind: BlobKind) -> &'static str {
         BlobKind::Component => "application/vnd.outpost.component.v1+wasm",
         BlobKind::Pipeline => "application/vnd.outpost.pipeline.v1+toml",
         BlobKind::File => "application/vnd.outpost.file.v1",
+        BlobKind::Precompiled => "application/vnd.outpost.precompiled.v1",
     }
 }
 

@@ -3,7 +3,7 @@
 //! and checking the tensors between them.
 
 use super::spec::{PipelineSpec, StageSpec};
-use super::{Host, LoadedModel, Pipeline, PipelineStage};
+use super::{CodeOrigin, Host, LoadedModel, Pipeline, PipelineStage};
 use crate::backend::{ModelSettings, load_model};
 use crate::bindings::{Config, File, TensorSpec};
 use crate::error::PipelineError;
@@ -289,11 +289,12 @@ impl Loader<'_> {
                     stage_spec.name
                 )));
             }
-            let (stage, digest) = self.load_stage(&spec.pipeline.name, stage_spec, &models)?;
+            let (stage, digest, code) =
+                self.load_stage(&spec.pipeline.name, stage_spec, &models)?;
             stages.push(self.connect(
                 stage_spec,
                 stage,
-                digest,
+                (digest, code),
                 &models,
                 &mut available,
                 &mut input_specs,
@@ -347,7 +348,7 @@ impl Loader<'_> {
         pipeline: &str,
         spec: &StageSpec,
         models: &[LoadedModel],
-    ) -> Result<(LoadedStage, Digest), PipelineError> {
+    ) -> Result<(LoadedStage, Digest, CodeOrigin), PipelineError> {
         let mut granted = Vec::with_capacity(spec.models.len());
         for name in &spec.models {
             let model = models.iter().find(|m| &m.name == name).ok_or_else(|| {
@@ -392,10 +393,29 @@ impl Loader<'_> {
             Err(other) => return Err(other),
         };
         let digest = self.digest_of(&spec.component, &bytes);
-        let component = self
-            .host
-            .compile(&digest, &bytes)
-            .map_err(|e| component_error(format!("not a valid component: {e:#}")))?;
+        let (component, code) = match self.precompiled(&digest)? {
+            Some((artifact, entry, bytes)) => {
+                let component = self.host.deserialize(&bytes).map_err(|e| {
+                    component_error(format!(
+                        "its precompiled artifact {artifact} ('{}', for {} {}) is signed for this host but cannot be loaded: {e:#}; rebuild the bundle with `outpost bundle --precompile {}` from outpost built with wasmtime {}",
+                        entry.name,
+                        crate::engine::TARGET,
+                        self.host.runtime.code_settings(),
+                        crate::engine::TARGET,
+                        crate::engine::WASMTIME_VERSION,
+                    ))
+                })?;
+                (component, CodeOrigin::Precompiled(artifact))
+            }
+            None => self.host.compile(&digest, &bytes).map_err(|message| {
+                match self.carried(&digest) {
+                    Some(carried) if !Host::has_compiler() => component_error(format!(
+                        "{message}; the bundle carries it precompiled only for {carried}"
+                    )),
+                    _ => component_error(message),
+                }
+            })?,
+        };
         let setup = StageSetup {
             pipeline: pipeline.to_owned(),
             name: spec.name.clone(),
@@ -411,7 +431,60 @@ impl Loader<'_> {
             )),
             StageLoadError::Stage(e) => PipelineError::Stage(e),
         })?;
-        Ok((stage, digest))
+        Ok((stage, digest, code))
+    }
+
+    /// The targets and engines a bundle carries the component `digest`
+    /// precompiled for, for an error message; `None` for none.
+    fn carried(&self, digest: &Digest) -> Option<String> {
+        let Source::Bundle(bundle) = self.source else {
+            return None;
+        };
+        let component = digest.to_string();
+        let carried: Vec<String> = bundle
+            .manifest()
+            .blobs
+            .values()
+            .filter_map(|entry| entry.precompiled.as_ref())
+            .filter(|p| p.component == component)
+            .map(|p| format!("{} ({})", p.target, p.engine))
+            .collect();
+        (!carried.is_empty()).then(|| carried.join(", "))
+    }
+
+    /// The bundle's precompiled artifact of the component `digest` for this
+    /// host's target and engine, read and checked against its signed
+    /// digest, where the host allows precompiled code and the bundle has
+    /// one.
+    fn precompiled(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<(Digest, outpost_signing::manifest::BlobEntry, Vec<u8>)>, PipelineError>
+    {
+        let Source::Bundle(bundle) = self.source else {
+            return Ok(None);
+        };
+        if !self.host.precompiled_allowed() {
+            return Ok(None);
+        }
+        let component = digest.to_string();
+        let engine = self.host.runtime.code_settings().to_string();
+        let found = bundle.manifest().blobs.iter().find(|(_, entry)| {
+            entry.kind == BlobKind::Precompiled
+                && entry.precompiled.as_ref().is_some_and(|p| {
+                    p.component == component
+                        && p.target == crate::engine::TARGET
+                        && p.engine == engine
+                })
+        });
+        let Some((artifact, entry)) = found else {
+            return Ok(None);
+        };
+        let artifact_digest: Digest = artifact
+            .parse()
+            .map_err(|e| self.invalid(format!("blob {artifact}: {e}")))?;
+        let bytes = bundle.read_blob(artifact)?;
+        Ok(Some((artifact_digest, entry.clone(), bytes)))
     }
 
     /// Wires a stage's inputs to tensors available so far and checks the
@@ -420,7 +493,7 @@ impl Loader<'_> {
         &self,
         spec: &StageSpec,
         stage: LoadedStage,
-        component_digest: Digest,
+        (component_digest, code): (Digest, CodeOrigin),
         models: &[LoadedModel],
         available: &mut HashMap<String, Available>,
         input_specs: &mut HashMap<String, TensorSpec>,
@@ -516,6 +589,7 @@ impl Loader<'_> {
             outputs: output_pairs,
             component: self.display_path(&spec.component),
             component_digest,
+            code,
             models: spec.models.clone(),
             stage,
         })
@@ -608,5 +682,6 @@ fn kind_name(kind: BlobKind) -> &'static str {
         BlobKind::Component => "component",
         BlobKind::Model => "model",
         BlobKind::File => "file",
+        BlobKind::Precompiled => "precompiled",
     }
 }

@@ -113,6 +113,7 @@ pub fn bundle_dir(
                         size: bytes.len() as u64,
                         kind,
                         name: name.into(),
+                        precompiled: None,
                     },
                 )
             })

@@ -414,6 +414,11 @@ impl UpdateArgs {
     pub fn state_dir(&self) -> PathBuf {
         crate::trust::state_dir(self.state_dir.as_deref())
     }
+
+    /// The device policy file, if one is named.
+    pub fn policy(&self) -> Option<&std::path::Path> {
+        self.policy.as_deref()
+    }
 }
 
 /// Runs `outpost update --once`: one check; when the group's version is not

@@ -25,11 +25,36 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// What `outpost --version` prints: what precompiled artifacts must match,
+/// and what this build can do.
+fn long_version() -> &'static str {
+    let features: Vec<&str> = [
+        (cfg!(feature = "cranelift"), "cranelift"),
+        (cfg!(feature = "precompile"), "precompile"),
+        (cfg!(feature = "onnxruntime"), "onnxruntime"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect();
+    let text = format!(
+        "{}\ntarget: {}\nwasmtime: {}\nfeatures: {}",
+        env!("CARGO_PKG_VERSION"),
+        outpost_host::engine::TARGET,
+        outpost_host::engine::WASMTIME_VERSION,
+        if features.is_empty() {
+            "none (no compiler: runs precompiled bundles only; tract only)".to_owned()
+        } else {
+            features.join(", ")
+        }
+    );
+    Box::leak(text.into_boxed_str())
+}
+
 /// Outpost runs pipelines of sandboxed WebAssembly stages on edge devices.
 /// Stages call models through wasi-nn; the host preloads the models and runs
 /// them with tract or, where the pipeline or --backend asks, ONNX Runtime.
 #[derive(Parser)]
-#[command(name = "outpost", version, about, long_about = None)]
+#[command(name = "outpost", version, long_version = long_version(), about, long_about = None)]
 struct Cli {
     /// Print more: Wasm backtraces of stages that trap.
     #[arg(short, long, global = true)]
@@ -183,6 +208,13 @@ enum Command {
         /// The directory to create.
         #[arg(short, long)]
         out: PathBuf,
+        /// Also carry each component compiled to native code for these
+        /// target triples (comma-separated, e.g.
+        /// aarch64-unknown-linux-gnu,x86_64-unknown-linux-gnu), so hosts
+        /// without a compiler can run the bundle and others skip compiling
+        /// (where their policy allows precompiled code).
+        #[arg(long, value_delimiter = ',', value_name = "TARGETS")]
+        precompile: Vec<String>,
     },
     /// Add a signature to a bundle directory.
     Sign {
@@ -499,8 +531,15 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             name,
             version,
             out,
+            precompile,
         } => {
-            let bundle = outpost_host::bundling::create_bundle(&pipeline, &name, version, &out)?;
+            let bundle = outpost_host::bundling::create_bundle(
+                &pipeline,
+                &name,
+                version,
+                &precompile,
+                &out,
+            )?;
             outln!(
                 "bundle '{name}' version {version} -> {} ({} blobs, manifest {}); sign it with: outpost sign {} --key KEY",
                 out.display(),
@@ -634,7 +673,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             args,
             no_cache,
         } => {
-            let mut host = host()?;
+            let policy = trust::policy(args.policy())?;
+            let mut host = host()?.with_precompiled(policy.precompiled.allow);
             if !no_cache {
                 let device = DeviceState::open(&args.state_dir())?;
                 host = host.with_component_cache(&device.cache_dir(), device.cache_key()?);
@@ -674,7 +714,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// The host as the device's policy and cache settings make it: precompiled
+/// artifacts where the policy allows them, the component cache unless
+/// `--no-cache`.
 fn cached(host: Host, source: &SourceArgs) -> Result<Host> {
+    let policy = trust::policy(source.policy.as_deref())?;
+    let host = host.with_precompiled(policy.precompiled.allow);
     if source.no_cache {
         return Ok(host);
     }

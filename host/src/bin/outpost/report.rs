@@ -36,6 +36,7 @@ pub fn inspect(pipeline: &Pipeline) -> Value {
                 "name": s.stage().name(),
                 "component": s.component().display().to_string(),
                 "digest": s.component_digest().to_string(),
+                "code": s.code_origin().to_string(),
                 "plugin": { "name": info.name, "version": info.version, "description": info.description },
                 "declared_inputs": specs(&info.inputs),
                 "declared_outputs": specs(&info.outputs),

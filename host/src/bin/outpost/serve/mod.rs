@@ -197,6 +197,7 @@ fn load(settings: &Settings, check: bool) -> Result<Loaded> {
         host = host.with_component_cache(&device.cache_dir(), device.cache_key()?);
     }
     let policy = trust::policy(settings.policy.as_deref())?;
+    host = host.with_precompiled(policy.precompiled.allow);
     let mut served: Vec<Arc<Served>> = Vec::new();
     for path in &settings.bundles {
         let Bundle {
