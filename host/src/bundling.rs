@@ -168,7 +168,7 @@ impl Collector<'_> {
                     let artifact =
                         precompile(bytes, target, code).map_err(|e| PipelineError::Invalid {
                             path: pipeline_path.to_owned(),
-                            message: format!("--precompile {target}: component '{name}': {e}"),
+                            message: format!("--precompile: component '{name}': {e}"),
                         })?;
                     let variant = code.to_string().replace(' ', "_");
                     let digest = self.add(

@@ -315,20 +315,36 @@ impl std::fmt::Display for CodeSettings {
 
 /// Compiles the component `bytes` to native code for `target` with `code`
 /// settings, as a host on that target with those settings would: what
-/// `outpost bundle --precompile` puts in a bundle.
+/// `outpost bundle --precompile` puts in a bundle. `target` must be written
+/// as hosts name themselves (`outpost --version`), since hosts look
+/// artifacts up by that exact name.
 #[cfg(feature = "cranelift")]
-pub fn precompile(bytes: &[u8], target: &str, code: CodeSettings) -> Result<Vec<u8>, EngineError> {
+pub fn precompile(bytes: &[u8], target: &str, code: CodeSettings) -> Result<Vec<u8>, String> {
+    use std::str::FromStr;
+    let parsed = target_lexicon::Triple::from_str(target)
+        .map_err(|e| format!("'{target}' is not a target triple: {e}"))?;
+    let canonical = parsed.to_string();
+    if canonical != target {
+        return Err(format!(
+            "write the target '{target}' as '{canonical}': hosts look artifacts up by that exact name"
+        ));
+    }
+    if target != TARGET && !cfg!(feature = "precompile") {
+        return Err(format!(
+            "this outpost compiles only for its own target ({TARGET}); compiling for {target} needs a build with the `precompile` feature (the default)"
+        ));
+    }
     let mut config = code.config();
     config.target(target).map_err(|e| {
-        EngineError(format!(
-            "cannot compile for target '{target}': {e:#} (this host compiles for x86_64, aarch64 and riscv64gc Linux targets)"
-        ))
+        format!(
+            "cannot compile for '{target}': {e:#} (this outpost compiles for x86_64, aarch64 and riscv64gc targets)"
+        )
     })?;
     let engine = Engine::new(&config)
-        .map_err(|e| EngineError(format!("an engine for '{target}' ({code}): {e:#}")))?;
+        .map_err(|e| format!("cannot compile for '{target}' ({code}): {e:#}"))?;
     engine
         .precompile_component(bytes)
-        .map_err(|e| EngineError(format!("compiling for '{target}' ({code}): {e:#}")))
+        .map_err(|e| format!("compiling for '{target}' ({code}): {e:#}"))
 }
 
 /// An engine, its memory layout, and its epoch ticker.
@@ -652,5 +668,65 @@ mod tests {
         let workspace = include_str!("../../Cargo.toml");
         let pin = format!("wasmtime = {{ version = \"={WASMTIME_VERSION}\"");
         assert!(workspace.contains(&pin), "Cargo.toml lacks {pin}");
+    }
+
+    /// Two engine configurations share a fingerprint exactly when wasmtime
+    /// considers code compiled for one compatible with the other: a setting
+    /// that changes code but not the fingerprint (or the other way round)
+    /// fails here.
+    #[cfg(feature = "cranelift")]
+    #[test]
+    fn one_fingerprint_exactly_when_wasmtime_sees_one_configuration() {
+        use std::hash::{Hash, Hasher};
+        let hash = |engine: &Engine| {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            engine.precompile_compatibility_hash().hash(&mut hasher);
+            hasher.finish()
+        };
+        let mut seen: Vec<(String, u64)> = Vec::new();
+        for allocator in [Allocator::Pooling, Allocator::OnDemand] {
+            for bounds in [Bounds::GuardPages, Bounds::Explicit] {
+                for (fuel, epochs) in [(false, true), (true, true), (false, false), (true, false)] {
+                    for max_memory_bytes in [64 << 20, 1 << 30] {
+                        let options = EngineOptions {
+                            allocator: Some(allocator),
+                            bounds: Some(bounds),
+                            pool_instances: 2,
+                            max_memory_bytes,
+                            fuel,
+                            epoch_interruption: epochs,
+                            resource_limits: true,
+                        };
+                        let layout = Layout {
+                            allocator,
+                            bounds,
+                            pool_instances: 2,
+                        };
+                        let engine = build(&options, layout).unwrap();
+                        let fingerprint = CodeSettings::of(&options, layout).to_string();
+                        seen.push((fingerprint, hash(&engine)));
+                    }
+                }
+            }
+        }
+        for (a, hash_a) in &seen {
+            for (b, hash_b) in &seen {
+                assert_eq!(
+                    a == b,
+                    hash_a == hash_b,
+                    "'{a}' and '{b}': fingerprints and wasmtime disagree"
+                );
+            }
+        }
+        // And the published configurations are among them, as compiled.
+        for code in CodeSettings::published() {
+            let engine = Engine::new(&code.config()).unwrap();
+            let hash = hash(&engine);
+            assert!(
+                seen.iter()
+                    .any(|(f, h)| *f == code.to_string() && *h == hash),
+                "{code}"
+            );
+        }
     }
 }

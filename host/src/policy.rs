@@ -46,6 +46,8 @@ pub struct DevicePolicy {
 /// the host's rights, trusted only because a trusted key signed it. So it is
 /// used only where the operator allows it; otherwise the host compiles each
 /// component itself. A host built without a compiler needs it allowed.
+/// Grants do not bind such code: allow it only for publishers trusted with
+/// the host's own rights.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrecompiledPolicy {

@@ -46,6 +46,10 @@ pub struct RunningBundle {
     pub manifest: String,
     /// Stage name → component digest.
     pub stages: BTreeMap<String, String>,
+    /// Stage name → digest of the publisher's precompiled artifact it runs,
+    /// for stages that run one instead of code compiled on the device.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub precompiled: BTreeMap<String, String>,
     /// Model name → model digest.
     pub models: BTreeMap<String, String>,
 }

@@ -188,8 +188,20 @@ impl Manifest {
                 ));
             }
         }
+        let mut labels = std::collections::BTreeSet::new();
         for (digest, blob) in &self.blobs {
             self.validate_precompiled(digest, blob)?;
+            if let Some(p) = &blob.precompiled
+                && !labels.insert((&p.component, &p.target, &p.engine))
+            {
+                return Err(Error::malformed(
+                    WHAT,
+                    format!(
+                        "blob {digest}: a second precompiled artifact of {} for {} ({}); a bundle carries at most one per component, target and engine",
+                        p.component, p.target, p.engine
+                    ),
+                ));
+            }
         }
         match self.blobs.get(&self.bundle.pipeline) {
             Some(blob) if blob.kind == BlobKind::Pipeline => Ok(()),
@@ -301,6 +313,31 @@ mod tests {
             ]),
             grants: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn two_artifacts_for_the_same_component_target_and_engine_are_refused() {
+        let label = || {
+            artifact(
+                COMPONENT,
+                "x86_64-unknown-linux-gnu",
+                "wasmtime-48.0.8 explicit epochs",
+            )
+        };
+        let mut m = manifest(entry(BlobKind::Precompiled, label()));
+        m.validate().unwrap();
+        let second = ARTIFACT.replace('3', "5");
+        m.blobs
+            .insert(second, entry(BlobKind::Precompiled, label()));
+        let e = refused(m.clone());
+        assert!(e.contains("a second precompiled artifact"), "{e}");
+        // Another engine for the same component and target is fine.
+        let first = m
+            .blobs
+            .get_mut(ARTIFACT)
+            .and_then(|b| b.precompiled.as_mut());
+        first.unwrap().engine = "wasmtime-48.0.8 guard-pages epochs".into();
+        m.validate().unwrap();
     }
 
     fn refused(m: Manifest) -> String {

@@ -17,6 +17,7 @@ fn running(verified: &VerifiedBundle) -> RunningBundle {
         version: info.version,
         manifest: verified.manifest_digest().to_string(),
         stages: Default::default(),
+        precompiled: Default::default(),
         models: Default::default(),
     }
 }

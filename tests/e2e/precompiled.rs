@@ -7,7 +7,13 @@
 use crate::bundles::{AssertOk, Publisher};
 use outpost_e2e::{Run, demo_dir};
 use outpost_host::engine::TARGET;
+use outpost_host::{CodeOrigin, EngineOptions, Host};
+use outpost_signing::Digest;
+use outpost_signing::bundle::Bundle;
+use outpost_signing::dsse::Envelope;
 use outpost_signing::manifest::{BlobKind, Manifest};
+use outpost_signing::root::TrustRoot;
+use outpost_signing::time::Timestamp;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -153,6 +159,39 @@ fn artifacts_are_used_only_where_allowed_and_only_for_this_target_and_engine() {
         assert_eq!(code, "compiled", "stage {stage} with --fuel");
     }
 
+    // Signed evidence says which stages run publisher-compiled code.
+    let state = p.path("state").display().to_string();
+    let attest = |policy: Option<&Path>| {
+        let mut args = vec![
+            "run".to_owned(),
+            bundle.display().to_string(),
+            "-i".into(),
+            "x".into(),
+        ];
+        args.extend(p.trust_args(&["root1.json"]));
+        args.push("--no-cache".into());
+        if let Some(policy) = policy {
+            args.extend(["--policy".to_owned(), policy.display().to_string()]);
+        }
+        outpost_e2e::outpost(&args).assert_ok();
+        let run = outpost_e2e::outpost(&["attest", "--nonce", "n-1", "--state-dir", &state]);
+        run.assert_ok();
+        let envelope = Envelope::parse(
+            run.stdout.as_bytes(),
+            "evidence",
+            outpost_signing::evidence::EVIDENCE_PAYLOAD_TYPE,
+        )
+        .unwrap();
+        String::from_utf8(envelope.payload_bytes("evidence").unwrap()).unwrap()
+    };
+    let evidence = attest(Some(&allow));
+    for (_, digest, _) in &compiled {
+        let artifact = artifact_for(digest, "guard-pages");
+        assert!(evidence.contains(&artifact), "{artifact} not in {evidence}");
+    }
+    let evidence = attest(None);
+    assert!(!evidence.contains("precompiled"), "{evidence}");
+
     // The same answers either way.
     let run_args = |policy: Option<&Path>| {
         let mut args = vec!["run".to_owned()];
@@ -210,6 +249,52 @@ fn an_artifact_signed_for_the_wrong_machine_is_refused_not_run() {
 }
 
 #[test]
+fn an_artifact_changed_after_verification_is_refused_when_loaded() {
+    let p = Publisher::new();
+    let bundle = p.bundle_with(
+        &demo_dir().join("intent.toml"),
+        "intent-demo",
+        1,
+        "changed-late",
+        &["a", "b"],
+        &["--precompile", TARGET],
+    );
+    let root = TrustRoot::verify_chain(
+        &[(
+            "root1.json".into(),
+            std::fs::read(p.path("root1.json")).unwrap(),
+        )],
+        Timestamp::now(),
+    )
+    .unwrap();
+    let verified = Bundle::open_dir(&bundle).unwrap().verify(&root).unwrap();
+    verified.check_all_blobs().unwrap();
+    let host = Host::new(&EngineOptions::default())
+        .unwrap()
+        .with_precompiled(true);
+    let pipeline = host.load_bundle(&verified).unwrap();
+    let used: Vec<Digest> = pipeline
+        .stages()
+        .iter()
+        .map(|s| match s.code_origin() {
+            CodeOrigin::Precompiled(artifact) => artifact,
+            other => panic!("stage {} was {other}", s.stage().name()),
+        })
+        .collect();
+    // The artifact of the last stage changes on disk after the bundle was
+    // verified and every blob checked (a local attacker, a failing disk):
+    // the load that reads it refuses it, naming it.
+    let artifact = used.last().unwrap();
+    let blob = bundle.join("blobs").join(artifact.hex());
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&blob, &bytes).unwrap();
+    let e = host.load_bundle(&verified).err().unwrap().to_string();
+    assert!(e.contains(&artifact.hex()), "{e}");
+}
+
+#[test]
 fn an_altered_artifact_is_refused_before_it_is_loaded() {
     let p = Publisher::new();
     let bundle = p.bundle_with(
@@ -241,4 +326,32 @@ fn an_altered_artifact_is_refused_before_it_is_loaded() {
     assert!(!r.ok, "{}", r.stdout);
     assert_eq!(r.code, Some(1), "{}", r.stderr);
     assert!(r.stderr.contains(hex), "names the blob: {}", r.stderr);
+}
+
+#[test]
+fn targets_are_named_as_hosts_name_themselves() {
+    let p = Publisher::new();
+    let out = p.path("misnamed");
+    let bundle = |target: &str| {
+        outpost_e2e::outpost(&[
+            "bundle",
+            &demo_dir().join("intent.toml").display().to_string(),
+            "--name",
+            "intent-demo",
+            "--version",
+            "1",
+            "--out",
+            &out.display().to_string(),
+            "--precompile",
+            target,
+        ])
+    };
+    // A triple that would be signed but never match a host's name.
+    bundle("aarch64-linux-gnu").expect_error(&[
+        "component 'bert_tokenizer.wasm'",
+        "write the target 'aarch64-linux-gnu' as 'aarch64-unknown-linux-gnu'",
+    ]);
+    bundle("sparc-unknown-linux-gnu")
+        .expect_error(&["cannot compile for 'sparc-unknown-linux-gnu'"]);
+    bundle("not a triple").expect_error(&["'not a triple' is not a target triple"]);
 }

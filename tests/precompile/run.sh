@@ -107,6 +107,7 @@ assert [r["outputs"] for r in a["results"]] == [r["outputs"] for r in b["results
 step "refusals say what to change"
 if run small demo deny; then fail "ran native code the policy does not allow"; fi
 expect_refusal "no consent" "has no compiler" "[precompiled] allow = true"
+! grep -qF "carries it precompiled only" "$work/err" || fail "without consent the error lists artifacts: $(cat "$work/err")"
 if run small demo-plain allow; then fail "ran a bundle without artifacts"; fi
 expect_refusal "no artifact" "no precompiled artifact for $triple" "outpost bundle --precompile $triple"
 if run small demo-other allow; then fail "ran a bundle with artifacts for $other only"; fi

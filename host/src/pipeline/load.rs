@@ -407,11 +407,15 @@ impl Loader<'_> {
                 })?;
                 (component, CodeOrigin::Precompiled(artifact))
             }
+            // Without consent, what the bundle carries is beside the point:
+            // the error asks for consent.
             None => self.host.compile(&digest, &bytes).map_err(|message| {
                 match self.carried(&digest) {
-                    Some(carried) if !Host::has_compiler() => component_error(format!(
-                        "{message}; the bundle carries it precompiled only for {carried}"
-                    )),
+                    Some(carried) if !Host::has_compiler() && self.host.precompiled_allowed() => {
+                        component_error(format!(
+                            "{message}; the bundle carries it precompiled only for {carried}"
+                        ))
+                    }
                     _ => component_error(message),
                 }
             })?,

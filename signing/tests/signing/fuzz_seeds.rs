@@ -63,6 +63,7 @@ fn write_fuzz_seeds() {
             version: manifest.bundle.version,
             manifest: bundle.manifest_digest().to_string(),
             stages: BTreeMap::new(),
+            precompiled: BTreeMap::new(),
             models: BTreeMap::from([("m".to_owned(), model)]),
         }),
         nonce: "fuzz-nonce".into(),

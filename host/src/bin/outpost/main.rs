@@ -779,6 +779,16 @@ fn running_bundle(
                 )
             })
             .collect(),
+        precompiled: pipeline
+            .stages()
+            .iter()
+            .filter_map(|s| match s.code_origin() {
+                outpost_host::CodeOrigin::Precompiled(artifact) => {
+                    Some((s.stage().name().to_owned(), artifact.to_string()))
+                }
+                _ => None,
+            })
+            .collect(),
         models: pipeline
             .models()
             .iter()
