@@ -148,23 +148,21 @@ impl Collector<'_> {
     ) -> Result<(), PipelineError> {
         use crate::engine::{CodeSettings, precompile};
         use outpost_signing::manifest::Precompiled;
-        let components: Vec<(Digest, String)> = self
+        // Indices of the component blobs, with their names.
+        let components: Vec<(usize, String)> = self
             .blobs
             .iter()
-            .filter_map(|(digest, _)| {
+            .enumerate()
+            .filter_map(|(index, (digest, _))| {
                 let entry = self.entries.get(&digest.to_string())?;
-                (entry.kind == BlobKind::Component).then(|| (*digest, entry.name.clone()))
+                (entry.kind == BlobKind::Component).then(|| (index, entry.name.clone()))
             })
             .collect();
         for target in targets {
             for code in CodeSettings::published() {
-                for (component, name) in &components {
-                    let bytes = self
-                        .blobs
-                        .iter()
-                        .find(|(d, _)| d == component)
-                        .map(|(_, b)| b.as_slice())
-                        .unwrap_or_default();
+                for (index, name) in &components {
+                    let (component, bytes) = &self.blobs[*index];
+                    let component = *component;
                     let artifact =
                         precompile(bytes, target, code).map_err(|e| PipelineError::Invalid {
                             path: pipeline_path.to_owned(),

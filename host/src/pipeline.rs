@@ -108,7 +108,7 @@ impl Host {
     /// the cache when there is one.
     #[cfg(feature = "cranelift")]
     fn compile(&self, digest: &Digest, bytes: &[u8]) -> Result<(Component, CodeOrigin), String> {
-        match &self.cache {
+        let compiled = match &self.cache {
             Some(cache) => cache
                 .load(self.runtime.engine(), digest, bytes)
                 .map(|(c, outcome)| {
@@ -117,12 +117,10 @@ impl Host {
                         crate::cache::CacheOutcome::Compiled => CodeOrigin::Compiled,
                     };
                     (c, origin)
-                })
-                .map_err(|e| format!("not a valid component: {e:#}")),
-            None => Component::new(self.runtime.engine(), bytes)
-                .map(|c| (c, CodeOrigin::Compiled))
-                .map_err(|e| format!("not a valid component: {e:#}")),
-        }
+                }),
+            None => Component::new(self.runtime.engine(), bytes).map(|c| (c, CodeOrigin::Compiled)),
+        };
+        compiled.map_err(|e| format!("not a valid component: {e:#}"))
     }
 
     /// Without a compiler, a component that has no precompiled artifact

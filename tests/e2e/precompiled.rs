@@ -26,6 +26,19 @@ fn other_target() -> &'static str {
     }
 }
 
+/// The demo pipeline as bundle `dir`, version 1, signed by `signers`, with
+/// more `outpost bundle` arguments.
+fn demo_bundle(p: &Publisher, dir: &str, signers: &[&str], extra: &[&str]) -> PathBuf {
+    p.bundle_with(
+        &demo_dir().join("intent.toml"),
+        "intent-demo",
+        1,
+        dir,
+        signers,
+        extra,
+    )
+}
+
 fn manifest(bundle: &Path) -> Manifest {
     Manifest::parse(&std::fs::read(bundle.join("manifest.toml")).unwrap()).unwrap()
 }
@@ -82,14 +95,7 @@ fn demo_outputs(run: &Run) -> String {
 fn artifacts_are_used_only_where_allowed_and_only_for_this_target_and_engine() {
     let p = Publisher::new();
     let targets = format!("{TARGET},{}", other_target());
-    let bundle = p.bundle_with(
-        &demo_dir().join("intent.toml"),
-        "intent-demo",
-        1,
-        "precompiled",
-        &["a", "b"],
-        &["--precompile", &targets],
-    );
+    let bundle = demo_bundle(&p, "precompiled", &["a", "b"], &["--precompile", &targets]);
     let m = manifest(&bundle);
     let components: BTreeSet<&String> = m
         .blobs
@@ -213,14 +219,7 @@ fn artifacts_are_used_only_where_allowed_and_only_for_this_target_and_engine() {
 #[test]
 fn an_artifact_signed_for_the_wrong_machine_is_refused_not_run() {
     let p = Publisher::new();
-    let bundle = p.bundle_with(
-        &demo_dir().join("intent.toml"),
-        "intent-demo",
-        1,
-        "relabelled",
-        &[],
-        &["--precompile", other_target()],
-    );
+    let bundle = demo_bundle(&p, "relabelled", &[], &["--precompile", other_target()]);
     // A publisher (or a compromised build machine) labels another
     // architecture's code as this host's, and signs that.
     let mut m = manifest(&bundle);
@@ -251,14 +250,7 @@ fn an_artifact_signed_for_the_wrong_machine_is_refused_not_run() {
 #[test]
 fn an_artifact_changed_after_verification_is_refused_when_loaded() {
     let p = Publisher::new();
-    let bundle = p.bundle_with(
-        &demo_dir().join("intent.toml"),
-        "intent-demo",
-        1,
-        "changed-late",
-        &["a", "b"],
-        &["--precompile", TARGET],
-    );
+    let bundle = demo_bundle(&p, "changed-late", &["a", "b"], &["--precompile", TARGET]);
     let root = TrustRoot::verify_chain(
         &[(
             "root1.json".into(),
@@ -297,14 +289,7 @@ fn an_artifact_changed_after_verification_is_refused_when_loaded() {
 #[test]
 fn an_altered_artifact_is_refused_before_it_is_loaded() {
     let p = Publisher::new();
-    let bundle = p.bundle_with(
-        &demo_dir().join("intent.toml"),
-        "intent-demo",
-        1,
-        "altered",
-        &["a", "b"],
-        &["--precompile", TARGET],
-    );
+    let bundle = demo_bundle(&p, "altered", &["a", "b"], &["--precompile", TARGET]);
     let m = manifest(&bundle);
     let (digest, _) = m
         .blobs
