@@ -340,11 +340,45 @@ pub fn precompile(bytes: &[u8], target: &str, code: CodeSettings) -> Result<Vec<
             "cannot compile for '{target}': {e:#} (this outpost compiles for x86_64, aarch64 and riscv64gc targets)"
         )
     })?;
+    if parsed.architecture
+        == target_lexicon::Architecture::Riscv64(target_lexicon::Riscv64Architecture::Riscv64gc)
+    {
+        // Cranelift lowers wasm's 128-bit values (SIMD, and the v128 moves
+        // and spills it emits itself) to RISC-V vector instructions only;
+        // without them it cannot compile a component at all. Artifacts for
+        // riscv64 therefore need the V extension (RVV 1.0), which hosts check
+        // before loading one (`riscv_vector_available`).
+        // SAFETY: a codegen flag: code compiled with it runs only where the
+        // CPU has the extension, which the loading host checks.
+        #[allow(unsafe_code)]
+        unsafe {
+            config.cranelift_flag_enable("has_v");
+        }
+    }
     let engine = Engine::new(&config)
         .map_err(|e| format!("cannot compile for '{target}' ({code}): {e:#}"))?;
-    engine
-        .precompile_component(bytes)
-        .map_err(|e| format!("compiling for '{target}' ({code}): {e:#}"))
+    // Cranelift reports some unsupported code by panicking; that must fail
+    // this bundle command, not abort it.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        engine.precompile_component(bytes)
+    })) {
+        Ok(compiled) => compiled.map_err(|e| format!("compiling for '{target}' ({code}): {e:#}")),
+        Err(payload) => Err(format!(
+            "compiling for '{target}' ({code}): the compiler failed: {}",
+            crate::backend::panic_message(payload.as_ref())
+        )),
+    }
+}
+
+/// Whether this riscv64 CPU has the vector extension (RVV 1.0), as the
+/// kernel reports it in the auxiliary vector (one bit per single-letter
+/// extension, 'V' included).
+#[cfg(target_arch = "riscv64")]
+pub fn riscv_vector_available() -> bool {
+    // SAFETY: getauxval only reads the process's auxiliary vector.
+    #[allow(unsafe_code)]
+    let hwcap = unsafe { libc::getauxval(libc::AT_HWCAP) };
+    hwcap & (1 << (b'V' - b'A')) != 0
 }
 
 /// An engine, its memory layout, and its epoch ticker.

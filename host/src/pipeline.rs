@@ -146,6 +146,17 @@ impl Host {
     /// Loads a precompiled artifact whose bytes matched the digest a
     /// verified manifest signs.
     fn deserialize(&self, artifact: &[u8]) -> wasmtime::Result<Component> {
+        // wasmtime checks CPU features in an artifact's header on x86_64
+        // and aarch64, but on riscv64 it assumes every extension present.
+        // Artifacts for riscv64 use the vector extension (see
+        // `engine::precompile`); without it they would die on an illegal
+        // instruction, so the host checks for it itself.
+        #[cfg(target_arch = "riscv64")]
+        if !crate::engine::riscv_vector_available() {
+            return Err(wasmtime::format_err!(
+                "riscv64 artifacts use the vector extension (RVV 1.0) and this CPU does not report it (AT_HWCAP has no 'V'); this device cannot run precompiled code"
+            ));
+        }
         // SAFETY: wasmtime requires that the bytes come from
         // `Component::serialize`/`Engine::precompile_component` of a
         // compatible engine, since they are native code run as is. These

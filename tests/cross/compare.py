@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
-"""Compares what the x86_64 and aarch64 hosts made of the same signed bundles
-(tests/cross/run.sh): exact where no float kernel is involved, cosine >= 0.9999
-for embeddings. Writes WORK/report.json and prints a table; exits 1 on any
-mismatch.
+"""Compares what the x86_64 host and another architecture's host made of the
+same signed bundles (tests/cross/run.sh: aarch64; tests/cross/riscv64.sh:
+riscv64, compiler-less): exact where no float kernel is involved, cosine >=
+0.9999 for embeddings. Writes WORK/report.json and prints a table; exits 1 on
+any mismatch.
 
-    python3 tests/cross/compare.py WORK ONNXRUNTIME(true|false)
+    python3 tests/cross/compare.py WORK ONNXRUNTIME(true|false) [ARCH]
+
+ARCH (default aarch64) is the prefix of the other host's result files,
+WORK/ARCH-NAME.json next to WORK/x86_64-NAME.json.
 """
 
 import json
@@ -30,23 +34,24 @@ def cosine(a, b):
 def main():
     work = Path(sys.argv[1])
     onnxruntime = len(sys.argv) > 2 and sys.argv[2] == "true"
+    other = sys.argv[3] if len(sys.argv) > 3 else "aarch64"
     failures = []
     report = {}
 
     def exact(name, output, against="x86_64"):
         x86 = results(work / f"{against}-{name}.json")
-        arm = results(work / f"aarch64-{name}.json")
+        arm = results(work / f"{other}-{name}.json")
         same = len(x86) == len(arm) and all(
             xi == ai and xo[output] == ao[output] for (xi, xo), (ai, ao) in zip(x86, arm))
         report[f"{name}.{output}"] = {"requests": len(x86), "bit_identical": same}
         if not same:
-            failures.append(f"{name}: '{output}' differs between x86_64 and aarch64")
+            failures.append(f"{name}: '{output}' differs between x86_64 and {other}")
 
     def close(name, output, arm_file, label):
         x86 = results(work / f"x86_64-{name}.json")
         arm = results(work / arm_file)
         if len(x86) != len(arm):
-            failures.append(f"{label}: {len(x86)} results on x86_64, {len(arm)} on aarch64")
+            failures.append(f"{label}: {len(x86)} results on x86_64, {len(arm)} on {other}")
             return
         cosines = []
         identical = 0
@@ -66,20 +71,25 @@ def main():
     exact("tokenize", "input_ids")
     exact("tokenize", "attention_mask")
     exact("intent-demo", "labels")
-    close("intent-demo", "scores", "aarch64-intent-demo.json", "intent-demo.scores")
+    close("intent-demo", "scores", f"{other}-intent-demo.json", "intent-demo.scores")
     for name in ["minilm-l3", "minilm-l6-int8"]:
-        close(name, "sentence_embedding", f"aarch64-{name}.json", f"{name} (tract)")
+        close(name, "sentence_embedding", f"{other}-{name}.json", f"{name} (tract)")
         if onnxruntime:
             close(name, "sentence_embedding", f"aarch64-ort-{name}.json",
                   f"{name} (aarch64 ONNX Runtime vs x86_64 tract)")
 
-    planted = results(work / "aarch64-planted-intent-demo.json")
-    first = results(work / "aarch64-intent-demo.json")[0]
-    if planted[0][1]["labels"] != first[1]["labels"]:
-        failures.append("after the x86_64 artifacts were planted, aarch64 answered differently")
-    report["planted_x86_64_artifacts_refused"] = not any(
-        "planted" in f for f in failures)
-    report["cache_dirs"] = (work / "cache-dirs.txt").read_text().split()
+    # The compiler-less host keeps no compile cache: nothing was planted.
+    planted_file = work / f"{other}-planted-intent-demo.json"
+    if planted_file.exists():
+        planted = results(planted_file)
+        first = results(work / f"{other}-intent-demo.json")[0]
+        if planted[0][1]["labels"] != first[1]["labels"]:
+            failures.append(
+                f"after the x86_64 artifacts were planted, {other} answered differently")
+        report["planted_x86_64_artifacts_refused"] = not any(
+            "planted" in f for f in failures)
+    cache_dirs = work / "cache-dirs.txt"
+    report["cache_dirs"] = cache_dirs.read_text().split() if cache_dirs.exists() else []
 
     (work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"{'what':<58} {'requests':>8}  result")
@@ -91,12 +101,13 @@ def main():
                 outcome = (f"min cosine {value['min_cosine']:.8f}, "
                            f"{value['bit_identical_requests']} bit-identical")
             print(f"{key:<58} {value['requests']:>8}  {outcome}")
-    print(f"caches: {', '.join(report['cache_dirs'])}")
+    if report["cache_dirs"]:
+        print(f"caches: {', '.join(report['cache_dirs'])}")
     if failures:
         for f in failures:
             print(f"FAIL: {f}", file=sys.stderr)
         sys.exit(1)
-    print("x86_64 and aarch64 agree")
+    print(f"x86_64 and {other} agree")
 
 
 if __name__ == "__main__":

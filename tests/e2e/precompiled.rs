@@ -340,3 +340,30 @@ fn targets_are_named_as_hosts_name_themselves() {
         .expect_error(&["cannot compile for 'sparc-unknown-linux-gnu'"]);
     bundle("not a triple").expect_error(&["'not a triple' is not a target triple"]);
 }
+
+#[test]
+fn every_target_the_message_names_can_be_precompiled_for() {
+    // riscv64: Cranelift emits wasm's 128-bit values there only as vector
+    // code, so the artifacts are built for the V extension; without it the
+    // compiler could not build the demo's components at all.
+    let p = Publisher::new();
+    let targets = "aarch64-unknown-linux-gnu,riscv64gc-unknown-linux-gnu,x86_64-unknown-linux-gnu";
+    let bundle = demo_bundle(&p, "every-target", &["a"], &["--precompile", targets]);
+    let m = manifest(&bundle);
+    let components = m
+        .blobs
+        .values()
+        .filter(|b| b.kind == BlobKind::Component)
+        .count();
+    let mut per_target = std::collections::BTreeMap::<String, usize>::new();
+    for blob in m.blobs.values() {
+        if let Some(a) = &blob.precompiled {
+            *per_target.entry(a.target.clone()).or_default() += 1;
+        }
+    }
+    let expected: std::collections::BTreeMap<String, usize> = targets
+        .split(',')
+        .map(|t| (t.to_owned(), components * 2))
+        .collect();
+    assert_eq!(per_target, expected);
+}
