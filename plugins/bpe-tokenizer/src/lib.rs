@@ -1,0 +1,163 @@
+//! `bpe-tokenizer`: byte-level BPE (SmolLM2, GPT-2 style) as a stage,
+//! tokenizing as Hugging Face `tokenizers` does (see `outpost-bpe`).
+//!
+//! Input: `text` (utf8), one prompt. Output: `input_ids` i64 [1, n].
+//!
+//! File: `tokenizer`, the model's `tokenizer.json`. Config:
+//! - `chat` (default true): wrap the text in SmolLM2's ChatML template, with
+//!   the generation prompt, as its `chat_template.jinja` renders a system and
+//!   a user message:
+//!   `<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n`;
+//! - `system` (default: the template's own default system message);
+//! - `max_tokens` (default: no limit): a prompt longer than this is refused.
+//!
+//! Control tokens written in the text (`<|im_start|>`, `<|im_end|>`, ...)
+//! are single ids, as when `tokenizers` encodes the rendered template; so a
+//! user's text can close its own turn. Pipelines that pass untrusted text
+//! should know.
+
+use outpost_bpe::Tokenizer;
+use outpost_guest::{
+    Config, Dim, ElementType, Inputs, Stage, StageError, StageInfo, Tensor, TensorSpec,
+};
+
+/// The system message SmolLM2's chat template inserts when there is none.
+const DEFAULT_SYSTEM: &str = "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
+
+struct BpeTokenizer {
+    tokenizer: Tokenizer,
+    /// The system message, when the text is wrapped in the chat template.
+    chat_system: Option<String>,
+    max_tokens: Option<usize>,
+}
+
+impl Stage for BpeTokenizer {
+    fn init(config: &Config) -> Result<Self, StageError> {
+        config.deny_unknown(&["chat", "system", "max_tokens"])?;
+        let json = config.file("tokenizer").ok_or_else(|| {
+            StageError::invalid_config(
+                "no tokenizer: give the stage a file `tokenizer` (the model's tokenizer.json) under [stages.files]",
+            )
+        })?;
+        let tokenizer = Tokenizer::from_json(json)
+            .map_err(|e| StageError::invalid_config(format!("file 'tokenizer': {e}")))?;
+        let chat: bool = config.get_or("chat", true)?;
+        let system: Option<String> = config.get("system")?;
+        if !chat && system.is_some() {
+            return Err(StageError::invalid_config(
+                "system is set but chat = false, so no template would use it; drop one",
+            ));
+        }
+        let max_tokens: Option<usize> = config.get("max_tokens")?;
+        if max_tokens == Some(0) {
+            return Err(StageError::invalid_config(
+                "max_tokens = 0 would refuse every prompt; set at least 1 or leave it out",
+            ));
+        }
+        if chat {
+            for token in ["<|im_start|>", "<|im_end|>"] {
+                if !tokenizer.is_special(tokenizer.token_to_id(token).unwrap_or(u32::MAX)) {
+                    return Err(StageError::invalid_config(format!(
+                        "file 'tokenizer' has no special token {token}, which the ChatML template (chat = true) needs; \
+                         set chat = false for a model without it"
+                    )));
+                }
+            }
+        }
+        Ok(BpeTokenizer {
+            tokenizer,
+            chat_system: chat.then(|| system.unwrap_or_else(|| DEFAULT_SYSTEM.to_owned())),
+            max_tokens,
+        })
+    }
+
+    fn describe(&self) -> StageInfo {
+        StageInfo::new(
+            "bpe-tokenizer",
+            env!("CARGO_PKG_VERSION"),
+            "byte-level BPE tokenization, optionally in the ChatML template",
+        )
+        .input(TensorSpec::new("text", ElementType::Utf8).dims([Dim::sym("bytes")]))
+        .output(TensorSpec::new("input_ids", ElementType::I64).dims([Dim::Fixed(1), Dim::sym("n")]))
+    }
+
+    fn run(&mut self, mut inputs: Inputs) -> Result<Vec<Tensor>, StageError> {
+        let text = inputs.take("text")?;
+        let text = text.text()?;
+        let ids = match &self.chat_system {
+            Some(system) => self.tokenizer.encode(&chatml(system, text)),
+            None => self.tokenizer.encode(text),
+        };
+        if let Some(max) = self.max_tokens.filter(|&max| ids.len() > max) {
+            return Err(StageError::invalid_input(format!(
+                "the prompt is {} tokens, more than max_tokens = {max}",
+                ids.len()
+            )));
+        }
+        let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
+        let n = u32::try_from(ids.len()).map_err(|_| {
+            StageError::invalid_input(format!(
+                "the prompt is {} tokens, too many for a tensor",
+                ids.len()
+            ))
+        })?;
+        Ok(vec![Tensor::from_i64("input_ids", vec![1, n], &ids)?])
+    }
+}
+
+/// One system and one user message in SmolLM2's ChatML template, ready for
+/// the assistant's reply (`add_generation_prompt`).
+fn chatml(system: &str, user: &str) -> String {
+    format!(
+        "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+    )
+}
+
+outpost_guest::export_stage!(BpeTokenizer);
+
+#[cfg(test)]
+mod tests {
+    use super::{DEFAULT_SYSTEM, chatml};
+    use outpost_bpe::Tokenizer;
+    use std::path::Path;
+
+    #[test]
+    fn the_template_is_chatml_with_a_generation_prompt() {
+        assert_eq!(
+            chatml("Be brief.", "Hi!"),
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
+
+    /// The default system message is the one in SmolLM2's chat template, and
+    /// the rendered prompt has the ids `tokenizers` gives it (from
+    /// host/pipelines/smollm2/reference.py's first prompt).
+    #[test]
+    fn smollm2_prompt_ids() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/models/smollm2");
+        let (Ok(template), Ok(json)) = (
+            std::fs::read_to_string(dir.join("chat_template.jinja")),
+            std::fs::read(dir.join("tokenizer.json")),
+        ) else {
+            eprintln!(
+                "note: skipped, {} has no SmolLM2 files (convert.py writes them)",
+                dir.display()
+            );
+            return;
+        };
+        assert!(
+            template.contains(&format!("<|im_start|>system\n{DEFAULT_SYSTEM}<|im_end|>\n")),
+            "{template}"
+        );
+        let tokenizer = Tokenizer::from_json(&json).expect("tokenizer.json loads");
+        let ids = tokenizer.encode(&chatml(DEFAULT_SYSTEM, "What is the capital of France?"));
+        assert_eq!(
+            ids,
+            [
+                1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018,
+                411, 407, 19712, 8182, 2, 198, 1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47,
+                2, 198, 1, 520, 9531, 198
+            ]
+        );
+    }
+}
