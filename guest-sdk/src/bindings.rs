@@ -1,9 +1,11 @@
-//! Bindings generated from `wit/` for the `stage` world. Stage authors use the
-//! re-exports at the crate root instead.
+//! Bindings generated from `wit/` for the `streaming-stage` world (the
+//! `stage` world plus `outpost:plugin/partials`; a component that never emits
+//! does not import it). Stage authors use the re-exports at the crate root
+//! instead.
 #![allow(missing_docs, clippy::all)]
 
 wit_bindgen::generate!({
-    world: "stage",
+    world: "streaming-stage",
     path: "../wit",
     pub_export_macro: true,
     export_macro_name: "export",

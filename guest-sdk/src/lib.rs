@@ -57,6 +57,15 @@ pub use bindings::outpost::plugin::types::{
 pub use config::Config;
 pub use stage::{Inputs, Stage};
 
+/// Sends `outputs` to the request's client now, while the stage is still
+/// running (e.g. each token as it is generated). Returns false once nobody
+/// listens any more: the client went away, so the stage should stop and
+/// return. Outside a streaming request the outputs go nowhere and it
+/// returns true. One call may carry at most the stage's output limit.
+pub fn emit(outputs: &[Tensor]) -> bool {
+    bindings::outpost::plugin::partials::emit(outputs)
+}
+
 /// Items the [`export_stage!`] macro expands to; not part of the API.
 #[doc(hidden)]
 pub mod __private {

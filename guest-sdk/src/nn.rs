@@ -8,8 +8,7 @@ use crate::{ElementType, StageError, Tensor};
 pub struct Model {
     name: String,
     context: inference::GraphExecutionContext,
-    // Keeps the graph alive as long as its execution context.
-    _graph: graph::Graph,
+    graph: graph::Graph,
 }
 
 impl Model {
@@ -23,7 +22,7 @@ impl Model {
         Ok(Self {
             name: name.to_owned(),
             context,
-            _graph: graph,
+            graph,
         })
     }
 
@@ -35,32 +34,70 @@ impl Model {
     /// Runs the model on `inputs` (matched to the model's inputs by name) and
     /// returns every output, named as in the model.
     pub fn compute(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, StageError> {
-        let mut named = Vec::with_capacity(inputs.len());
-        for t in inputs {
-            let ty = nn_type(t.element_type).ok_or_else(|| {
-                StageError::invalid_input(format!(
-                    "tensor '{}' of {} cannot be given to model '{}': wasi-nn has no such element type",
-                    t.name,
-                    t.element_type.name(),
-                    self.name
-                ))
-            })?;
-            named.push((t.name.clone(), tensor::Tensor::new(&t.dims, ty, &t.data)));
-        }
-        let outputs = self
-            .context
-            .compute(named)
-            .map_err(|e| nn_error(&self.name, "compute", &e))?;
-        Ok(outputs
-            .into_iter()
-            .map(|(name, t)| Tensor {
-                name,
-                dims: t.dimensions(),
-                element_type: element_type(t.ty()),
-                data: t.data(),
-            })
-            .collect())
+        compute(&self.name, &self.context, inputs)
     }
+
+    /// A new execution context of this model. For a model the pipeline
+    /// gives a key/value cache (`[models.NAME.cache]`), a session is one
+    /// sequence: the host keeps its cache, so each [`Session::compute`]
+    /// sends only the new tokens; the cache is freed when the session is
+    /// dropped. Start a new session for each new sequence.
+    pub fn session(&self) -> Result<Session<'_>, StageError> {
+        let context = self
+            .graph
+            .init_execution_context()
+            .map_err(|e| nn_error(&self.name, "init-execution-context", &e))?;
+        Ok(Session {
+            model: self,
+            context,
+        })
+    }
+}
+
+/// One execution context of a [`Model`]: for models with a key/value cache,
+/// one sequence.
+pub struct Session<'m> {
+    model: &'m Model,
+    context: inference::GraphExecutionContext,
+}
+
+impl Session<'_> {
+    /// Runs the model on `inputs` in this session; with a key/value cache,
+    /// `inputs` are the new positions only, and the host adds the cached
+    /// ones.
+    pub fn compute(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, StageError> {
+        compute(&self.model.name, &self.context, inputs)
+    }
+}
+
+fn compute(
+    model: &str,
+    context: &inference::GraphExecutionContext,
+    inputs: &[Tensor],
+) -> Result<Vec<Tensor>, StageError> {
+    let mut named = Vec::with_capacity(inputs.len());
+    for t in inputs {
+        let ty = nn_type(t.element_type).ok_or_else(|| {
+            StageError::invalid_input(format!(
+                "tensor '{}' of {} cannot be given to model '{model}': wasi-nn has no such element type",
+                t.name,
+                t.element_type.name(),
+            ))
+        })?;
+        named.push((t.name.clone(), tensor::Tensor::new(&t.dims, ty, &t.data)));
+    }
+    let outputs = context
+        .compute(named)
+        .map_err(|e| nn_error(model, "compute", &e))?;
+    Ok(outputs
+        .into_iter()
+        .map(|(name, t)| Tensor {
+            name,
+            dims: t.dimensions(),
+            element_type: element_type(t.ty()),
+            data: t.data(),
+        })
+        .collect())
 }
 
 fn nn_error(model: &str, call: &str, e: &errors::Error) -> StageError {

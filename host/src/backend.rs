@@ -7,6 +7,7 @@
 //! model's signature before any backend sees them, execution contexts,
 //! accounting of inference time, and keeping the backend's own error text.
 
+pub mod kv;
 #[cfg(feature = "onnxruntime")]
 pub mod onnxruntime;
 mod options;
@@ -47,6 +48,55 @@ pub trait Model: Send + Sync {
     /// checked against its declaration (type, rank, fixed and symbolic sizes,
     /// byte length); returns the outputs in their declared order.
     fn run(&self, inputs: Vec<NnTensor>) -> Result<Vec<NnTensor>, String>;
+
+    /// Runs the model with some inputs given as values the backend keeps in
+    /// its own form ([`Held`], e.g. a key/value cache) and returns the
+    /// outputs marked in `hold` (by declared position) in that form, never
+    /// copied to bytes. Inputs come in declared order; the caller checked
+    /// the ones given as bytes. Backends that cannot keep values refuse.
+    fn run_held(
+        &self,
+        _inputs: Vec<RunInput<'_>>,
+        _hold: &[bool],
+    ) -> Result<Vec<RunOutput>, String> {
+        Err(format!(
+            "model '{}': {} cannot keep tensors between computes",
+            self.name(),
+            self.describe()
+        ))
+    }
+
+    /// The key/value cache wrapper, when this model is one.
+    fn kv(&self) -> Option<&kv::KvModel> {
+        None
+    }
+}
+
+/// A tensor a backend keeps in its own form between runs of one execution
+/// context, e.g. one layer's key/value cache.
+pub trait Held: Send + Sync {
+    /// Its shape.
+    fn dims(&self) -> Vec<usize>;
+    /// The bytes its elements take.
+    fn byte_len(&self) -> usize;
+    /// For the backend that made it, to take it back.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// An input of [`Model::run_held`].
+pub enum RunInput<'a> {
+    /// Bytes, as tensors cross wasi-nn.
+    Bytes(NnTensor),
+    /// A value the same backend returned earlier.
+    Held(&'a dyn Held),
+}
+
+/// An output of [`Model::run_held`].
+pub enum RunOutput {
+    /// Bytes, as tensors cross wasi-nn.
+    Bytes(NnTensor),
+    /// Kept in the backend's form.
+    Held(Box<dyn Held>),
 }
 
 /// A loaded model as the host holds it.
@@ -124,30 +174,7 @@ impl dyn Model {
     /// Runs the model on `inputs`, matched to its inputs by name, and returns
     /// every output under its declared name.
     pub fn compute(&self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, ModelFailure> {
-        let specs = &self.signature().inputs;
-        let mut by_name: HashMap<String, NnTensor> =
-            inputs.into_iter().map(|t| (t.name, t.tensor)).collect();
-        let mut ordered = Vec::with_capacity(specs.len());
-        for spec in specs {
-            let tensor = by_name.remove(&spec.name).ok_or_else(|| {
-                ModelFailure::from(format!(
-                    "model '{}' needs input '{}' ({}), which was not given",
-                    self.name(),
-                    spec.name,
-                    spec.shape_string()
-                ))
-            })?;
-            ordered.push(tensor);
-        }
-        if let Some(extra) = by_name.keys().next() {
-            let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-            return Err(format!(
-                "model '{}' has no input '{extra}'; its inputs are: {}",
-                self.name(),
-                names.join(", ")
-            )
-            .into());
-        }
+        let ordered = order_inputs(self.name(), &self.signature().inputs, inputs)?;
         self.run_ordered(ordered)
     }
 
@@ -185,6 +212,37 @@ impl dyn Model {
             })
             .collect())
     }
+}
+
+/// `inputs` in the order of `specs`, matched by name; every one needed, no
+/// other.
+fn order_inputs(
+    model: &str,
+    specs: &[TensorSpec],
+    inputs: Vec<NamedTensor>,
+) -> Result<Vec<NnTensor>, ModelFailure> {
+    let mut by_name: HashMap<String, NnTensor> =
+        inputs.into_iter().map(|t| (t.name, t.tensor)).collect();
+    let mut ordered = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let tensor = by_name.remove(&spec.name).ok_or_else(|| {
+            ModelFailure::from(format!(
+                "model '{model}' needs input '{}' ({}), which was not given",
+                spec.name,
+                spec.shape_string()
+            ))
+        })?;
+        ordered.push(tensor);
+    }
+    if let Some(extra) = by_name.keys().next() {
+        let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        return Err(format!(
+            "model '{model}' has no input '{extra}'; its inputs are: {}",
+            names.join(", ")
+        )
+        .into());
+    }
+    Ok(ordered)
 }
 
 /// Element type, rank, fixed sizes, consistent symbolic sizes, and a byte

@@ -1,11 +1,13 @@
-//! Host-side bindings for the `stage` world in `wit/`.
+//! Host-side bindings for the `streaming-stage` world in `wit/`: the
+//! `stage` world plus `outpost:plugin/partials`, so components built for
+//! either run (one that never emits simply does not import it).
 //!
 //! The exports are called by `stage`; the `wasi:nn` imports are served by
 //! `crate::nn`, whose types stand for the interfaces' resources.
 #![allow(missing_docs)]
 
 wasmtime::component::bindgen!({
-    world: "stage",
+    world: "streaming-stage",
     path: "../wit",
     // Every host function may trap (a stage past its wasi-nn limits).
     imports: { default: trappable },
@@ -16,6 +18,11 @@ wasmtime::component::bindgen!({
         "wasi:nn/errors.error": crate::nn::ErrorEntry,
     },
 });
+
+/// The world's exports, as the rest of the host calls them.
+pub type Stage = StreamingStage;
+/// A component linked and ready to instantiate.
+pub type StagePre<T> = StreamingStagePre<T>;
 
 // `Config`, `StageInfo`, `Tensor` and `StageError` are in scope at the root
 // through the world's `use`.

@@ -15,6 +15,7 @@
 //! Models come only from the host's preloaded, verified set, by name
 //! (`load-by-name`); `load` of model bytes from a guest is refused.
 
+use crate::backend::kv::KvState;
 use crate::backend::{Diagnostics, SharedModel};
 use crate::bindings::wasi::nn::{errors, graph, inference, tensor};
 use std::collections::HashMap;
@@ -29,6 +30,8 @@ const ENTRY_OVERHEAD: usize = 64;
 #[derive(Debug)]
 pub struct NnLedger {
     bytes: usize,
+    /// Of `bytes`, what key/value caches hold.
+    cached: usize,
     entries: usize,
     max_bytes: usize,
     max_entries: usize,
@@ -41,6 +44,7 @@ impl NnLedger {
     pub fn new(max_bytes: usize, max_entries: usize) -> Self {
         Self {
             bytes: 0,
+            cached: 0,
             entries: 0,
             max_bytes,
             max_entries,
@@ -79,8 +83,13 @@ impl NnLedger {
                 self.max_entries
             ))
         } else if bytes_after > self.max_bytes {
+            let caches = if self.cached > 0 {
+                format!(" ({} of them in key/value caches)", self.cached)
+            } else {
+                String::new()
+            };
             Some(format!(
-                "a new wasi-nn {what} of {bytes} bytes would make the stage hold {bytes_after} bytes in the host, over its limit of {} MiB (limits.nn_memory_mib)",
+                "a new wasi-nn {what} of {bytes} bytes would make the stage hold {bytes_after} bytes in the host{caches}, over its limit of {} MiB (limits.nn_memory_mib)",
                 self.max_bytes >> 20
             ))
         } else {
@@ -93,6 +102,12 @@ impl NnLedger {
         self.bytes = bytes_after;
         self.entries += 1;
         Ok(Charge(weight))
+    }
+
+    /// Key/value caches went from holding `before` bytes to `after` (for
+    /// messages: the bytes themselves are charged as their contexts).
+    fn note_cache(&mut self, before: usize, after: usize) {
+        self.cached = self.cached.saturating_sub(before).saturating_add(after);
     }
 
     fn release(&mut self, charge: Charge) {
@@ -117,10 +132,14 @@ pub struct TensorEntry {
     charge: Charge,
 }
 
-/// A `graph-execution-context`.
+/// A `graph-execution-context`: for a model with a key/value cache, one
+/// sequence, whose cache it holds (and is charged for).
 pub struct ContextEntry {
     model: SharedModel,
     charge: Charge,
+    kv: KvState,
+    /// The call during which `kv` was last extended.
+    call: u64,
 }
 
 /// An `error`.
@@ -135,6 +154,8 @@ pub struct NnState {
     models: HashMap<String, SharedModel>,
     diagnostics: Diagnostics,
     ledger: NnLedger,
+    /// Counts the calls into the stage: a key/value cache lives within one.
+    call: u64,
 }
 
 impl NnState {
@@ -150,7 +171,17 @@ impl NnState {
             models: models.iter().cloned().collect(),
             diagnostics,
             ledger,
+            call: 0,
         }
+    }
+
+    /// A new call into the stage begins. Key/value caches do not outlive
+    /// the call that filled them: instances are pooled across requests,
+    /// and one request's tokens must never shape another's answer (nor a
+    /// full cache fail every request after it). A context kept across
+    /// calls starts its next compute on an empty cache.
+    pub fn new_call(&mut self) {
+        self.call = self.call.wrapping_add(1);
     }
 
     /// What the stage's resources hold.
@@ -190,6 +221,21 @@ impl<'a> NnView<'a> {
         })?)
     }
 
+    /// What a compute gives the guest: its outputs as tensors, or an error,
+    /// each charged.
+    fn computed(&mut self, result: Result<Vec<NamedTensor>, String>) -> ComputeResult {
+        match result {
+            Ok(outputs) => {
+                let mut resources = Vec::with_capacity(outputs.len());
+                for NamedTensor { name, tensor } in outputs {
+                    resources.push((name, self.push_tensor(tensor)?));
+                }
+                Ok(Ok(resources))
+            }
+            Err(message) => Ok(Err(self.error(errors::ErrorCode::RuntimeError, message)?)),
+        }
+    }
+
     fn push_tensor(&mut self, tensor: NnTensor) -> wasmtime::Result<Resource<TensorEntry>> {
         let bytes = tensor.data.len() + 4 * tensor.dimensions.len();
         let charge = self.state.ledger.charge("tensor", bytes)?;
@@ -216,6 +262,10 @@ pub fn add_to_linker<T: 'static>(
 }
 
 type NnResult<T> = wasmtime::Result<Result<Resource<T>, Resource<ErrorEntry>>>;
+
+/// What `compute` gives the guest: named output tensors, or an error.
+type ComputeResult =
+    wasmtime::Result<Result<Vec<(String, Resource<TensorEntry>)>, Resource<ErrorEntry>>>;
 
 impl graph::Host for NnView<'_> {
     fn load(
@@ -253,7 +303,12 @@ impl graph::HostGraph for NnView<'_> {
     fn init_execution_context(&mut self, graph: Resource<GraphEntry>) -> NnResult<ContextEntry> {
         let model = self.table.get(&graph)?.model.clone();
         let charge = self.state.ledger.charge("execution context", 0)?;
-        Ok(Ok(self.table.push(ContextEntry { model, charge })?))
+        Ok(Ok(self.table.push(ContextEntry {
+            model,
+            charge,
+            kv: KvState::default(),
+            call: self.state.call,
+        })?))
     }
 
     fn drop(&mut self, graph: Resource<GraphEntry>) -> wasmtime::Result<()> {
@@ -308,7 +363,7 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
         &mut self,
         context: Resource<ContextEntry>,
         inputs: Vec<(String, Resource<TensorEntry>)>,
-    ) -> wasmtime::Result<Result<Vec<(String, Resource<TensorEntry>)>, Resource<ErrorEntry>>> {
+    ) -> ComputeResult {
         let model = self.table.get(&context)?.model.clone();
         // The inputs are handed over: they leave the table, and the ledger.
         let mut named = Vec::with_capacity(inputs.len());
@@ -321,20 +376,37 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             });
         }
         let diagnostics = self.state.diagnostics.clone();
-        match diagnostics.timed(|| model.compute(named)) {
-            Ok(outputs) => {
-                let mut resources = Vec::with_capacity(outputs.len());
-                for NamedTensor { name, tensor } in outputs {
-                    resources.push((name, self.push_tensor(tensor)?));
-                }
-                Ok(Ok(resources))
+        if let Some(kv) = model.kv() {
+            let entry = self.table.get_mut(&context)?;
+            let mut cache = std::mem::take(&mut entry.kv);
+            let before = cache.bytes();
+            if entry.call != self.state.call {
+                cache = KvState::default();
+                entry.call = self.state.call;
             }
-            Err(message) => Ok(Err(self.error(errors::ErrorCode::RuntimeError, message)?)),
+            let result = diagnostics.timed(|| kv.compute(&mut cache, named));
+            // The context weighs what its cache holds now: a cache that
+            // outgrows the stage's limits traps it (MemoryLimit), as any
+            // other wasi-nn allocation would.
+            let entry = self.table.get_mut(&context)?;
+            self.state
+                .ledger
+                .release(std::mem::replace(&mut entry.charge, Charge(0)));
+            self.state.ledger.note_cache(before, cache.bytes());
+            entry.charge = self.state.ledger.charge(
+                &format!("key/value cache of {} positions", cache.len()),
+                cache.bytes(),
+            )?;
+            entry.kv = cache;
+            return self.computed(result);
         }
+        let result = diagnostics.timed(|| model.compute(named));
+        self.computed(result)
     }
 
     fn drop(&mut self, context: Resource<ContextEntry>) -> wasmtime::Result<()> {
         let entry = self.table.delete(context)?;
+        self.state.ledger.note_cache(entry.kv.bytes(), 0);
         self.state.ledger.release(entry.charge);
         Ok(())
     }

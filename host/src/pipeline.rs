@@ -402,6 +402,18 @@ impl Pipeline {
         deadline: Option<Instant>,
         timings: &mut Vec<StageTiming>,
     ) -> Result<Vec<Tensor>, RunError> {
+        self.run_streaming(inputs, deadline, timings, None)
+    }
+
+    /// [`run_with`](Self::run_with), handing `sink` what stages emit while
+    /// they run (partial outputs, e.g. generated tokens), as they emit it.
+    pub fn run_streaming(
+        &self,
+        inputs: Vec<Tensor>,
+        deadline: Option<Instant>,
+        timings: &mut Vec<StageTiming>,
+        sink: Option<crate::stage::Sink>,
+    ) -> Result<Vec<Tensor>, RunError> {
         let bad = |message: String| RunError::Input {
             pipeline: self.name.clone(),
             message,
@@ -451,7 +463,7 @@ impl Pipeline {
                 tensor.name.clone_from(stage_name);
                 given.push(tensor);
             }
-            let (outputs, timing) = step.stage.run_until(given, deadline)?;
+            let (outputs, timing) = step.stage.run_streaming(given, deadline, sink.clone())?;
             timings.push(timing);
             for mut tensor in outputs {
                 if let Some((_, pipe_name)) = step.outputs.iter().find(|(s, _)| s == &tensor.name) {

@@ -82,6 +82,36 @@ pub struct StageHost {
     /// The request's deadline, when it has one: the call is interrupted at
     /// whichever comes first.
     deadline: Option<Instant>,
+    /// Where `emit` sends partial outputs during the current call, when the
+    /// request streams.
+    sink: Option<Sink>,
+    /// The stage's name, for the sink.
+    stage: String,
+    /// The most bytes one `emit` may carry (`limits.max_output_mib`).
+    max_emit_bytes: usize,
+}
+
+/// Where a stage's partial outputs go during a streaming request: called
+/// with the stage's name and what it emitted; returns whether anyone still
+/// listens. It runs on the stage's thread, inside its call: it must hand
+/// the outputs on, not wait for the client.
+pub type Sink = Arc<dyn Fn(&str, Vec<Tensor>) -> bool + Send + Sync>;
+
+impl bindings::outpost::plugin::partials::Host for StageHost {
+    fn emit(&mut self, outputs: Vec<Tensor>) -> wasmtime::Result<bool> {
+        let bytes: usize = outputs.iter().map(|t| t.data.len()).sum();
+        if bytes > self.max_emit_bytes {
+            return Err(wasmtime::format_err!(
+                "stage '{}' emitted {bytes} bytes at once, over its output limit of {} bytes (limits.max_output_mib)",
+                self.stage,
+                self.max_emit_bytes
+            ));
+        }
+        Ok(match &self.sink {
+            Some(sink) => sink(&self.stage, outputs),
+            None => true,
+        })
+    }
 }
 
 impl WasiView for StageHost {
@@ -132,6 +162,10 @@ pub fn stage_linker(engine: &Engine) -> wasmtime::Result<Linker<StageHost>> {
     crate::nn::add_to_linker(&mut linker, |h: &mut StageHost| {
         NnView::new(&mut h.table, &mut h.nn)
     })?;
+    bindings::outpost::plugin::partials::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
+        &mut linker,
+        |h: &mut StageHost| h,
+    )?;
     Ok(linker)
 }
 
@@ -300,6 +334,17 @@ impl LoadedStage {
         inputs: Vec<Tensor>,
         deadline: Option<Instant>,
     ) -> Result<(Vec<Tensor>, StageTiming), StageError> {
+        self.run_streaming(inputs, deadline, None)
+    }
+
+    /// [`run_until`](Self::run_until), with what the stage emits while it
+    /// runs handed to `sink`.
+    pub fn run_streaming(
+        &self,
+        inputs: Vec<Tensor>,
+        deadline: Option<Instant>,
+        sink: Option<Sink>,
+    ) -> Result<(Vec<Tensor>, StageTiming), StageError> {
         let started = Instant::now();
         let mut instance = match self.idle.lock().ok().and_then(|mut idle| idle.pop()) {
             Some(instance) => instance,
@@ -308,7 +353,9 @@ impl LoadedStage {
         };
         self.arm(&mut instance.store);
         self.arm_deadline(&mut instance.store, deadline);
+        instance.store.data_mut().sink = sink;
         let result = instance.stage.call_run(&mut instance.store, &inputs);
+        instance.store.data_mut().sink = None;
         let timing = StageTiming {
             elapsed: started.elapsed(),
             inference: instance.store.data().diagnostics.inference_time(),
@@ -371,6 +418,9 @@ impl LoadedStage {
             call_started: Instant::now(),
             timeout: self.limits.timeout,
             deadline: None,
+            sink: None,
+            stage: self.name.clone(),
+            max_emit_bytes: self.limits.max_output_bytes,
         };
         let mut store = Store::new(&self.engine, host);
         if self.metering.limits {
@@ -438,6 +488,7 @@ impl LoadedStage {
         let host = store.data_mut();
         host.limiter.hit_memory_limit = false;
         host.nn.ledger_mut().clear_exceeded();
+        host.nn.new_call();
         host.call_started = Instant::now();
         host.diagnostics.reset();
         host.denials.reset();

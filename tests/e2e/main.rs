@@ -10,6 +10,7 @@ mod compat;
 mod demo;
 mod device_state;
 mod fleet;
+mod generate;
 mod image;
 mod minilm;
 mod model_inputs;

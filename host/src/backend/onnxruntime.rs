@@ -9,7 +9,7 @@
 //! registers TensorRT and CUDA, each when the library has it, and fails when
 //! neither can be registered.
 
-use super::{BackendOptions, ExecutionTarget, Model, ModelSignature};
+use super::{BackendOptions, ExecutionTarget, Held, Model, ModelSignature, RunInput, RunOutput};
 use crate::bindings::{Dim, ElementType, TensorSpec};
 use ort::environment::Environment;
 use ort::ep::{self, ExecutionProvider};
@@ -240,6 +240,85 @@ impl Model for OrtModel {
                     .map_err(|e| format!("model '{}' output '{}': {e}", self.name, spec.name))
             })
             .collect()
+    }
+
+    fn run_held(&self, inputs: Vec<RunInput<'_>>, hold: &[bool]) -> Result<Vec<RunOutput>, String> {
+        let values = self
+            .signature
+            .inputs
+            .iter()
+            .zip(&inputs)
+            .map(|(spec, input)| match input {
+                RunInput::Bytes(tensor) => to_ort(tensor)
+                    .map_err(|e| format!("model '{}' input '{}': {e}", self.name, spec.name)),
+                RunInput::Held(held) => held
+                    .as_any()
+                    .downcast_ref::<OrtHeld>()
+                    .map(|h| SessionInputValue::from(&h.0))
+                    .ok_or_else(|| {
+                        format!(
+                            "model '{}' input '{}': a value ONNX Runtime did not make",
+                            self.name, spec.name
+                        )
+                    }),
+            })
+            .collect::<Result<Vec<SessionInputValue>, String>>()?;
+        let waiting = std::time::Instant::now();
+        let mut session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
+        super::note_wait(waiting.elapsed());
+        let mut outputs = session
+            .run(values.as_slice())
+            .map_err(|e| format!("model '{}' failed while computing: {e}", self.name))?;
+        self.signature
+            .outputs
+            .iter()
+            .zip(hold.iter().chain(std::iter::repeat(&false)))
+            .map(|(spec, &keep)| {
+                let value = outputs.remove(&spec.name).ok_or_else(|| {
+                    format!("model '{}' returned no output '{}'", self.name, spec.name)
+                })?;
+                if keep {
+                    Ok(RunOutput::Held(Box::new(OrtHeld(value))))
+                } else {
+                    from_ort(&value)
+                        .map(RunOutput::Bytes)
+                        .map_err(|e| format!("model '{}' output '{}': {e}", self.name, spec.name))
+                }
+            })
+            .collect()
+    }
+}
+
+/// A value ONNX Runtime made and keeps for the next run (a key/value
+/// cache): given back by reference, never copied out.
+struct OrtHeld(DynValue);
+
+impl Held for OrtHeld {
+    fn dims(&self) -> Vec<usize> {
+        match self.0.dtype() {
+            ValueType::Tensor { shape, .. } => shape
+                .iter()
+                .map(|&d| usize::try_from(d).unwrap_or(0))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn byte_len(&self) -> usize {
+        match self.0.dtype() {
+            ValueType::Tensor { ty, shape, .. } => {
+                let count: usize = shape
+                    .iter()
+                    .map(|&d| usize::try_from(d).unwrap_or(0))
+                    .product();
+                count * element_type(*ty).map_or(1, ElementType::size)
+            }
+            _ => 0,
+        }
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 

@@ -9,7 +9,7 @@
 mod bounds;
 mod gather;
 
-use super::{Model, ModelSignature};
+use super::{Held, Model, ModelSignature, RunInput, RunOutput};
 use crate::bindings::{Dim, ElementType, TensorSpec};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -215,7 +215,7 @@ impl TractGraph {
     }
 
     /// The sizes the inputs give the model's symbolic dimensions.
-    fn shape_key(&self, inputs: &[NnTensor]) -> ShapeKey {
+    fn shape_key(&self, inputs: Vec<&NnTensor>) -> ShapeKey {
         let mut key: ShapeKey = Vec::new();
         for (spec, tensor) in self.signature.inputs.iter().zip(inputs) {
             for (dim, &size) in spec.dims.iter().flatten().zip(&tensor.dimensions) {
@@ -262,34 +262,8 @@ impl Model for TractGraph {
     }
 
     fn run(&self, inputs: Vec<NnTensor>) -> Result<Vec<NnTensor>, String> {
-        for bound in &self.index_bounds {
-            if let (Some(spec), Some(tensor)) = (
-                self.signature.inputs.get(bound.input),
-                inputs.get(bound.input),
-            ) {
-                bounds::check_indices(&self.name, &spec.name, bound, tensor)?;
-            }
-        }
-        let runner = self
-            .specialized
-            .as_ref()
-            .and_then(|s| s.runner(self.shape_key(&inputs)));
-        let values = self
-            .signature
-            .inputs
-            .iter()
-            .zip(&inputs)
-            .map(|(spec, tensor)| {
-                to_tract(tensor)
-                    .map(IntoTValue::into_tvalue)
-                    .map_err(|e| format!("model '{}' input '{}': {e}", self.name, spec.name))
-            })
-            .collect::<Result<TVec<TValue>, String>>()?;
-        drop(inputs);
-        let outputs = runner
-            .as_deref()
-            .unwrap_or(&self.general)
-            .run(&self.name, values)?;
+        let inputs = inputs.into_iter().map(RunInput::Bytes).collect();
+        let outputs = self.run_values(inputs, true)?;
         outputs
             .iter()
             .zip(&self.signature.outputs)
@@ -298,6 +272,105 @@ impl Model for TractGraph {
                     .map_err(|e| format!("model '{}' output '{}': {e}", self.name, spec.name))
             })
             .collect()
+    }
+
+    fn run_held(&self, inputs: Vec<RunInput<'_>>, hold: &[bool]) -> Result<Vec<RunOutput>, String> {
+        // A cache grows by every run, so no shape repeats: the general plan.
+        let outputs = self.run_values(inputs, false)?;
+        outputs
+            .into_iter()
+            .zip(&self.signature.outputs)
+            .zip(hold.iter().chain(std::iter::repeat(&false)))
+            .map(|((value, spec), &keep)| {
+                if keep {
+                    Ok(RunOutput::Held(Box::new(TractHeld(
+                        value.into_arc_tensor(),
+                    ))))
+                } else {
+                    from_tract(&value)
+                        .map(RunOutput::Bytes)
+                        .map_err(|e| format!("model '{}' output '{}': {e}", self.name, spec.name))
+                }
+            })
+            .collect()
+    }
+}
+
+/// A tensor tract made and keeps for the next run (a key/value cache):
+/// fed back as the input it was, without a copy.
+struct TractHeld(Arc<Tensor>);
+
+impl Held for TractHeld {
+    fn dims(&self) -> Vec<usize> {
+        self.0.shape().to_vec()
+    }
+
+    fn byte_len(&self) -> usize {
+        self.0.len() * self.0.datum_type().size_of()
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl TractGraph {
+    /// Checks index inputs given as bytes, converts them, and runs the plan
+    /// for their shape.
+    fn run_values(
+        &self,
+        inputs: Vec<RunInput<'_>>,
+        specialize: bool,
+    ) -> Result<TVec<TValue>, String> {
+        for bound in &self.index_bounds {
+            if let (Some(spec), Some(RunInput::Bytes(tensor))) = (
+                self.signature.inputs.get(bound.input),
+                inputs.get(bound.input),
+            ) {
+                bounds::check_indices(&self.name, &spec.name, bound, tensor)?;
+            }
+        }
+        let runner = if specialize {
+            let bytes: Option<Vec<&NnTensor>> = inputs
+                .iter()
+                .map(|i| match i {
+                    RunInput::Bytes(t) => Some(t),
+                    RunInput::Held(_) => None,
+                })
+                .collect();
+            bytes.and_then(|tensors| {
+                self.specialized
+                    .as_ref()
+                    .and_then(|s| s.runner(self.shape_key(tensors)))
+            })
+        } else {
+            None
+        };
+        let values = self
+            .signature
+            .inputs
+            .iter()
+            .zip(inputs)
+            .map(|(spec, input)| match input {
+                RunInput::Bytes(tensor) => to_tract(&tensor)
+                    .map(IntoTValue::into_tvalue)
+                    .map_err(|e| format!("model '{}' input '{}': {e}", self.name, spec.name)),
+                RunInput::Held(held) => held
+                    .as_any()
+                    .downcast_ref::<TractHeld>()
+                    .map(|h| h.0.clone().into_tvalue())
+                    .ok_or_else(|| {
+                        format!(
+                            "model '{}' input '{}': a value tract did not make",
+                            self.name, spec.name
+                        )
+                    }),
+            })
+            .collect::<Result<TVec<TValue>, String>>()?;
+        runner
+            .as_deref()
+            .unwrap_or(&self.general)
+            .run(&self.name, values)
     }
 }
 

@@ -4,7 +4,7 @@
 
 use super::spec::{PipelineSpec, StageSpec};
 use super::{CodeOrigin, Host, LoadedModel, Pipeline, PipelineStage};
-use crate::backend::{ModelSettings, load_model};
+use crate::backend::{ModelSettings, SharedModel, load_model};
 use crate::bindings::{Config, File, TensorSpec};
 use crate::error::PipelineError;
 use crate::sandbox::{DirGrant, Grants};
@@ -257,6 +257,18 @@ impl Loader<'_> {
                     path: path.clone(),
                     message: e.to_string(),
                 })?;
+                let graph: SharedModel = match &model.cache {
+                    Some(cache) => std::sync::Arc::new(
+                        crate::backend::kv::KvModel::new(graph, cache).map_err(|message| {
+                            PipelineError::Model {
+                                model: name.clone(),
+                                path: path.clone(),
+                                message,
+                            }
+                        })?,
+                    ),
+                    None => graph,
+                };
                 Ok(LoadedModel {
                     name: name.clone(),
                     path,

@@ -62,6 +62,50 @@ pub struct ModelSpec {
     /// How the file is encoded.
     #[serde(default)]
     pub encoding: Encoding,
+    /// A key/value cache the host keeps between computes of one execution
+    /// context (generative models): `[models.NAME.cache]`.
+    #[serde(default)]
+    pub cache: Option<CacheSpec>,
+}
+
+/// `[models.NAME.cache]`: which outputs of a model feed which of its inputs
+/// on the next compute of the same execution context, so that a stage sends
+/// only new tokens and receives logits while the host keeps the cache.
+///
+/// ```toml
+/// [models.lm.cache]
+/// inputs = "past_key_values.{}"      # `{}`: the part input and output names share
+/// outputs = "present.{}"
+/// axis = 2                           # the sequence axis the cache grows along
+/// attention_mask = "attention_mask"  # filled by the host: ones, [batch, past + new]
+/// position_ids = "position_ids"      # filled by the host: past, past + 1, ...
+/// max_context = 2048                 # past + new never exceeds this
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSpec {
+    /// Name pattern of the inputs that receive the cache, with `{}`.
+    pub inputs: String,
+    /// Name pattern of the outputs that carry it, with `{}`.
+    pub outputs: String,
+    /// The axis of every cache tensor that grows by one per position.
+    pub axis: usize,
+    /// The input whose last dimension counts the new positions of a compute
+    /// (default `input_ids`).
+    #[serde(default = "default_tokens")]
+    pub tokens: String,
+    /// An input the host fills with ones over past and new positions.
+    #[serde(default)]
+    pub attention_mask: Option<String>,
+    /// An input the host fills with the new positions' indices.
+    #[serde(default)]
+    pub position_ids: Option<String>,
+    /// The most positions (past plus new) one execution context may hold.
+    pub max_context: u32,
+}
+
+fn default_tokens() -> String {
+    "input_ids".to_owned()
 }
 
 /// Model encodings.

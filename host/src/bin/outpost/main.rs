@@ -111,6 +111,11 @@ enum Command {
         /// A file for the pipeline's input, as [NAME=]PATH. Repeat for more requests.
         #[arg(short = 'f', long, value_name = "[NAME=]PATH")]
         input_file: Vec<String>,
+        /// Print what stages emit while they run (e.g. tokens as they are
+        /// generated) as it comes, one JSON object per line
+        /// ({"request", "stage", "partial"}), then the report on one line.
+        #[arg(long)]
+        stream: bool,
     },
     /// Serve signed bundles as KServe v2 models over HTTP and gRPC, until
     /// SIGTERM or SIGINT (then drain: requests in flight finish).
@@ -501,10 +506,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             source,
             input,
             input_file,
+            stream,
         } => {
             let host = cached(host()?, &source)?;
             let pipeline = load(&host, &pipeline, &source, true)?;
-            requests::run(&pipeline, &input, &input_file)?;
+            requests::run(&pipeline, &input, &input_file, stream)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Keygen { out } => trust::keygen(&out).map(|()| ExitCode::SUCCESS),

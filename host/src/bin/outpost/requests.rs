@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Instant;
 
-pub fn run(pipeline: &Pipeline, texts: &[String], files: &[String]) -> Result<()> {
+pub fn run(pipeline: &Pipeline, texts: &[String], files: &[String], stream: bool) -> Result<()> {
     if texts.is_empty() && files.is_empty() {
         bail!("nothing to run: give at least one --input TEXT or --input-file PATH");
     }
@@ -33,9 +33,23 @@ pub fn run(pipeline: &Pipeline, texts: &[String], files: &[String]) -> Result<()
         ));
     }
     let mut results = Vec::with_capacity(requests.len());
-    for (label, inputs) in requests {
+    for (request, (label, inputs)) in requests.into_iter().enumerate() {
         let start = Instant::now();
-        let outputs = pipeline.run(inputs)?;
+        // With --stream, what stages emit while they run is printed at once,
+        // one JSON object per line; stdout closing stops the request.
+        let sink: Option<outpost_host::stage::Sink> = stream.then(|| {
+            std::sync::Arc::new(move |stage: &str, outputs: Vec<outpost_host::Tensor>| {
+                use std::io::Write as _;
+                let outputs: serde_json::Map<String, Value> = outputs
+                    .iter()
+                    .map(|t| (t.name.clone(), t.to_json()))
+                    .collect();
+                let line = json!({ "request": request, "stage": stage, "partial": outputs });
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
+            }) as outpost_host::stage::Sink
+        });
+        let outputs = pipeline.run_streaming(inputs, None, &mut Vec::new(), sink)?;
         let elapsed = start.elapsed();
         let outputs: serde_json::Map<String, Value> = outputs
             .iter()
@@ -44,7 +58,12 @@ pub fn run(pipeline: &Pipeline, texts: &[String], files: &[String]) -> Result<()
         results.push(json!({ "input": label, "outputs": outputs, "latency_ms": elapsed.as_secs_f64() * 1e3 }));
     }
     let report = json!({ "pipeline": pipeline.name(), "results": results });
-    outln!("{}", json_text(&report));
+    if stream {
+        // Every line one JSON object, the report last.
+        outln!("{report}");
+    } else {
+        outln!("{}", json_text(&report));
+    }
     Ok(())
 }
 

@@ -1,0 +1,409 @@
+//! Text generation with SmolLM2-135M-Instruct (fp32 and int8): time to first
+//! token for a 64-token prompt, and decode speed over 32 new tokens, greedy,
+//! one thread:
+//!
+//! - Outpost: the `generate` stage in its sandbox, the key/value cache kept
+//!   by the host, on tract and on ONNX Runtime;
+//! - the same ONNX file run directly by ONNX Runtime (`ort`, the library
+//!   Outpost loads) and by tract, in the same loop: prefill, argmax, then one
+//!   token per step with the cache fed back as values.
+//!
+//! ```text
+//! target/py/bin/python host/pipelines/smollm2/convert.py
+//! cargo bench -p outpost-host --bench generate [-- --quick] [--json PATH]
+//! ```
+//!
+//! Ratios are against ONNX Runtime direct, measured in the same run; the
+//! variants take turns, and each number is a median.
+
+#![allow(clippy::unwrap_used)]
+
+use anyhow::{Context, Result, bail};
+use outpost_host::backend::onnxruntime::session_builder;
+use outpost_host::backend::{BackendName, BackendOptions};
+use outpost_host::{ElementType, EngineOptions, Host, Pipeline, Tensor};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const PROMPT: usize = 64;
+const NEW: usize = 32;
+const LAYERS: usize = 30;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo().join("target"), PathBuf::from)
+}
+
+/// What one generation took: to the first token, and per token after it.
+#[derive(Clone, Copy)]
+struct Timing {
+    first: Duration,
+    per_token: Duration,
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort_unstable();
+    samples[samples.len() / 2]
+}
+
+/// A prompt of exactly `PROMPT` token ids (ordinary text tokens).
+fn prompt() -> Vec<i64> {
+    (0..PROMPT as i64)
+        .map(|i| 1000 + (i * 37) % 20000)
+        .collect()
+}
+
+/// A pipeline of the `generate` stage alone on `model`, input `input_ids`.
+fn pipeline(host: &Host, dir: &Path, model: &str) -> Result<Pipeline> {
+    let toml = format!(
+        r#"
+[pipeline]
+name = "generate-bench"
+inputs = ["input_ids"]
+[models.lm]
+path = "{model}"
+[models.lm.cache]
+inputs = "past_key_values.{{}}"
+outputs = "present.{{}}"
+axis = 2
+attention_mask = "attention_mask"
+position_ids = "position_ids"
+max_context = 512
+[[stages]]
+name = "generate"
+component = "{plugins}/generate.wasm"
+models = ["lm"]
+config = {{ model = "lm", max_new_tokens = {NEW}, stop = [] }}
+"#,
+        model = dir.join(model).display(),
+        plugins = target_dir().join("wasm32-wasip2/plugin").display(),
+    );
+    let path = target_dir().join("bench/generate-bench.toml");
+    std::fs::create_dir_all(path.parent().unwrap())?;
+    std::fs::write(&path, toml)?;
+    Ok(host.load_pipeline(&path)?)
+}
+
+fn outpost_once(pipeline: &Pipeline) -> Result<(Timing, Vec<i64>)> {
+    let stamps: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let sink_stamps = stamps.clone();
+    let sink: outpost_host::stage::Sink = Arc::new(move |_: &str, _: Vec<Tensor>| {
+        sink_stamps.lock().unwrap().push(Instant::now());
+        true
+    });
+    let ids = prompt();
+    let input = Tensor {
+        name: "input_ids".into(),
+        dims: vec![1, PROMPT as u32],
+        element_type: ElementType::I64,
+        data: ids.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    };
+    let start = Instant::now();
+    let outputs = pipeline.run_streaming(vec![input], None, &mut Vec::new(), Some(sink))?;
+    let stamps = stamps.lock().unwrap().clone();
+    if stamps.len() != NEW {
+        bail!("generated {} tokens, not {NEW}", stamps.len());
+    }
+    let tokens = outputs
+        .iter()
+        .find(|t| t.name == "token_ids")
+        .context("no token_ids")?
+        .data
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    Ok((
+        Timing {
+            first: stamps[0] - start,
+            per_token: (stamps[NEW - 1] - stamps[0]) / (NEW as u32 - 1),
+        },
+        tokens,
+    ))
+}
+
+fn argmax_last(logits: &[f32], vocab: usize) -> i64 {
+    let row = &logits[logits.len() - vocab..];
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best as i64
+}
+
+/// ONNX Runtime called directly: the same loop, the cache fed back as the
+/// values ONNX Runtime returned.
+fn ort_once(session: &mut ort::session::Session) -> Result<(Timing, Vec<i64>)> {
+    use ort::session::SessionInputValue;
+    use ort::value::{DynValue, Tensor as OrtTensor};
+    let names: Vec<String> = session
+        .inputs()
+        .iter()
+        .map(|i| i.name().to_owned())
+        .collect();
+    let start = Instant::now();
+    let mut past: Vec<DynValue> = (0..2 * LAYERS)
+        .map(|_| {
+            OrtTensor::<f32>::from_array((vec![1i64, 3, 0, 64], Vec::<f32>::new()))
+                .map(|t| t.into_dyn())
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    let mut tokens = Vec::new();
+    let mut ids = prompt();
+    let mut len = 0usize;
+    let mut first = Duration::ZERO;
+    let mut first_at = start;
+    while tokens.len() < NEW {
+        let n = ids.len();
+        let mut inputs: Vec<(String, SessionInputValue)> = Vec::new();
+        for name in &names {
+            let value: SessionInputValue = match name.as_str() {
+                "input_ids" => OrtTensor::from_array((vec![1i64, n as i64], ids.clone()))?
+                    .into_dyn()
+                    .into(),
+                "attention_mask" => {
+                    OrtTensor::from_array((vec![1i64, (len + n) as i64], vec![1i64; len + n]))?
+                        .into_dyn()
+                        .into()
+                }
+                "position_ids" => OrtTensor::from_array((
+                    vec![1i64, n as i64],
+                    (len as i64..(len + n) as i64).collect::<Vec<_>>(),
+                ))?
+                .into_dyn()
+                .into(),
+                other => {
+                    let i = layer_slot(other).context("unexpected input")?;
+                    SessionInputValue::from(&past[i])
+                }
+            };
+            inputs.push((name.clone(), value));
+        }
+        let mut outputs = session.run(inputs)?;
+        let logits = outputs.remove("logits").context("logits")?;
+        let (shape, data) = logits.try_extract_tensor::<f32>()?;
+        let token = argmax_last(data, shape[2] as usize);
+        let mut next = Vec::with_capacity(2 * LAYERS);
+        for l in 0..LAYERS {
+            for kind in ["key", "value"] {
+                next.push(
+                    outputs
+                        .remove(format!("present.{l}.{kind}"))
+                        .context("present")?,
+                );
+            }
+        }
+        past = next;
+        len += n;
+        tokens.push(token);
+        if tokens.len() == 1 {
+            first_at = Instant::now();
+            first = first_at - start;
+        }
+        ids = vec![token];
+    }
+    Ok((
+        Timing {
+            first,
+            per_token: (Instant::now() - first_at) / (NEW as u32 - 1),
+        },
+        tokens,
+    ))
+}
+
+fn layer_slot(name: &str) -> Option<usize> {
+    let rest = name.strip_prefix("past_key_values.")?;
+    let (layer, kind) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    Some(2 * layer + usize::from(kind == "value"))
+}
+
+/// tract called directly, with its own optimisation of the model.
+fn tract_once(plan: &Arc<tract_onnx::prelude::TypedRunnableModel>) -> Result<(Timing, Vec<i64>)> {
+    use tract_onnx::prelude::*;
+    let inputs: Vec<String> = plan
+        .model()
+        .input_outlets()?
+        .iter()
+        .map(|o| plan.model().node(o.node).name.clone())
+        .collect();
+    let start = Instant::now();
+    let mut past: Vec<TValue> = (0..2 * LAYERS)
+        .map(|_| Tensor::zero::<f32>(&[1, 3, 0, 64]).map(IntoTValue::into_tvalue))
+        .collect::<TractResult<_>>()?;
+    let mut tokens = Vec::new();
+    let mut ids = prompt();
+    let mut len = 0usize;
+    let mut first = Duration::ZERO;
+    let mut first_at = start;
+    while tokens.len() < NEW {
+        let n = ids.len();
+        let mut values: TVec<TValue> = tvec!();
+        for name in &inputs {
+            values.push(match name.as_str() {
+                "input_ids" => tensor1(&ids).into_shape(&[1, n])?.into_tvalue(),
+                "attention_mask" => tensor1(&vec![1i64; len + n])
+                    .into_shape(&[1, len + n])?
+                    .into_tvalue(),
+                "position_ids" => tensor1(&(len as i64..(len + n) as i64).collect::<Vec<_>>())
+                    .into_shape(&[1, n])?
+                    .into_tvalue(),
+                other => past[layer_slot(other).context("unexpected input")?].clone(),
+            });
+        }
+        let mut outputs = plan.run(values)?;
+        let logits = outputs.remove(0);
+        let vocab = logits.shape()[2];
+        let view = logits.to_plain_array_view::<f32>()?;
+        let token = argmax_last(view.as_slice().context("contiguous logits")?, vocab);
+        past = outputs.into_iter().collect();
+        len += n;
+        tokens.push(token);
+        if tokens.len() == 1 {
+            first_at = Instant::now();
+            first = first_at - start;
+        }
+        ids = vec![token];
+    }
+    Ok((
+        Timing {
+            first,
+            per_token: (Instant::now() - first_at) / (NEW as u32 - 1),
+        },
+        tokens,
+    ))
+}
+
+fn main() -> Result<()> {
+    let mut quick = false;
+    let mut json_path = target_dir().join("bench/generate.json");
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--json" => json_path = args.next().context("--json needs a path")?.into(),
+            "--bench" => {}
+            other => bail!("unknown argument {other}; use --quick and/or --json PATH"),
+        }
+    }
+    let dir = target_dir().join("models/smollm2");
+    if !dir.join("model.onnx").exists() {
+        bail!(
+            "{} is missing: run `target/py/bin/python host/pipelines/smollm2/convert.py`",
+            dir.display()
+        );
+    }
+    let library = std::env::var_os("OUTPOST_ONNXRUNTIME_LIB").map_or_else(
+        || target_dir().join("onnxruntime/libonnxruntime.so"),
+        PathBuf::from,
+    );
+    let ort_options = BackendOptions {
+        force: Some(BackendName::Onnxruntime),
+        onnxruntime_library: Some(library),
+        onnxruntime_threads: Some(1),
+    };
+    let tract_options = BackendOptions {
+        force: Some(BackendName::Tract),
+        ..BackendOptions::default()
+    };
+    let rounds = if quick { 1 } else { 5 };
+    let mut rows = Vec::new();
+    println!(
+        "# SmolLM2-135M: {PROMPT}-token prompt, {NEW} new tokens, greedy, 1 thread, median of {rounds}"
+    );
+    println!(
+        "{:<6} {:<26} {:>10} {:>9} {:>9} {:>11}",
+        "model", "runtime", "TTFT ms", "ms/token", "tokens/s", "vs ORT tok/s"
+    );
+    for model in ["model.onnx", "model-int8.onnx"] {
+        let host = |options: &BackendOptions| -> Result<Host> {
+            Ok(Host::new(&EngineOptions::default())?.with_backend_options(options.clone()))
+        };
+        let on_tract = pipeline(&host(&tract_options)?, &dir, model)?;
+        let on_ort = pipeline(&host(&ort_options)?, &dir, model)?;
+        let bytes = std::fs::read(dir.join(model))?;
+        let mut session = session_builder(&ort_options)
+            .map_err(anyhow::Error::msg)?
+            .with_intra_threads(1)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .commit_from_memory(&bytes)?;
+        let plan = {
+            use tract_onnx::prelude::*;
+            tract_onnx::onnx()
+                .model_for_read(&mut std::io::Cursor::new(&bytes))?
+                .into_optimized()?
+                .into_runnable()?
+        };
+        let names = [
+            "Outpost (tract)",
+            "Outpost (ONNX Runtime)",
+            "ONNX Runtime direct",
+            "tract direct",
+        ];
+        let mut samples: Vec<Vec<Timing>> = vec![Vec::new(); names.len()];
+        let mut tokens: Vec<Vec<i64>> = vec![Vec::new(); names.len()];
+        for _ in 0..rounds {
+            for (v, slot) in samples.iter_mut().enumerate() {
+                let (timing, generated) = match v {
+                    0 => outpost_once(&on_tract)?,
+                    1 => outpost_once(&on_ort)?,
+                    2 => ort_once(&mut session)?,
+                    _ => tract_once(&plan)?,
+                };
+                slot.push(timing);
+                tokens[v] = generated;
+            }
+        }
+        let summary: Vec<(Duration, Duration)> = samples
+            .iter()
+            .map(|s| {
+                (
+                    median(s.iter().map(|t| t.first).collect()),
+                    median(s.iter().map(|t| t.per_token).collect()),
+                )
+            })
+            .collect();
+        let ort_rate = 1.0 / summary[2].1.as_secs_f64();
+        for (v, name) in names.iter().enumerate() {
+            let (first, per_token) = summary[v];
+            let rate = 1.0 / per_token.as_secs_f64();
+            println!(
+                "{:<6} {:<26} {:>10.1} {:>9.1} {:>9.2} {:>11.3}",
+                if model.contains("int8") {
+                    "int8"
+                } else {
+                    "fp32"
+                },
+                name,
+                first.as_secs_f64() * 1e3,
+                per_token.as_secs_f64() * 1e3,
+                rate,
+                rate / ort_rate
+            );
+            rows.push(json!({
+                "model": model,
+                "runtime": name,
+                "ttft_ms": first.as_secs_f64() * 1e3,
+                "ms_per_token": per_token.as_secs_f64() * 1e3,
+                "tokens_per_s": rate,
+                "vs_ort_direct": rate / ort_rate,
+                "same_tokens_as_ort_direct": tokens[v] == tokens[2],
+            }));
+        }
+    }
+    let result: Value =
+        json!({ "prompt_tokens": PROMPT, "new_tokens": NEW, "rounds": rounds, "rows": rows });
+    std::fs::create_dir_all(json_path.parent().unwrap())?;
+    std::fs::write(&json_path, serde_json::to_string_pretty(&result)?)?;
+    println!("results in {}", json_path.display());
+    Ok(())
+}
