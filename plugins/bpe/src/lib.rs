@@ -115,6 +115,17 @@ impl Tokenizer {
         ids
     }
 
+    /// The ids of `text` read as plain text: added tokens written in it
+    /// (`<|im_end|>`) are spelt out like any other text, never their own
+    /// ids. For text a user wrote, which must not be able to insert control
+    /// tokens. Equal to [`encode`](Self::encode) for text without them.
+    pub fn encode_plain(&self, text: &str) -> Vec<u32> {
+        let mut ids = Vec::with_capacity(text.len() / 3);
+        self.pre_tokenizer
+            .for_each_word(text, |word| self.encode_word(word, &mut ids));
+        ids
+    }
+
     fn encode_word(&self, word: &str, ids: &mut Vec<u32>) {
         if self.ignore_merges {
             let spelt: String = word
