@@ -212,44 +212,26 @@ impl Model for OrtModel {
     }
 
     fn run(&self, inputs: Vec<NnTensor>) -> Result<Vec<NnTensor>, String> {
-        let values = self
-            .signature
-            .inputs
-            .iter()
-            .zip(&inputs)
-            .map(|(spec, tensor)| {
-                to_ort(tensor)
-                    .map_err(|e| format!("model '{}' input '{}': {e}", self.name, spec.name))
-            })
-            .collect::<Result<Vec<SessionInputValue>, String>>()?;
-        drop(inputs);
-        let waiting = std::time::Instant::now();
-        let mut session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
-        super::note_wait(waiting.elapsed());
-        let outputs = session
-            .run(values.as_slice())
-            .map_err(|e| format!("model '{}' failed while computing: {e}", self.name))?;
-        self.signature
-            .outputs
-            .iter()
-            .map(|spec| {
-                let value = outputs.get(&spec.name).ok_or_else(|| {
-                    format!("model '{}' returned no output '{}'", self.name, spec.name)
-                })?;
-                from_ort(value)
-                    .map_err(|e| format!("model '{}' output '{}': {e}", self.name, spec.name))
+        let inputs = inputs.into_iter().map(RunInput::Bytes).collect();
+        self.run_held(inputs, &[])?
+            .into_iter()
+            .map(|output| match output {
+                RunOutput::Bytes(tensor) => Ok(tensor),
+                RunOutput::Held(_) => Err(format!("model '{}': an output was held", self.name)),
             })
             .collect()
     }
 
     fn run_held(&self, inputs: Vec<RunInput<'_>>, hold: &[bool]) -> Result<Vec<RunOutput>, String> {
+        // Inputs given as bytes are converted and dropped before the run;
+        // held ones are lent to it.
         let values = self
             .signature
             .inputs
             .iter()
-            .zip(&inputs)
+            .zip(inputs)
             .map(|(spec, input)| match input {
-                RunInput::Bytes(tensor) => to_ort(tensor)
+                RunInput::Bytes(tensor) => to_ort(&tensor)
                     .map_err(|e| format!("model '{}' input '{}': {e}", self.name, spec.name)),
                 RunInput::Held(held) => held
                     .as_any()
@@ -306,12 +288,9 @@ impl Held for OrtHeld {
 
     fn byte_len(&self) -> usize {
         match self.0.dtype() {
-            ValueType::Tensor { ty, shape, .. } => {
-                let count: usize = shape
-                    .iter()
-                    .map(|&d| usize::try_from(d).unwrap_or(0))
-                    .product();
-                count * element_type(*ty).map_or(1, ElementType::size)
+            ValueType::Tensor { ty, .. } => {
+                self.dims().iter().product::<usize>()
+                    * element_type(*ty).map_or(1, ElementType::size)
             }
             _ => 0,
         }
