@@ -160,6 +160,16 @@ fn hostile_stages_fail_typed_and_the_host_carries_on() {
             "over its limit of 16777216",
             Duration::ZERO,
         ),
+        // A partial output (emit) past the same limit traps the stage.
+        (
+            "huge-emit",
+            ", bytes = 100000000",
+            "memory_mib = 512, max_output_mib = 16",
+            "",
+            |e| matches!(e, StageError::Trap { .. }),
+            "emitted 100000000 bytes at once, over its output limit of 16777216 bytes (limits.max_output_mib)",
+            Duration::ZERO,
+        ),
         (
             "read-file",
             "",

@@ -1,7 +1,8 @@
 //! A test stage that attacks its host in the way config `attack` names, on
 //! every `run`. Input `x` (anything); output `y`, f32.
 //!
-//! `loop`, `recurse`, `alloc`, `huge-output` (config `bytes`), `read-file`,
+//! `loop`, `recurse`, `alloc`, `huge-output` and `huge-emit` (config
+//! `bytes`; the second as a partial output, `outpost_guest::emit`), `read-file`,
 //! `list-root`, `env`, `socket` (config `address`), `clock`, `unknown-model`,
 //! `none` (behaves), `spin` (not an attack: busy work for config
 //! `iterations`, then returns that count; a slow but sound request).
@@ -86,6 +87,18 @@ impl Stage for Hostile {
                     element_type: outpost_guest::ElementType::F32,
                     data: vec![0; n / 4 * 4],
                 }])
+            }
+            "huge-emit" => {
+                // A partial output past the output limit, outside any
+                // streaming request: the host must refuse it all the same.
+                let n = usize::try_from(self.bytes).unwrap_or(usize::MAX);
+                let emitted = outpost_guest::emit(&[Tensor {
+                    name: "y".into(),
+                    dims: vec![(n / 4) as u32],
+                    element_type: outpost_guest::ElementType::F32,
+                    data: vec![0; n / 4 * 4],
+                }]);
+                report(&[f32::from(u8::from(emitted))])
             }
             "read-file" => match std::fs::read("/etc/passwd") {
                 Ok(bytes) => report(&[bytes.len() as f32]),
