@@ -95,7 +95,7 @@ config = {{ model = "lm", max_new_tokens = {NEW}, stop = [] }}
 fn outpost_once(pipeline: &Pipeline) -> Result<(Timing, Vec<i64>)> {
     let stamps: Arc<Mutex<Vec<Instant>>> = Arc::default();
     let sink_stamps = stamps.clone();
-    let sink: outpost_host::stage::Sink = Arc::new(move |_: &str, _: Vec<Tensor>| {
+    let sink = outpost_host::stage::Sink::new(move |_: &str, _: Vec<Tensor>| {
         sink_stamps.lock().unwrap().push(Instant::now());
         true
     });

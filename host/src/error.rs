@@ -148,6 +148,20 @@ pub enum StageError {
         /// The stage's name.
         stage: String,
     },
+    /// A streaming request's stage went longer than the token deadline
+    /// between two partial outputs. The instance is dropped (it was
+    /// interrupted), the host carries on.
+    #[error(
+        "pipeline '{pipeline}', stage '{stage}': no partial output within the token deadline of {limit_ms} ms since the last one (requests.token_deadline_ms)"
+    )]
+    TokenDeadline {
+        /// The pipeline's name.
+        pipeline: String,
+        /// The stage's name.
+        stage: String,
+        /// The longest gap allowed between two partial outputs.
+        limit_ms: u64,
+    },
     /// The pooling allocator's instances are all in use: the host's
     /// capacity, not the stage, is at fault.
     #[error(
@@ -195,6 +209,7 @@ impl StageError {
             StageError::InferenceTimeout { .. } => "InferenceTimeout",
             StageError::CapabilityDenied { .. } => "CapabilityDenied",
             StageError::DeadlineExceeded { .. } => "DeadlineExceeded",
+            StageError::TokenDeadline { .. } => "TokenDeadline",
             StageError::Instantiate { .. } => "Instantiate",
             StageError::PoolExhausted { .. } => "PoolExhausted",
         }
@@ -309,7 +324,9 @@ impl RunError {
         matches!(
             self,
             RunError::DeadlineExceeded { .. }
-                | RunError::Stage(StageError::DeadlineExceeded { .. })
+                | RunError::Stage(
+                    StageError::DeadlineExceeded { .. } | StageError::TokenDeadline { .. }
+                )
         )
     }
 }

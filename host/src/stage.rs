@@ -85,17 +85,62 @@ pub struct StageHost {
     /// Where `emit` sends partial outputs during the current call, when the
     /// request streams.
     sink: Option<Sink>,
+    /// When the current call last emitted, if it has.
+    last_emit: Option<Instant>,
+    /// The current call's token deadline (its sink's), kept after the call
+    /// to explain an interruption.
+    token_deadline: Option<Duration>,
     /// The stage's name, for the sink.
     stage: String,
     /// The most bytes one `emit` may carry (`limits.max_output_mib`).
     max_emit_bytes: usize,
 }
 
-/// Where a stage's partial outputs go during a streaming request: called
-/// with the stage's name and what it emitted; returns whether anyone still
-/// listens. It runs on the stage's thread, inside its call: it must hand
-/// the outputs on, not wait for the client.
-pub type Sink = Arc<dyn Fn(&str, Vec<Tensor>) -> bool + Send + Sync>;
+/// Where a stage's partial outputs go during a streaming request, and how
+/// long a stage may go between two of them.
+#[derive(Clone)]
+pub struct Sink {
+    send: Arc<SendPartial>,
+    token_deadline: Option<Duration>,
+}
+
+/// Called with the stage's name and what it emitted; returns whether anyone
+/// still listens.
+type SendPartial = dyn Fn(&str, Vec<Tensor>) -> bool + Send + Sync;
+
+impl Sink {
+    /// A sink calling `send` for each partial output. `send` runs on the
+    /// stage's thread, inside its call: it must hand the outputs on, not
+    /// wait for the client. When it returns false (nobody listens any
+    /// more), `emit` tells the stage so, and a well-behaved stage stops.
+    pub fn new(send: impl Fn(&str, Vec<Tensor>) -> bool + Send + Sync + 'static) -> Self {
+        Self {
+            send: Arc::new(send),
+            token_deadline: None,
+        }
+    }
+
+    /// Interrupts a stage that, once it has emitted, goes longer than `gap`
+    /// without emitting again ([`StageError::TokenDeadline`]); time inside
+    /// models counts. Before its first partial output a stage has only the
+    /// request's deadline (a prompt's prefill may take long).
+    #[must_use]
+    pub fn with_token_deadline(mut self, gap: Duration) -> Self {
+        self.token_deadline = Some(gap);
+        self
+    }
+}
+
+impl StageHost {
+    /// How long the current call has until the token deadline, when it
+    /// streams with one and has emitted.
+    fn token_time_left(&self) -> Option<Duration> {
+        Some(
+            self.token_deadline?
+                .saturating_sub(self.last_emit?.elapsed()),
+        )
+    }
+}
 
 impl bindings::outpost::plugin::partials::Host for StageHost {
     fn emit(&mut self, outputs: Vec<Tensor>) -> wasmtime::Result<bool> {
@@ -107,8 +152,9 @@ impl bindings::outpost::plugin::partials::Host for StageHost {
                 self.max_emit_bytes
             ));
         }
+        self.last_emit = Some(Instant::now());
         Ok(match &self.sink {
-            Some(sink) => sink(&self.stage, outputs),
+            Some(sink) => (sink.send)(&self.stage, outputs),
             None => true,
         })
     }
@@ -353,7 +399,21 @@ impl LoadedStage {
         };
         self.arm(&mut instance.store);
         self.arm_deadline(&mut instance.store, deadline);
-        instance.store.data_mut().sink = sink;
+        let token_deadline = sink.as_ref().and_then(|s| s.token_deadline);
+        let host = instance.store.data_mut();
+        host.token_deadline = token_deadline;
+        host.sink = sink;
+        // Look in once per gap from the start, so the token deadline is
+        // armed from the first partial output on.
+        if self.metering.epochs
+            && let Some(gap) = token_deadline
+        {
+            let request_left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let first_look = request_left.map_or(gap, |left| left.min(gap));
+            if first_look < self.limits.timeout {
+                instance.store.set_epoch_deadline(ticks(first_look));
+            }
+        }
         let result = instance.stage.call_run(&mut instance.store, &inputs);
         instance.store.data_mut().sink = None;
         let timing = StageTiming {
@@ -419,6 +479,8 @@ impl LoadedStage {
             timeout: self.limits.timeout,
             deadline: None,
             sink: None,
+            last_emit: None,
+            token_deadline: None,
             stage: self.name.clone(),
             max_emit_bytes: self.limits.max_output_bytes,
         };
@@ -439,6 +501,12 @@ impl LoadedStage {
             // The request's deadline counts time inside models too.
             if let Some(deadline) = host.deadline {
                 left = left.min(deadline.saturating_duration_since(Instant::now()));
+            }
+            // So does the token deadline. Until the first partial output,
+            // look in at least once per gap, so the deadline is armed soon
+            // after it.
+            if let Some(gap) = host.token_deadline {
+                left = left.min(host.token_time_left().unwrap_or(gap));
             }
             Ok(if left.is_zero() {
                 UpdateDeadline::Interrupt
@@ -493,6 +561,8 @@ impl LoadedStage {
         host.diagnostics.reset();
         host.denials.reset();
         host.deadline = None;
+        host.last_emit = None;
+        host.token_deadline = None;
     }
 
     /// Interrupts the next call at the request's deadline, if that comes
@@ -590,6 +660,13 @@ impl LoadedStage {
                     .is_some_and(|deadline| Instant::now() >= deadline) =>
             {
                 return StageError::DeadlineExceeded { pipeline, stage };
+            }
+            Some(Trap::Interrupt) if store.data().token_time_left() == Some(Duration::ZERO) => {
+                return StageError::TokenDeadline {
+                    pipeline,
+                    stage,
+                    limit_ms: store.data().token_deadline.map_or(0, millis),
+                };
             }
             Some(Trap::Interrupt) => {
                 return StageError::Timeout {

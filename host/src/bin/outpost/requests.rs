@@ -38,16 +38,18 @@ pub fn run(pipeline: &Pipeline, texts: &[String], files: &[String], stream: bool
         // With --stream, what stages emit while they run is printed at once,
         // one JSON object per line; stdout closing stops the request.
         let sink: Option<outpost_host::stage::Sink> = stream.then(|| {
-            std::sync::Arc::new(move |stage: &str, outputs: Vec<outpost_host::Tensor>| {
-                use std::io::Write as _;
-                let outputs: serde_json::Map<String, Value> = outputs
-                    .iter()
-                    .map(|t| (t.name.clone(), t.to_json()))
-                    .collect();
-                let line = json!({ "request": request, "stage": stage, "partial": outputs });
-                let mut out = std::io::stdout().lock();
-                writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
-            }) as outpost_host::stage::Sink
+            outpost_host::stage::Sink::new(
+                move |stage: &str, outputs: Vec<outpost_host::Tensor>| {
+                    use std::io::Write as _;
+                    let outputs: serde_json::Map<String, Value> = outputs
+                        .iter()
+                        .map(|t| (t.name.clone(), t.to_json()))
+                        .collect();
+                    let line = json!({ "request": request, "stage": stage, "partial": outputs });
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
+                },
+            )
         });
         let outputs = pipeline.run_streaming(inputs, None, &mut Vec::new(), sink)?;
         let elapsed = start.elapsed();
