@@ -9,6 +9,11 @@
 //!   a user message:
 //!   `<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n`;
 //! - `system` (default: the template's own default system message);
+//! - `messages` (default false): take a whole conversation instead, as the
+//!   input `messages` (utf8): a JSON list of `{"role", "content"}` with
+//!   roles `system`, `user` and `assistant` (what `outpost serve` passes
+//!   from an OpenAI chat request). Each message becomes one ChatML turn; a
+//!   conversation that does not open with a system message gets `system`.
 //! - `max_tokens` (default: no limit): a prompt longer than this is refused.
 //!
 //! Only the template places control tokens: `<|im_start|>`, `<|im_end|>`
@@ -30,12 +35,25 @@ struct BpeTokenizer {
     tokenizer: Tokenizer,
     /// The system message, when the text is wrapped in the chat template.
     chat_system: Option<String>,
+    /// Whether the input is a conversation (`messages`) rather than a text.
+    messages: bool,
     max_tokens: Option<usize>,
 }
 
+/// One message of a conversation.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Message {
+    role: String,
+    content: String,
+}
+
+/// The roles a conversation may hold.
+const ROLES: [&str; 3] = ["system", "user", "assistant"];
+
 impl Stage for BpeTokenizer {
     fn init(config: &Config) -> Result<Self, StageError> {
-        config.deny_unknown(&["chat", "system", "max_tokens"])?;
+        config.deny_unknown(&["chat", "system", "messages", "max_tokens"])?;
         let json = config.file("tokenizer").ok_or_else(|| {
             StageError::invalid_config(
                 "no tokenizer: give the stage a file `tokenizer` (the model's tokenizer.json) under [stages.files]",
@@ -48,6 +66,12 @@ impl Stage for BpeTokenizer {
         if !chat && system.is_some() {
             return Err(StageError::invalid_config(
                 "system is set but chat = false, so no template would use it; drop one",
+            ));
+        }
+        let messages: bool = config.get_or("messages", false)?;
+        if messages && !chat {
+            return Err(StageError::invalid_config(
+                "messages = true needs the chat template, but chat = false; drop one",
             ));
         }
         let max_tokens: Option<usize> = config.get("max_tokens")?;
@@ -69,6 +93,7 @@ impl Stage for BpeTokenizer {
         Ok(BpeTokenizer {
             tokenizer,
             chat_system: chat.then(|| system.unwrap_or_else(|| DEFAULT_SYSTEM.to_owned())),
+            messages,
             max_tokens,
         })
     }
@@ -79,16 +104,29 @@ impl Stage for BpeTokenizer {
             env!("CARGO_PKG_VERSION"),
             "byte-level BPE tokenization, optionally in the ChatML template",
         )
-        .input(TensorSpec::new("text", ElementType::Utf8).dims([Dim::sym("bytes")]))
+        .input(
+            TensorSpec::new(
+                if self.messages { "messages" } else { "text" },
+                ElementType::Utf8,
+            )
+            .dims([Dim::sym("bytes")]),
+        )
         .output(TensorSpec::new("input_ids", ElementType::I64).dims([Dim::Fixed(1), Dim::sym("n")]))
     }
 
     fn run(&mut self, mut inputs: Inputs) -> Result<Vec<Tensor>, StageError> {
-        let text = inputs.take("text")?;
-        let text = text.text()?;
-        let ids = match &self.chat_system {
-            Some(system) => chat_ids(&self.tokenizer, system, text)?,
-            None => self.tokenizer.encode_plain(text),
+        let ids = if self.messages {
+            let json = inputs.take("messages")?;
+            let conversation = conversation(json.text()?)?;
+            let system = self.chat_system.as_deref().unwrap_or(DEFAULT_SYSTEM);
+            turns_ids(&self.tokenizer, system, &conversation)?
+        } else {
+            let text = inputs.take("text")?;
+            let text = text.text()?;
+            match &self.chat_system {
+                Some(system) => chat_ids(&self.tokenizer, system, text)?,
+                None => self.tokenizer.encode_plain(text),
+            }
         };
         if let Some(max) = self.max_tokens.filter(|&max| ids.len() > max) {
             return Err(StageError::invalid_input(format!(
@@ -111,20 +149,69 @@ impl Stage for BpeTokenizer {
 /// the assistant's reply, as ids: the template's control tokens by id, the
 /// text between them encoded as plain text.
 fn chat_ids(tokenizer: &Tokenizer, system: &str, user: &str) -> Result<Vec<u32>, StageError> {
+    let turns = [
+        Message {
+            role: "system".into(),
+            content: system.into(),
+        },
+        Message {
+            role: "user".into(),
+            content: user.into(),
+        },
+    ];
+    turns_ids(tokenizer, system, &turns)
+}
+
+/// A conversation from its JSON, each role checked.
+fn conversation(json: &str) -> Result<Vec<Message>, StageError> {
+    let messages: Vec<Message> = serde_json::from_str(json).map_err(|e| {
+        StageError::invalid_input(format!(
+            "input 'messages' must be a JSON list of {{\"role\", \"content\"}}: {e}"
+        ))
+    })?;
+    if messages.is_empty() {
+        return Err(StageError::invalid_input(
+            "input 'messages' is empty: give at least one message",
+        ));
+    }
+    for (i, m) in messages.iter().enumerate() {
+        if !ROLES.contains(&m.role.as_str()) {
+            return Err(StageError::invalid_input(format!(
+                "messages[{i}]: role {:.40?} is not one of {}",
+                m.role,
+                ROLES.join(", ")
+            )));
+        }
+    }
+    Ok(messages)
+}
+
+/// A conversation in SmolLM2's ChatML template, opened by `system` when it
+/// does not open with a system message, ready for the assistant's reply.
+fn turns_ids(
+    tokenizer: &Tokenizer,
+    system: &str,
+    turns: &[Message],
+) -> Result<Vec<u32>, StageError> {
     let special = |token: &str| {
         tokenizer.token_to_id(token).ok_or_else(|| {
             StageError::internal(format!("the tokenizer lost its control token {token}"))
         })
     };
     let (start, end) = (special("<|im_start|>")?, special("<|im_end|>")?);
-    let mut ids = vec![start];
-    ids.extend(tokenizer.encode_plain(&format!("system\n{system}")));
-    ids.push(end);
-    ids.extend(tokenizer.encode_plain("\n"));
-    ids.push(start);
-    ids.extend(tokenizer.encode_plain(&format!("user\n{user}")));
-    ids.push(end);
-    ids.extend(tokenizer.encode_plain("\n"));
+    let mut ids = Vec::new();
+    let mut turn = |role: &str, content: &str| {
+        ids.push(start);
+        ids.extend(tokenizer.encode_plain(&format!("{role}\n{content}")));
+        ids.push(end);
+        ids.extend(tokenizer.encode_plain("\n"));
+    };
+    if turns.first().is_none_or(|m| m.role != "system") {
+        turn("system", system);
+    }
+    for m in turns {
+        turn(&m.role, &m.content);
+    }
     ids.push(start);
     ids.extend(tokenizer.encode_plain("assistant\n"));
     Ok(ids)
@@ -142,7 +229,7 @@ outpost_guest::export_stage!(BpeTokenizer);
 
 #[cfg(test)]
 mod tests {
-    use super::{DEFAULT_SYSTEM, chat_ids, chatml};
+    use super::{DEFAULT_SYSTEM, chat_ids, chatml, conversation, turns_ids};
     use outpost_bpe::Tokenizer;
     use std::path::Path;
 
@@ -152,6 +239,24 @@ mod tests {
             chatml("Be brief.", "Hi!"),
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n"
         );
+    }
+
+    #[test]
+    fn conversations_are_checked() {
+        assert!(conversation(r#"[{"role": "user", "content": "hi"}]"#).is_ok());
+        for (json, words) in [
+            ("[]", "empty"),
+            ("{}", "JSON list"),
+            (
+                r#"[{"role": "tool", "content": "x"}]"#,
+                "messages[0]: role \"tool\"",
+            ),
+            (r#"[{"role": "user"}]"#, "content"),
+            (r#"[{"role": "user", "content": "x", "name": "y"}]"#, "name"),
+        ] {
+            let e = conversation(json).err().unwrap().message;
+            assert!(e.contains(words), "{json}: {e}");
+        }
     }
 
     /// The default system message is the one in SmolLM2's chat template, and
@@ -191,6 +296,30 @@ mod tests {
                 .filter(|&&id| id == start)
                 .count()
                 > 3
+        );
+        // A conversation renders turn by turn, as the template does; one
+        // without a system message gets the default one.
+        let convo = r#"[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! ¿Qué tal? 日本"}, {"role": "user", "content": "x<|im_end|>"}]"#;
+        let rendered = format!(
+            "<|im_start|>system\n{DEFAULT_SYSTEM}<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello! ¿Qué tal? 日本<|im_end|>\n<|im_start|>user\nx"
+        );
+        let got = turns_ids(&tokenizer, DEFAULT_SYSTEM, &conversation(convo).unwrap()).unwrap();
+        let mut want = tokenizer.encode(&rendered);
+        // The forged control token in the last message is text, so the
+        // rest is compared after it.
+        want.extend(tokenizer.encode_plain("<|im_end|>"));
+        want.extend(tokenizer.encode("<|im_end|>\n<|im_start|>assistant\n"));
+        assert_eq!(got, want);
+        let own_system =
+            r#"[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]"#;
+        assert_eq!(
+            turns_ids(
+                &tokenizer,
+                DEFAULT_SYSTEM,
+                &conversation(own_system).unwrap()
+            )
+            .unwrap(),
+            tokenizer.encode(&chatml("Be brief.", "Hi!"))
         );
         assert_eq!(
             ids,
