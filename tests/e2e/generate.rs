@@ -192,9 +192,23 @@ fn smollm2_dir() -> PathBuf {
 
 /// The repository's SmolLM2 pipeline with `config` for its generate stage.
 fn smollm2(scratch: &Scratch, model: &str, generate: &str, limits: &str) -> PathBuf {
+    let toml = smollm2_pipeline("smollm2.toml", model).replace(
+        "config = { model = \"lm\", max_new_tokens = 64, stop = [0, 2] }",
+        &format!("config = {{ model = \"lm\", {generate} }}\n{limits}"),
+    );
+    assert!(
+        toml.contains(generate),
+        "the pipeline's generate config changed"
+    );
+    scratch.write("smollm2.toml", toml)
+}
+
+/// The repository's pipeline `file` of host/pipelines/smollm2, its paths
+/// made absolute, on the converted `model`.
+pub(crate) fn smollm2_pipeline(file: &str, model: &str) -> String {
     let dir = smollm2_dir();
-    let toml = std::fs::read_to_string(repo().join("host/pipelines/smollm2/smollm2.toml")).unwrap();
-    let toml = toml
+    std::fs::read_to_string(repo().join("host/pipelines/smollm2").join(file))
+        .unwrap()
         .replace(
             "../../../target/models/smollm2/model.onnx",
             &dir.join(model).display().to_string(),
@@ -210,15 +224,6 @@ fn smollm2(scratch: &Scratch, model: &str, generate: &str, limits: &str) -> Path
                 .display()
                 .to_string(),
         )
-        .replace(
-            "config = { model = \"lm\", max_new_tokens = 64, stop = [0, 2] }",
-            &format!("config = {{ model = \"lm\", {generate} }}\n{limits}"),
-        );
-    assert!(
-        toml.contains(generate),
-        "the pipeline's generate config changed"
-    );
-    scratch.write("smollm2.toml", toml)
 }
 
 const PROMPTS: [&str; 8] = [

@@ -17,4 +17,5 @@ mod model_inputs;
 mod pipeline_errors;
 mod precompiled;
 mod serve;
+mod serve_generate;
 mod stage_errors;

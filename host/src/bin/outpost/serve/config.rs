@@ -104,6 +104,7 @@ pub struct RequestsFile {
     pub concurrency: Option<usize>,
     pub queue: Option<usize>,
     pub deadline_ms: Option<u64>,
+    pub token_deadline_ms: Option<u64>,
     pub drain_grace_ms: Option<u64>,
     pub drain_delay_ms: Option<u64>,
     pub warm: Option<bool>,
@@ -127,6 +128,7 @@ pub struct PipelineFile {
     pub concurrency: Option<usize>,
     pub queue: Option<usize>,
     pub deadline_ms: Option<u64>,
+    pub token_deadline_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -167,6 +169,9 @@ pub struct Admission {
     /// A request's deadline, from when its body has been read; a request
     /// may ask for less.
     pub deadline: Duration,
+    /// For requests that stream (generation): the longest a stage may go
+    /// between two partial outputs, once it has sent one.
+    pub token_deadline: Option<Duration>,
 }
 
 /// The resolved settings `serve` runs with.
@@ -327,6 +332,10 @@ impl Settings {
             )? as usize,
             queue: requests.queue.unwrap_or(64),
             deadline: ms(requests.deadline_ms, 60_000, "requests.deadline_ms")?,
+            token_deadline: requests
+                .token_deadline_ms
+                .map(|v| ms(Some(v), 0, "requests.token_deadline_ms"))
+                .transpose()?,
         };
         let mut pipelines = BTreeMap::new();
         for (name, p) in file.pipelines {
@@ -343,6 +352,10 @@ impl Settings {
                     deadline: match p.deadline_ms {
                         Some(_) => ms(p.deadline_ms, 0, &what("deadline_ms"))?,
                         None => defaults.deadline,
+                    },
+                    token_deadline: match p.token_deadline_ms {
+                        Some(_) => Some(ms(p.token_deadline_ms, 0, &what("token_deadline_ms"))?),
+                        None => defaults.token_deadline,
                     },
                 },
             );
@@ -550,7 +563,7 @@ mod tests {
 
     #[test]
     fn flags_win_and_pipelines_override() {
-        let text = "bundles = [\"a.bundle\"]\n[requests]\nconcurrency = 3\nqueue = 5\n[pipelines.demo]\nqueue = 1\ndeadline_ms = 250";
+        let text = "bundles = [\"a.bundle\"]\n[requests]\nconcurrency = 3\nqueue = 5\ntoken_deadline_ms = 900\n[pipelines.demo]\nqueue = 1\ndeadline_ms = 250\n[pipelines.chat]\ntoken_deadline_ms = 50";
         let s = resolve(
             text,
             Flags {
@@ -565,6 +578,13 @@ mod tests {
         assert_eq!((demo.concurrency, demo.queue), (3, 1));
         assert_eq!(demo.deadline, Duration::from_millis(250));
         assert_eq!(s.admission("other").queue, 5);
+        assert_eq!(demo.token_deadline, Some(Duration::from_millis(900)));
+        assert_eq!(
+            s.admission("chat").token_deadline,
+            Some(Duration::from_millis(50))
+        );
+        let none = resolve("bundles = [\"a.bundle\"]", Flags::default()).unwrap();
+        assert_eq!(none.admission("x").token_deadline, None);
     }
 
     #[test]
@@ -573,6 +593,8 @@ mod tests {
         assert!(e.to_string().contains("requests.concurrency"), "{e}");
         let e = resolve("[requests]\ndeadline_ms = 99999999999999", with_bundle()).unwrap_err();
         assert!(e.to_string().contains("more than a day"), "{e}");
+        let e = resolve("[requests]\ntoken_deadline_ms = 0", with_bundle()).unwrap_err();
+        assert!(e.to_string().contains("requests.token_deadline_ms"), "{e}");
         let e = resolve("[listen]\nhttp = \"localhost\"", with_bundle()).unwrap_err();
         assert!(e.to_string().contains("listen.http"), "{e}");
         assert!(resolve("", Flags::default()).is_err());

@@ -40,6 +40,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/v2/models/{name}/versions/{version}/infer", post(infer))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
+        .merge(super::generate::routes())
         .layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
         .route("/v2/health/live", get(live))
@@ -79,7 +80,7 @@ async fn authorize(State(state): State<Arc<HttpState>>, request: Request, next: 
 
 async fn not_found(request: Request) -> ApiError {
     ApiError::not_found(format!(
-        "no endpoint {} {}; this server speaks KServe v2 (GET /v2, /v2/models/NAME, POST /v2/models/NAME/infer) and serves /metrics",
+        "no endpoint {} {}; this server speaks KServe v2 (GET /v2, /v2/models/NAME, POST /v2/models/NAME/infer, /generate, /generate_stream), OpenAI's POST /v1/chat/completions and /v1/completions, and serves /metrics",
         request.method(),
         request.uri().path()
     ))
@@ -187,7 +188,11 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
 
 /// Reads the whole body, refusing more than the limit (413) and bodies
 /// that do not arrive in time (408).
-async fn read_body(state: &HttpState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+pub(super) async fn read_body(
+    state: &HttpState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, ApiError> {
     let too_large = |size: String| {
         ApiError::new(
             Class::PayloadTooLarge,

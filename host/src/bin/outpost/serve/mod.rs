@@ -5,6 +5,7 @@
 
 pub mod config;
 mod error;
+mod generate;
 mod grpc;
 mod http;
 mod kserve;

@@ -7,6 +7,7 @@ use super::config::Admission;
 use super::error::{ApiError, Class};
 use super::kserve::{self, WireInput};
 use super::metrics::{FailureLabels, Metrics, PipelineLabel, StageLabels};
+use outpost_host::stage::Sink;
 use outpost_host::{Pipeline, Tensor, TensorSpec};
 use std::sync::Arc;
 use std::sync::RwLock;
@@ -27,7 +28,7 @@ pub struct Served {
     pub outputs: Vec<(String, Option<TensorSpec>)>,
     admission: Admission,
     slots: Arc<Semaphore>,
-    entered: AtomicUsize,
+    entered: Arc<AtomicUsize>,
     running: Arc<AtomicUsize>,
     label: PipelineLabel,
     /// Requests this version answered, and those that failed inside it
@@ -57,7 +58,7 @@ impl Served {
             outputs,
             slots: Arc::new(Semaphore::new(admission.concurrency)),
             admission,
-            entered: AtomicUsize::new(0),
+            entered: Arc::new(AtomicUsize::new(0)),
             running: Arc::new(AtomicUsize::new(0)),
             answered: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -88,14 +89,14 @@ impl Served {
     /// Takes a request in, before its body is read, or refuses it at once
     /// (503) when `concurrency` run and `queue` more are already in: what a
     /// model holds in memory is bounded by that many request bodies.
-    pub fn enter(&self) -> Result<Entry<'_>, ApiError> {
+    pub fn enter(&self) -> Result<Entry, ApiError> {
         let limit = self.admission.concurrency + self.admission.queue;
         match self
             .entered
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < limit).then_some(n + 1)
             }) {
-            Ok(_) => Ok(Entry(&self.entered)),
+            Ok(_) => Ok(Entry(self.entered.clone())),
             Err(_) => Err(ApiError::new(
                 Class::Unavailable,
                 "overloaded",
@@ -163,13 +164,33 @@ impl Served {
     /// also interrupted inside its stage.
     pub async fn infer(
         &self,
-        _entry: &Entry<'_>,
+        entry: &Entry,
         inputs: Vec<Tensor>,
         asked: Option<Duration>,
         metrics: &Metrics,
     ) -> Result<Vec<Tensor>, ApiError> {
+        self.infer_streaming(entry, inputs, asked, None, metrics)
+            .await
+    }
+
+    /// [`infer`](Self::infer), handing `sink` what stages emit while they
+    /// run (generated tokens), with this model's token deadline.
+    pub async fn infer_streaming(
+        &self,
+        _entry: &Entry,
+        inputs: Vec<Tensor>,
+        asked: Option<Duration>,
+        sink: Option<Sink>,
+        metrics: &Metrics,
+    ) -> Result<Vec<Tensor>, ApiError> {
+        let sink = match (sink, self.admission.token_deadline) {
+            (Some(sink), Some(gap)) => Some(sink.with_token_deadline(gap)),
+            (sink, _) => sink,
+        };
         let started = Instant::now();
-        let result = self.admit_and_run(inputs, asked, started, metrics).await;
+        let result = self
+            .admit_and_run(inputs, asked, sink, started, metrics)
+            .await;
         Metrics::observe(
             &metrics.request_seconds.get_or_create(&self.label),
             started.elapsed(),
@@ -206,6 +227,7 @@ impl Served {
         &self,
         inputs: Vec<Tensor>,
         asked: Option<Duration>,
+        sink: Option<Sink>,
         started: Instant,
         metrics: &Metrics,
     ) -> Result<Vec<Tensor>, ApiError> {
@@ -224,7 +246,7 @@ impl Served {
             let _permit = permit;
             let _running = running;
             let mut timings = Vec::new();
-            let result = pipeline.run_with(inputs, Some(deadline), &mut timings);
+            let result = pipeline.run_streaming(inputs, Some(deadline), &mut timings, sink);
             (result, timings)
         });
         let (result, timings) =
@@ -306,9 +328,9 @@ impl Served {
 
 /// A request's place among those a model has taken in (running, queued,
 /// or still arriving); given back when dropped, however the request ends.
-pub struct Entry<'a>(&'a AtomicUsize);
+pub struct Entry(Arc<AtomicUsize>);
 
-impl Drop for Entry<'_> {
+impl Drop for Entry {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
