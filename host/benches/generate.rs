@@ -15,6 +15,11 @@
 //!
 //! Ratios are against ONNX Runtime direct, measured in the same run; the
 //! variants take turns, and each number is a median.
+//!
+//! With a Python that has `llama_cpp` (`host/benches/llama_cpp_env.sh` makes
+//! target/llama-py; or `OUTPOST_LLAMA_PYTHON`), a last row: llama.cpp on the
+//! original Q4_1 GGUF, the same prompt and loop (`host/benches/llamacpp_bench.py`),
+//! its ratio against ONNX Runtime direct on the fp32 model.
 
 #![allow(clippy::unwrap_used)]
 
@@ -283,6 +288,69 @@ fn tract_once(plan: &Arc<tract_onnx::prelude::TypedRunnableModel>) -> Result<(Ti
     ))
 }
 
+/// llama.cpp on the Q4_1 GGUF through llama-cpp-python, when a Python with
+/// it is at hand: its row, printed and returned.
+fn llama_cpp(
+    dir: &Path,
+    rounds: usize,
+    ort_rate: f64,
+    ort_tokens: &[i64],
+) -> Result<Option<Value>> {
+    let python = std::env::var_os("OUTPOST_LLAMA_PYTHON")
+        .map_or_else(|| target_dir().join("llama-py/bin/python"), PathBuf::from);
+    if !python.exists() {
+        println!(
+            "llama.cpp: skipped ({} is missing; host/benches/llama_cpp_env.sh makes it)",
+            python.display()
+        );
+        return Ok(None);
+    }
+    let ids: Vec<String> = prompt().iter().map(i64::to_string).collect();
+    let out = std::process::Command::new(&python)
+        .arg(repo().join("host/benches/llamacpp_bench.py"))
+        .arg(dir.join("SmolLM2-135M-Instruct.Q4_1.gguf"))
+        .args(["--prompt", &ids.join(",")])
+        .args(["--new", &NEW.to_string(), "--rounds", &rounds.to_string()])
+        .output()
+        .with_context(|| format!("cannot run {}", python.display()))?;
+    if !out.status.success() {
+        bail!(
+            "host/benches/llamacpp_bench.py failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let got: Value = serde_json::from_slice(&out.stdout)?;
+    let (first, per_token) = (
+        got["ttft_ms"].as_f64().context("ttft_ms")?,
+        got["ms_per_token"].as_f64().context("ms_per_token")?,
+    );
+    let rate = 1e3 / per_token;
+    let tokens: Vec<i64> = got["tokens"]
+        .as_array()
+        .context("tokens")?
+        .iter()
+        .filter_map(Value::as_i64)
+        .collect();
+    println!(
+        "{:<6} {:<26} {:>10.1} {:>9.1} {:>9.2} {:>11.3}",
+        "q4_1",
+        "llama.cpp (GGUF)",
+        first,
+        per_token,
+        rate,
+        rate / ort_rate
+    );
+    Ok(Some(json!({
+        "model": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "runtime": format!("llama.cpp (llama-cpp-python {})", got["version"].as_str().unwrap_or("?")),
+        "ttft_ms": first,
+        "ms_per_token": per_token,
+        "tokens_per_s": rate,
+        "vs_ort_direct_fp32": rate / ort_rate,
+        "same_tokens_as_ort_direct_fp32": tokens == ort_tokens,
+    })))
+}
+
 fn main() -> Result<()> {
     let mut quick = false;
     let mut json_path = target_dir().join("bench/generate.json");
@@ -324,6 +392,7 @@ fn main() -> Result<()> {
         "{:<6} {:<26} {:>10} {:>9} {:>9} {:>11}",
         "model", "runtime", "TTFT ms", "ms/token", "tokens/s", "vs ORT tok/s"
     );
+    let mut fp32_ort_rate = None;
     for model in ["model.onnx", "model-int8.onnx"] {
         let host = |options: &BackendOptions| -> Result<Host> {
             Ok(Host::new(&EngineOptions::default())?.with_backend_options(options.clone()))
@@ -373,6 +442,9 @@ fn main() -> Result<()> {
             })
             .collect();
         let ort_rate = 1.0 / summary[2].1.as_secs_f64();
+        if model == "model.onnx" {
+            fp32_ort_rate = Some((ort_rate, tokens[2].clone()));
+        }
         for (v, name) in names.iter().enumerate() {
             let (first, per_token) = summary[v];
             let rate = 1.0 / per_token.as_secs_f64();
@@ -399,6 +471,9 @@ fn main() -> Result<()> {
                 "same_tokens_as_ort_direct": tokens[v] == tokens[2],
             }));
         }
+    }
+    if let Some((ort_rate, ort_tokens)) = fp32_ort_rate {
+        rows.extend(llama_cpp(&dir, rounds, ort_rate, &ort_tokens)?);
     }
     let result: Value =
         json!({ "prompt_tokens": PROMPT, "new_tokens": NEW, "rounds": rounds, "rows": rows });
