@@ -152,7 +152,7 @@ pub enum StageError {
     /// between two partial outputs. The instance is dropped (it was
     /// interrupted), the host carries on.
     #[error(
-        "pipeline '{pipeline}', stage '{stage}': no partial output within the token deadline of {limit_ms} ms since the last one (requests.token_deadline_ms)"
+        "pipeline '{pipeline}', stage '{stage}': no partial output within the token deadline of {limit_ms} ms since the last one (the server's token_deadline_ms, under [requests] or [pipelines.NAME])"
     )]
     TokenDeadline {
         /// The pipeline's name.

@@ -463,7 +463,8 @@ impl Pipeline {
                 tensor.name.clone_from(stage_name);
                 given.push(tensor);
             }
-            let (outputs, timing) = step.stage.run_streaming(given, deadline, sink.clone())?;
+            let step_sink = sink.as_ref().map(|s| s.renamed(&step.outputs));
+            let (outputs, timing) = step.stage.run_streaming(given, deadline, step_sink)?;
             timings.push(timing);
             for mut tensor in outputs {
                 if let Some((_, pipe_name)) = step.outputs.iter().find(|(s, _)| s == &tensor.name) {

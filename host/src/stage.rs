@@ -87,6 +87,9 @@ pub struct StageHost {
     sink: Option<Sink>,
     /// When the current call last emitted, if it has.
     last_emit: Option<Instant>,
+    /// Bytes the current call has emitted: partial outputs, together, are
+    /// bounded like the outputs a call returns.
+    emitted_bytes: usize,
     /// The current call's token deadline (its sink's), kept after the call
     /// to explain an interruption.
     token_deadline: Option<Duration>,
@@ -129,6 +132,29 @@ impl Sink {
         self.token_deadline = Some(gap);
         self
     }
+
+    /// This sink, with what a stage emits renamed as its pipeline wires the
+    /// stage's outputs (`(stage's name, pipeline's name)` pairs), so partial
+    /// outputs carry the names the final ones do.
+    #[must_use]
+    pub fn renamed(&self, names: &[(String, String)]) -> Self {
+        if names.iter().all(|(stage, pipeline)| stage == pipeline) {
+            return self.clone();
+        }
+        let names = names.to_vec();
+        let send = self.send.clone();
+        Self {
+            send: Arc::new(move |stage: &str, mut outputs: Vec<Tensor>| {
+                for tensor in &mut outputs {
+                    if let Some((_, pipeline)) = names.iter().find(|(s, _)| *s == tensor.name) {
+                        tensor.name.clone_from(pipeline);
+                    }
+                }
+                send(stage, outputs)
+            }),
+            token_deadline: self.token_deadline,
+        }
+    }
 }
 
 impl StageHost {
@@ -152,6 +178,15 @@ impl bindings::outpost::plugin::partials::Host for StageHost {
                 self.max_emit_bytes
             ));
         }
+        let total = self.emitted_bytes.saturating_add(bytes);
+        if total > self.max_emit_bytes {
+            return Err(wasmtime::format_err!(
+                "stage '{}' emitted {total} bytes of partial outputs in this call, over its output limit of {} bytes (limits.max_output_mib)",
+                self.stage,
+                self.max_emit_bytes
+            ));
+        }
+        self.emitted_bytes = total;
         self.last_emit = Some(Instant::now());
         Ok(match &self.sink {
             Some(sink) => (sink.send)(&self.stage, outputs),
@@ -480,6 +515,7 @@ impl LoadedStage {
             deadline: None,
             sink: None,
             last_emit: None,
+            emitted_bytes: 0,
             token_deadline: None,
             stage: self.name.clone(),
             max_emit_bytes: self.limits.max_output_bytes,
@@ -562,6 +598,7 @@ impl LoadedStage {
         host.denials.reset();
         host.deadline = None;
         host.last_emit = None;
+        host.emitted_bytes = 0;
         host.token_deadline = None;
     }
 

@@ -436,3 +436,38 @@ fn a_generation_past_max_context_stops_with_an_error_naming_the_limit() {
         "would hold 41 positions (40 cached + 1 new), over max_context = 40 ([models.lm.cache])",
     ]);
 }
+
+#[test]
+fn partial_outputs_carry_the_names_the_pipeline_gives_them() {
+    let scratch = Scratch::new();
+    let toml = smollm2_pipeline("smollm2.toml", "model.onnx")
+        .replace(
+            r#"outputs = ["input_ids", "token_ids", "text"]"#,
+            r#"outputs = ["token_ids", "reply"]"#,
+        )
+        .replace(
+            "config = { model = \"lm\", max_new_tokens = 64, stop = [0, 2] }",
+            "config = { model = \"lm\", max_new_tokens = 4, stop = [] }\noutputs = { text = \"reply\", token_ids = \"token_ids\" }",
+        );
+    assert!(toml.contains("\"reply\"]") && toml.contains("text = \"reply\""));
+    let pipeline = scratch.write("renamed.toml", toml);
+    let out = run_text(&pipeline, "Hi", &["--stream"]);
+    assert!(out.ok, "{}", out.stderr);
+    let lines: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (report, partials) = lines.split_last().unwrap();
+    assert_eq!(partials.len(), 4, "{lines:?}");
+    let mut pieces = String::new();
+    for p in partials {
+        // The stage emits `text`; the pipeline calls it `reply`.
+        assert!(p["partial"].get("text").is_none(), "{p}");
+        pieces.push_str(p["partial"]["reply"].as_str().unwrap());
+    }
+    assert_eq!(
+        pieces,
+        report["results"][0]["outputs"]["reply"].as_str().unwrap()
+    );
+}

@@ -170,6 +170,18 @@ fn hostile_stages_fail_typed_and_the_host_carries_on() {
             "emitted 100000000 bytes at once, over its output limit of 16777216 bytes (limits.max_output_mib)",
             Duration::ZERO,
         ),
+        // Partial outputs each under the limit, one after another: their
+        // sum is bounded too (a streaming client would otherwise be sent,
+        // and the host would queue, without end).
+        (
+            "emit-flood",
+            ", bytes = 1048576",
+            "max_output_mib = 16",
+            "",
+            |e| matches!(e, StageError::Trap { .. }),
+            "bytes of partial outputs in this call, over its output limit of 16777216 bytes (limits.max_output_mib)",
+            Duration::ZERO,
+        ),
         (
             "read-file",
             "",

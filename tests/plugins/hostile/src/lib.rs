@@ -1,8 +1,10 @@
 //! A test stage that attacks its host in the way config `attack` names, on
 //! every `run`. Input `x` (anything); output `y`, f32.
 //!
-//! `loop`, `recurse`, `alloc`, `huge-output` and `huge-emit` (config
-//! `bytes`; the second as a partial output, `outpost_guest::emit`), `read-file`,
+//! `loop`, `recurse`, `alloc`, `huge-output`, `huge-emit` and `emit-flood`
+//! (config `bytes`; the second as one partial output, `outpost_guest::emit`,
+//! the third as partial outputs of that size, one after another until
+//! nobody listens), `read-file`,
 //! `list-root`, `env`, `socket` (config `address`), `clock`, `unknown-model`,
 //! `none` (behaves), `spin` (not an attack: busy work for config
 //! `iterations`, then returns that count; a slow but sound request).
@@ -99,6 +101,22 @@ impl Stage for Hostile {
                     data: vec![0; n / 4 * 4],
                 }]);
                 report(&[f32::from(u8::from(emitted))])
+            }
+            "emit-flood" => {
+                // Each partial output under the output limit, without end:
+                // together they must be bounded all the same.
+                let n = usize::try_from(self.bytes).unwrap_or(usize::MAX);
+                let chunk = Tensor {
+                    name: "y".into(),
+                    dims: vec![(n / 4) as u32],
+                    element_type: outpost_guest::ElementType::F32,
+                    data: vec![0; n / 4 * 4],
+                };
+                let mut sent = 0u32;
+                while outpost_guest::emit(std::slice::from_ref(&chunk)) {
+                    sent = sent.saturating_add(1);
+                }
+                report(&[sent as f32])
             }
             "read-file" => match std::fs::read("/etc/passwd") {
                 Ok(bytes) => report(&[bytes.len() as f32]),
