@@ -176,9 +176,10 @@ fn conversation(json: &str) -> Result<Vec<Message>, StageError> {
     }
     for (i, m) in messages.iter().enumerate() {
         if !ROLES.contains(&m.role.as_str()) {
+            let cut: String = m.role.chars().take(40).collect();
+            let more = if cut.len() < m.role.len() { "..." } else { "" };
             return Err(StageError::invalid_input(format!(
-                "messages[{i}]: role {:.40?} is not one of {}",
-                m.role,
+                "messages[{i}]: role {cut:?}{more} is not one of {}",
                 ROLES.join(", ")
             )));
         }

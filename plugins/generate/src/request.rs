@@ -3,6 +3,8 @@
 
 use crate::Sampling;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
 
 /// How one generation runs.
 #[derive(Clone, Debug, PartialEq)]
@@ -19,24 +21,30 @@ pub struct Settings {
 const MAX_STOP_STRINGS: usize = 16;
 const MAX_STOP_BYTES: usize = 256;
 
-/// What a request may set; every field optional.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Parameters {
-    max_tokens: Option<u32>,
-    temperature: Option<f32>,
-    top_k: Option<usize>,
-    top_p: Option<f32>,
-    seed: Option<u64>,
-    stop: Option<Stop>,
-    stop_token_ids: Option<Vec<i64>>,
-}
+/// The settings a request may give.
+const KNOWN: &str = "max_tokens, temperature, top_k, top_p, seed, stop, stop_token_ids";
 
+/// `stop`: one string or a list of them.
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum Stop {
     One(String),
     Many(Vec<String>),
+}
+
+/// One setting's value, or a message naming it.
+fn value<T: DeserializeOwned>(key: &str, value: Value) -> Result<T, String> {
+    serde_json::from_value(value).map_err(|e| format!("setting '{key}': {e}"))
+}
+
+/// At most 40 characters of `text`, quoted, for messages.
+fn quoted(text: &str) -> String {
+    let cut: String = text.chars().take(40).collect();
+    if cut.len() < text.len() {
+        format!("{cut:?}...")
+    } else {
+        format!("{cut:?}")
+    }
 }
 
 impl Settings {
@@ -48,41 +56,47 @@ impl Settings {
         if json.trim().is_empty() {
             return Ok(out);
         }
-        let given: Parameters = serde_json::from_str(json)
-            .map_err(|e| format!("input 'parameters' is not a valid settings object: {e}"))?;
-        if let Some(n) = given.max_tokens {
-            if n == 0 {
-                return Err("max_tokens = 0 would generate nothing; ask for at least 1".into());
+        let given: Map<String, Value> = serde_json::from_str(json).map_err(|e| {
+            format!("the request's settings (input 'parameters') must be a JSON object: {e}")
+        })?;
+        let mut stops = Vec::new();
+        for (key, v) in given {
+            match key.as_str() {
+                "max_tokens" => {
+                    let n: u32 = value(&key, v)?;
+                    if n == 0 {
+                        return Err(
+                            "max_tokens = 0 would generate nothing; ask for at least 1".into()
+                        );
+                    }
+                    if n > self.max_new_tokens {
+                        return Err(format!(
+                            "max_tokens = {n} is more than this pipeline allows (its generate stage's max_new_tokens = {})",
+                            self.max_new_tokens
+                        ));
+                    }
+                    out.max_new_tokens = n;
+                }
+                "temperature" => out.sampling.temperature = value(&key, v)?,
+                "top_k" => out.sampling.top_k = value(&key, v)?,
+                "top_p" => out.sampling.top_p = value(&key, v)?,
+                "seed" => out.sampling.seed = value(&key, v)?,
+                "stop_token_ids" => out.stop_ids.extend(value::<Vec<i64>>(&key, v)?),
+                "stop" => {
+                    stops = match value(&key, v)? {
+                        Stop::One(s) => vec![s],
+                        Stop::Many(list) => list,
+                    }
+                }
+                other => {
+                    return Err(format!(
+                        "unknown setting {}; a request may set {KNOWN}",
+                        quoted(other)
+                    ));
+                }
             }
-            if n > self.max_new_tokens {
-                return Err(format!(
-                    "max_tokens = {n} is more than this pipeline allows (its generate stage's max_new_tokens = {})",
-                    self.max_new_tokens
-                ));
-            }
-            out.max_new_tokens = n;
-        }
-        if let Some(t) = given.temperature {
-            out.sampling.temperature = t;
-        }
-        if let Some(k) = given.top_k {
-            out.sampling.top_k = k;
-        }
-        if let Some(p) = given.top_p {
-            out.sampling.top_p = p;
-        }
-        if let Some(seed) = given.seed {
-            out.sampling.seed = seed;
         }
         out.sampling.check()?;
-        if let Some(ids) = given.stop_token_ids {
-            out.stop_ids.extend(ids);
-        }
-        let stops = match given.stop {
-            None => Vec::new(),
-            Some(Stop::One(s)) => vec![s],
-            Some(Stop::Many(list)) => list,
-        };
         if stops.len() > MAX_STOP_STRINGS {
             return Err(format!(
                 "stop: {} strings given, at most {MAX_STOP_STRINGS} are allowed",
@@ -92,8 +106,9 @@ impl Settings {
         for s in &stops {
             if s.is_empty() || s.len() > MAX_STOP_BYTES {
                 return Err(format!(
-                    "stop: each stop string must be 1 to {MAX_STOP_BYTES} bytes, not {} ({s:.40?})",
-                    s.len()
+                    "stop: each stop string must be 1 to {MAX_STOP_BYTES} bytes, not {} ({})",
+                    s.len(),
+                    quoted(s)
                 ));
             }
         }
@@ -169,18 +184,26 @@ mod tests {
             &["max_tokens = 65", "max_new_tokens = 64"],
         );
         refused(r#"{"max_tokens": 0}"#, true, &["max_tokens = 0"]);
-        refused(r#"{"max_tokens": -1}"#, true, &["parameters"]);
+        refused(r#"{"max_tokens": -1}"#, true, &["setting 'max_tokens'"]);
+        refused(r#"{"seed": -1}"#, true, &["setting 'seed'"]);
         refused(r#"{"temperature": -1}"#, true, &["temperature"]);
         refused(r#"{"top_p": 0}"#, true, &["top_p"]);
-        refused(r#"{"logprobs": true}"#, true, &["unknown field `logprobs`"]);
+        refused(
+            r#"{"logprobs": true}"#,
+            true,
+            &["unknown setting \"logprobs\"", "top_p"],
+        );
+        let long = format!(r#"{{"{}": 1}}"#, "x".repeat(10_000));
+        let e = configured().with_request(&long, true).unwrap_err();
+        assert!(e.len() < 200, "{e}");
         refused(r#"{"stop": [""]}"#, true, &["stop"]);
-        refused(r#"{"stop": 3}"#, true, &["parameters"]);
+        refused(r#"{"stop": 3}"#, true, &["setting 'stop'"]);
         refused(r#"{"stop": "x"}"#, false, &["no tokenizer"]);
         refused(
             &format!(r#"{{"stop": {:?}}}"#, vec!["s"; 17]),
             true,
             &["17 strings"],
         );
-        refused("[1, 2]", true, &["parameters"]);
+        refused("[1, 2]", true, &["must be a JSON object"]);
     }
 }
