@@ -311,9 +311,9 @@ fn a_client_that_goes_away_stops_its_generation() {
             "max_new_tokens = 2000, stop = []",
         )],
     );
-    // One request at a time and none waiting: a second request is refused
-    // (503) for as long as the first one runs.
-    let server = serve(&p, &bundle, "[requests]\nconcurrency = 1\nqueue = 0\n");
+    // One request at a time and one waiting: a third request is refused
+    // (503) for as long as the first one runs and the second waits.
+    let server = serve(&p, &bundle, "[requests]\nconcurrency = 1\nqueue = 1\n");
     let mut client = endless(&server);
     // Tokens arrive...
     let mut seen = Vec::new();
@@ -323,11 +323,30 @@ fn a_client_that_goes_away_stops_its_generation() {
         assert!(n > 0, "{}", String::from_utf8_lossy(&seen));
         seen.extend_from_slice(&buf[..n]);
     }
+    // A second client waits for the slot, then goes away before it runs:
+    // it gives up its place, and is counted as cancelled at once.
+    let waiting = endless(&server);
+    std::thread::sleep(Duration::from_millis(500));
     let hi = json!({ "model": "smollm2-chat", "messages": question("Hi"), "max_tokens": 1 });
     let busy = chat_post(&server, &hi);
     assert_eq!(busy.status, 503, "the first generation should still run");
-    // ...then the client goes away, and the generation stops (about 2000
-    // tokens were left, half a minute and more).
+    drop(waiting);
+    let left = Instant::now();
+    loop {
+        let metrics = http(&server.http, "GET", "/metrics", &[], b"");
+        let text = String::from_utf8_lossy(&metrics.body).into_owned();
+        if text.contains("kind=\"cancelled\"") {
+            break;
+        }
+        assert!(
+            left.elapsed() < Duration::from_secs(10),
+            "the waiting request was not cancelled:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // ...then the first client goes away, and the generation stops (about
+    // 2000 tokens were left, half a minute and more): the next request is
+    // served as soon as its slot is free.
     drop(client);
     let gone = Instant::now();
     loop {

@@ -169,8 +169,9 @@ pub struct Admission {
     /// A request's deadline, from when its body has been read; a request
     /// may ask for less.
     pub deadline: Duration,
-    /// For requests that stream (generation): the longest a stage may go
-    /// between two partial outputs, once it has sent one.
+    /// For generation requests (streamed or not: both run with a sink): the
+    /// longest a stage may go between two partial outputs, once it has
+    /// sent one.
     pub token_deadline: Option<Duration>,
 }
 

@@ -15,6 +15,9 @@ pub enum Class {
     RequestTimeout,
     Unavailable,
     DeadlineExceeded,
+    /// The client went away before its answer (nginx's 499): counted, never
+    /// sent.
+    ClientClosed,
     Internal,
 }
 
@@ -29,6 +32,7 @@ impl Class {
             Class::Internal => 500,
             Class::Unavailable => 503,
             Class::DeadlineExceeded => 504,
+            Class::ClientClosed => 499,
         }
     }
 
@@ -40,6 +44,7 @@ impl Class {
             Class::PayloadTooLarge => tonic::Code::ResourceExhausted,
             Class::RequestTimeout | Class::DeadlineExceeded => tonic::Code::DeadlineExceeded,
             Class::Unavailable => tonic::Code::Unavailable,
+            Class::ClientClosed => tonic::Code::Cancelled,
             Class::Internal => tonic::Code::Internal,
         }
     }
@@ -77,7 +82,13 @@ impl ApiError {
         let message = error.to_string();
         match &error {
             RunError::Input { .. } => Self::bad_request(message),
-            e if e.is_deadline() => Self::new(Class::DeadlineExceeded, "DeadlineExceeded", message),
+            e if e.is_deadline() => {
+                let kind = match e {
+                    RunError::Stage(stage) => stage.kind(),
+                    _ => "DeadlineExceeded",
+                };
+                Self::new(Class::DeadlineExceeded, kind, message)
+            }
             RunError::Stage(stage) => {
                 let kind = stage.kind();
                 // A stage that judged the request's tensors invalid speaks

@@ -82,9 +82,17 @@ fn start(
     });
     let app = state.app.clone();
     tokio::spawn(async move {
-        let result = served
-            .infer_streaming(&entry, inputs, None, Some(sink), &app.metrics)
-            .await;
+        let run = served.infer_streaming(&entry, inputs, None, Some(sink), &app.metrics);
+        // A client that goes away while its request waits for a slot gives
+        // the slot up; once running, the stage hears it at its next emit.
+        let result = tokio::select! {
+            result = run => result,
+            () = tx.closed() => Err(ApiError::new(
+                Class::ClientClosed,
+                "cancelled",
+                format!("model '{}': the client went away before its answer", served.name),
+            )),
+        };
         served.count(&app.metrics, &result);
         let _ = tx.send(Event::Done(result));
     });
@@ -168,6 +176,7 @@ fn openai_error(e: &ApiError) -> Value {
         Class::NotFound => "not_found_error",
         Class::Unavailable => "overloaded_error",
         Class::RequestTimeout | Class::DeadlineExceeded => "timeout_error",
+        Class::ClientClosed => "cancelled",
         Class::Internal => "server_error",
     };
     json!({ "error": { "message": e.message, "type": kind, "param": null, "code": e.kind } })
@@ -253,7 +262,10 @@ const IGNORED: [&str; 5] = [
 fn at_default(key: &str, value: &Value) -> Option<bool> {
     Some(match key {
         "n" | "best_of" => value.is_null() || value.as_u64() == Some(1),
-        "logprobs" | "echo" => value.is_null() || *value == json!(false),
+        // Chat's logprobs is a flag; completions' a count (0: none).
+        "logprobs" | "echo" => {
+            value.is_null() || *value == json!(false) || value.as_u64() == Some(0)
+        }
         "top_logprobs" | "suffix" | "tool_choice" | "functions" | "function_call" => {
             value.is_null() || (key == "tool_choice" && *value == json!("none"))
         }
@@ -492,6 +504,14 @@ fn pipeline_inputs(
 }
 
 async fn openai(state: Arc<HttpState>, headers: HeaderMap, body: Body, api: Api) -> Response {
+    // Held until the model has taken the request in, or refused it.
+    let Ok(reading) = state.openai_bodies.clone().try_acquire_owned() else {
+        return openai_error_response(&ApiError::new(
+            Class::Unavailable,
+            "overloaded",
+            "the server is reading as many requests as its models may take in; retry later",
+        ));
+    };
     let body = match read_body(&state, &headers, body).await {
         Ok(body) => body,
         Err(e) => return openai_error_response(&e),
@@ -511,6 +531,8 @@ async fn openai(state: Arc<HttpState>, headers: HeaderMap, body: Body, api: Api)
             return response;
         }
     };
+    // The model bounds it from here on.
+    drop(reading);
     let reply = Reply::new(&request.served.name, api);
     let mut events = start(
         &state,
@@ -547,6 +569,10 @@ struct Reply {
     api: Api,
     /// Whether the first chunk (the role, for chat) went out.
     started: bool,
+    /// Whether any text streamed: if none did, the final `text` goes out
+    /// whole at the end (a pipeline whose text comes from a stage that does
+    /// not emit).
+    streamed_text: bool,
 }
 
 impl Reply {
@@ -565,6 +591,7 @@ impl Reply {
             model: model.to_owned(),
             api,
             started: false,
+            streamed_text: false,
         }
     }
 
@@ -634,6 +661,7 @@ impl Reply {
                 if let Some(t) = outputs.iter().find(|t| t.name == "text") {
                     let piece = String::from_utf8_lossy(&t.data);
                     if !piece.is_empty() {
+                        self.streamed_text = true;
                         lines.push(
                             self.envelope(vec![self.choice(Some(&piece), None, true)], true)
                                 .to_string(),
@@ -642,6 +670,13 @@ impl Reply {
                 }
             }
             Event::Done(Ok(outputs)) => {
+                let text = text_of(&outputs, "text");
+                if !self.streamed_text && !text.is_empty() {
+                    lines.push(
+                        self.envelope(vec![self.choice(Some(&text), None, true)], true)
+                            .to_string(),
+                    );
+                }
                 let reason = finish_reason(&outputs);
                 lines.push(
                     self.envelope(vec![self.choice(None, Some(&reason), true)], true)

@@ -24,6 +24,10 @@ pub struct HttpState {
     pub app: Arc<App>,
     pub max_body_bytes: usize,
     pub body_read_timeout: Duration,
+    /// OpenAI requests name their model inside the body, so their bodies
+    /// are read before a model takes them in: this bounds how many are
+    /// read at once (as many as all models may take in).
+    pub openai_bodies: Arc<tokio::sync::Semaphore>,
 }
 
 pub fn router(state: Arc<HttpState>) -> Router {

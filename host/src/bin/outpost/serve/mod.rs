@@ -494,6 +494,13 @@ async fn serve(
         app: app.clone(),
         max_body_bytes: settings.max_body_bytes,
         body_read_timeout: settings.body_read_timeout,
+        openai_bodies: Arc::new(tokio::sync::Semaphore::new(
+            app.models()
+                .iter()
+                .map(|m| m.admission().concurrency + m.admission().queue)
+                .sum::<usize>()
+                .max(1),
+        )),
     }));
     let mut loops = Vec::new();
     loops.push(tokio::spawn(listen::accept_loop(
