@@ -145,6 +145,34 @@ fn argmax_last(logits: &[f32], vocab: usize) -> i64 {
     best as i64
 }
 
+/// The greedy loop the direct runs share, timed: `step(ids, past)` runs
+/// the model on the new `ids` after `past` cached positions (keeping its
+/// own cache) and returns the next token; first the whole prompt, then one
+/// token at a time.
+fn greedy(mut step: impl FnMut(&[i64], usize) -> Result<i64>) -> Result<(Timing, Vec<i64>)> {
+    let start = Instant::now();
+    let mut tokens = Vec::with_capacity(NEW);
+    let mut ids = prompt();
+    let mut len = 0usize;
+    let mut first_at = start;
+    while tokens.len() < NEW {
+        let token = step(&ids, len)?;
+        len += ids.len();
+        tokens.push(token);
+        if tokens.len() == 1 {
+            first_at = Instant::now();
+        }
+        ids = vec![token];
+    }
+    Ok((
+        Timing {
+            first: first_at - start,
+            per_token: (Instant::now() - first_at) / (NEW as u32 - 1),
+        },
+        tokens,
+    ))
+}
+
 /// ONNX Runtime called directly: the same loop, the cache fed back as the
 /// values ONNX Runtime returned.
 fn ort_once(session: &mut ort::session::Session) -> Result<(Timing, Vec<i64>)> {
@@ -155,24 +183,18 @@ fn ort_once(session: &mut ort::session::Session) -> Result<(Timing, Vec<i64>)> {
         .iter()
         .map(|i| i.name().to_owned())
         .collect();
-    let start = Instant::now();
     let mut past: Vec<DynValue> = (0..2 * LAYERS)
         .map(|_| {
             OrtTensor::<f32>::from_array((vec![1i64, 3, 0, 64], Vec::<f32>::new()))
                 .map(|t| t.into_dyn())
         })
         .collect::<std::result::Result<_, _>>()?;
-    let mut tokens = Vec::new();
-    let mut ids = prompt();
-    let mut len = 0usize;
-    let mut first = Duration::ZERO;
-    let mut first_at = start;
-    while tokens.len() < NEW {
+    greedy(|ids, len| {
         let n = ids.len();
         let mut inputs: Vec<(String, SessionInputValue)> = Vec::new();
         for name in &names {
             let value: SessionInputValue = match name.as_str() {
-                "input_ids" => OrtTensor::from_array((vec![1i64, n as i64], ids.clone()))?
+                "input_ids" => OrtTensor::from_array((vec![1i64, n as i64], ids.to_vec()))?
                     .into_dyn()
                     .into(),
                 "attention_mask" => {
@@ -208,21 +230,8 @@ fn ort_once(session: &mut ort::session::Session) -> Result<(Timing, Vec<i64>)> {
             }
         }
         past = next;
-        len += n;
-        tokens.push(token);
-        if tokens.len() == 1 {
-            first_at = Instant::now();
-            first = first_at - start;
-        }
-        ids = vec![token];
-    }
-    Ok((
-        Timing {
-            first,
-            per_token: (Instant::now() - first_at) / (NEW as u32 - 1),
-        },
-        tokens,
-    ))
+        Ok(token)
+    })
 }
 
 fn layer_slot(name: &str) -> Option<usize> {
@@ -241,21 +250,15 @@ fn tract_once(plan: &Arc<tract_onnx::prelude::TypedRunnableModel>) -> Result<(Ti
         .iter()
         .map(|o| plan.model().node(o.node).name.clone())
         .collect();
-    let start = Instant::now();
     let mut past: Vec<TValue> = (0..2 * LAYERS)
         .map(|_| Tensor::zero::<f32>(&[1, 3, 0, 64]).map(IntoTValue::into_tvalue))
         .collect::<TractResult<_>>()?;
-    let mut tokens = Vec::new();
-    let mut ids = prompt();
-    let mut len = 0usize;
-    let mut first = Duration::ZERO;
-    let mut first_at = start;
-    while tokens.len() < NEW {
+    greedy(|ids, len| {
         let n = ids.len();
         let mut values: TVec<TValue> = tvec!();
         for name in &inputs {
             values.push(match name.as_str() {
-                "input_ids" => tensor1(&ids).into_shape(&[1, n])?.into_tvalue(),
+                "input_ids" => tensor1(ids).into_shape(&[1, n])?.into_tvalue(),
                 "attention_mask" => tensor1(&vec![1i64; len + n])
                     .into_shape(&[1, len + n])?
                     .into_tvalue(),
@@ -271,21 +274,8 @@ fn tract_once(plan: &Arc<tract_onnx::prelude::TypedRunnableModel>) -> Result<(Ti
         let view = logits.to_plain_array_view::<f32>()?;
         let token = argmax_last(view.as_slice().context("contiguous logits")?, vocab);
         past = outputs.into_iter().collect();
-        len += n;
-        tokens.push(token);
-        if tokens.len() == 1 {
-            first_at = Instant::now();
-            first = first_at - start;
-        }
-        ids = vec![token];
-    }
-    Ok((
-        Timing {
-            first,
-            per_token: (Instant::now() - first_at) / (NEW as u32 - 1),
-        },
-        tokens,
-    ))
+        Ok(token)
+    })
 }
 
 /// llama.cpp on the Q4_1 GGUF through llama-cpp-python, when a Python with
