@@ -16,7 +16,7 @@
 //! hears that nobody listens, and the `generate` stage ends there.
 
 use super::error::{ApiError, Class};
-use super::http::{HttpState, read_body};
+use super::http::{HttpState, lookup, read_body};
 use super::kserve::{self, WireData, WireInput, WireOutput};
 use super::models::{Entry, Served};
 use axum::Router;
@@ -881,13 +881,6 @@ async fn kserve_request(
         inputs.push(tensor);
     }
     Ok((entry, inputs, id))
-}
-
-fn lookup(state: &HttpState, params: &HashMap<String, String>) -> Result<Arc<Served>, ApiError> {
-    let name = params.get("name").map_or("", String::as_str);
-    state
-        .app
-        .model(name, params.get("version").map(String::as_str))
 }
 
 /// Counts a request refused before its run (the run counts itself).

@@ -113,7 +113,11 @@ async fn server_metadata() -> Response {
     .into_response()
 }
 
-fn lookup(state: &HttpState, params: &HashMap<String, String>) -> Result<Arc<Served>, ApiError> {
+/// The model a request path names (`{name}`, and `{version}` if given).
+pub(super) fn lookup(
+    state: &HttpState,
+    params: &HashMap<String, String>,
+) -> Result<Arc<Served>, ApiError> {
     let name = params.get("name").map_or("", String::as_str);
     state
         .app
