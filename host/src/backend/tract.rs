@@ -8,6 +8,7 @@
 
 mod bounds;
 mod gather;
+mod prepack;
 
 use super::{Held, Model, ModelSignature, RunInput, RunOutput};
 use crate::bindings::{Dim, ElementType, TensorSpec};
@@ -132,10 +133,7 @@ impl Specialized {
             .iter()
             .map(|(name, value)| (self.source.symbols.sym(name), TDim::Val(*value)))
             .collect();
-        self.source
-            .set_symbols(&values)?
-            .into_optimized()?
-            .into_runnable()
+        optimised(self.source.set_symbols(&values)?)?.into_runnable()
     }
 }
 
@@ -200,8 +198,7 @@ impl TractGraph {
             plans: Mutex::new(Vec::new()),
             built: AtomicUsize::new(0),
         });
-        let plan = simplified
-            .into_optimized()
+        let plan = optimised(simplified)
             .map_err(|e| fail("optimisation failed", e))?
             .into_runnable()
             .map_err(|e| fail("could not build an execution plan", e))?;
@@ -239,10 +236,18 @@ fn simplify(typed: TypedModel) -> TractResult<TypedModel> {
     Ok(model)
 }
 
+/// tract's optimisation, then constant operands packed once (see
+/// `prepack.rs`).
+fn optimised(simplified: TypedModel) -> TractResult<TypedModel> {
+    let mut model = simplified.into_optimized()?;
+    prepack::pack_constant_operands(&mut model)?;
+    Ok(model)
+}
+
 /// Simplifies and optimises a typed model as this backend runs it (its
 /// general plan): for tools and benchmarks that run tract directly.
 pub fn optimise(typed: TypedModel) -> TractResult<TypedModel> {
-    simplify(typed)?.into_optimized()
+    optimised(simplify(typed)?)
 }
 
 impl Model for TractGraph {
