@@ -82,6 +82,7 @@ axis = 2
 attention_mask = "attention_mask"
 position_ids = "position_ids"
 max_context = 512
+last_position = ["logits"]
 [[stages]]
 name = "generate"
 component = "{plugins}/generate.wasm"

@@ -112,6 +112,51 @@ fn the_host_fills_mask_and_positions_and_each_request_starts_a_new_sequence() {
 }
 
 #[test]
+fn last_position_gives_the_stage_only_each_sequences_last_position() {
+    let scratch = Scratch::new();
+    let wiring = WIRING.replace(
+        "max_context = 6",
+        "max_context = 6\nlast_position = [\"logits\", \"positions\"]",
+    );
+    let pipeline = toy(&scratch, &wiring);
+    // Two sequences of three new positions each.
+    let batch = scratch.write(
+        "batch.json",
+        json!({ "input_ids": { "dims": [2, 3], "type": "i64", "data": [1, 2, 3, 4, 5, 6] } })
+            .to_string(),
+    );
+    let ort = onnxruntime();
+    for backend in [vec![], ort.iter().map(String::as_str).collect::<Vec<_>>()] {
+        let out = run(&pipeline, std::slice::from_ref(&batch), &backend);
+        assert!(out.ok, "{backend:?}: {}", out.stderr);
+        let outputs = &out.json()["results"][0]["outputs"];
+        // logits = ids × (1, 2, 3), of each sequence's last id only.
+        assert_eq!(outputs["logits"]["dims"], json!([2, 1, 3]), "{backend:?}");
+        assert_eq!(
+            outputs["logits"]["data"],
+            json!([3.0, 6.0, 9.0, 6.0, 12.0, 18.0]),
+            "{backend:?}"
+        );
+        assert_eq!(outputs["positions"]["dims"], json!([2, 1]), "{backend:?}");
+        assert_eq!(outputs["positions"]["data"], json!([2, 2]), "{backend:?}");
+        // The cache still holds every position: 3 per sequence.
+        assert_eq!(outputs["mask_sum"]["data"], json!([6]), "{backend:?}");
+    }
+    // The stage sees the cut dimension in the model's signature.
+    let inspect = outpost(&[
+        "inspect",
+        "--insecure-unsigned",
+        &pipeline.display().to_string(),
+    ]);
+    assert!(inspect.ok, "{}", inspect.stderr);
+    assert!(
+        inspect.stdout.contains("\"f32[batch, 1, 3]\""),
+        "{}",
+        inspect.stdout
+    );
+}
+
+#[test]
 fn a_prompt_past_max_context_is_refused_naming_the_limit() {
     let scratch = Scratch::new();
     let pipeline = toy(&scratch, WIRING);
@@ -160,6 +205,22 @@ fn cache_tables_that_do_not_fit_the_model_are_refused_at_load() {
             &["max_context must be at least 1"],
         ),
         ("axis = 2", "axis = 2\nsize = 3", &["unknown field `size`"]),
+        (
+            "max_context = 6",
+            "max_context = 6\nlast_position = [\"present.a\"]",
+            &[
+                "last_position names 'present.a', which is not an output the stage receives",
+                "logits, positions, mask_sum, cache_sum",
+            ],
+        ),
+        (
+            "max_context = 6",
+            "max_context = 6\nlast_position = [\"mask_sum\"]",
+            &[
+                "last_position names 'mask_sum' (i64[])",
+                "exactly one dimension 'seq' (the new positions of input 'input_ids')",
+            ],
+        ),
     ];
     for (from, to, needles) in cases {
         let scratch = Scratch::new();
@@ -365,6 +426,29 @@ fn a_cache_over_the_stage_memory_limit_is_a_memory_limit_and_names_the_cache() {
         "in key/value caches)",
         "limits.nn_memory_mib",
     ]);
+}
+
+#[test]
+fn a_long_prompt_fits_the_stage_because_it_gets_only_the_last_positions_logits() {
+    let scratch = Scratch::new();
+    let with = smollm2(&scratch, "model.onnx", "max_new_tokens = 1, stop = []", "");
+    let line = "last_position = [\"logits\"]\n";
+    let toml = std::fs::read_to_string(&with).unwrap();
+    assert!(toml.contains(line), "{toml}");
+    let without = scratch.write("without.toml", toml.replace(line, ""));
+    // ~1,500 tokens: every position's logits would be 295 MB, over the
+    // default stage memory of 256 MiB.
+    let prompt = "the sea ".repeat(750);
+    let ort = onnxruntime();
+    let ort: Vec<&str> = ort.iter().map(String::as_str).collect();
+    let out = run_text(&with, &prompt, &ort);
+    assert!(out.ok, "{}", out.stderr);
+    let outputs = &out.json()["results"][0]["outputs"];
+    let positions = outputs["input_ids"]["dims"][1].as_u64().unwrap();
+    assert!(positions > 1400, "{positions} prompt positions");
+    assert_eq!(outputs["token_ids"]["dims"], json!([1, 1]));
+    run_text(&without, &prompt, &ort)
+        .expect_error(&["stage 'generate' exceeded its memory limit of 256 MiB"]);
 }
 
 #[test]

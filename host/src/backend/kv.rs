@@ -36,6 +36,9 @@ struct Wiring {
     /// For each output of the inner model: the cache slot it refills, or
     /// `None` for an output the stage receives.
     outputs: Vec<Option<usize>>,
+    /// For each output the stage receives: the axis of which it gets only
+    /// the last position (`last_position`), if any.
+    last: Vec<Option<usize>>,
     slots: Vec<Slot>,
     axis: usize,
     /// Which of the stage's inputs counts the new positions.
@@ -290,13 +293,19 @@ impl KvModel {
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
-        let visible_outputs = signature
+        let mut visible_outputs: Vec<TensorSpec> = signature
             .outputs
             .iter()
             .zip(&outputs)
             .filter(|(_, slot)| slot.is_none())
             .map(|(o, _)| o.clone())
             .collect();
+        let last = last_positions(
+            &spec.last_position,
+            &visible_inputs[tokens],
+            &mut visible_outputs,
+        )
+        .map_err(wrong)?;
         Ok(Self {
             signature: ModelSignature {
                 inputs: visible_inputs,
@@ -305,6 +314,7 @@ impl KvModel {
             wiring: Wiring {
                 sources,
                 outputs,
+                last,
                 slots,
                 axis: spec.axis,
                 tokens,
@@ -407,6 +417,15 @@ impl KvModel {
                     let spec = specs.next().ok_or_else(|| {
                         ModelFailure::from(format!("model '{name}' returned too many outputs"))
                     })?;
+                    let tensor = match w.last.get(visible.len()).copied().flatten() {
+                        Some(axis) => last_position(tensor, axis).map_err(|why| {
+                            format!(
+                                "model '{name}' output '{}': {why} (last_position in {})",
+                                spec.name, w.table
+                            )
+                        })?,
+                        None => tensor,
+                    };
                     visible.push(NamedTensor {
                         name: spec.name.clone(),
                         tensor,
@@ -458,6 +477,92 @@ impl KvModel {
             data: Vec::new(),
         })
     }
+}
+
+/// For each output the stage receives, the axis `last_position` cuts to its
+/// last position: the dimension the tokens input counts new positions
+/// along. That dimension becomes 1 in what the stage sees.
+fn last_positions(
+    wanted: &[String],
+    tokens: &TensorSpec,
+    outputs: &mut [TensorSpec],
+) -> Result<Vec<Option<usize>>, String> {
+    let mut last = vec![None; outputs.len()];
+    if wanted.is_empty() {
+        return Ok(last);
+    }
+    let Some(Dim::Symbol(new)) = tokens.dims.as_ref().and_then(|d| d.last()) else {
+        return Err(format!(
+            "last_position needs the new positions to be a named dimension, but input '{}' is {}",
+            tokens.name,
+            tokens.shape_string()
+        ));
+    };
+    for name in wanted {
+        let Some(i) = outputs.iter().position(|o| &o.name == name) else {
+            return Err(format!(
+                "last_position names '{name}', which is not an output the stage receives; those are: {}",
+                names(outputs)
+            ));
+        };
+        let output = &mut outputs[i];
+        let shape = output.shape_string();
+        let axes: Vec<usize> = output
+            .dims
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter(|(_, d)| matches!(d, Dim::Symbol(s) if s == new))
+            .map(|(a, _)| a)
+            .collect();
+        let [axis] = axes[..] else {
+            return Err(format!(
+                "last_position names '{name}' ({shape}), which does not have exactly one dimension '{new}' (the new positions of input '{}')",
+                tokens.name
+            ));
+        };
+        if let Some(dims) = output.dims.as_mut() {
+            dims[axis] = Dim::Fixed(1);
+        }
+        last[i] = Some(axis);
+    }
+    Ok(last)
+}
+
+/// `tensor` cut to the last position along `axis`.
+fn last_position(tensor: NnTensor, axis: usize) -> Result<NnTensor, String> {
+    let dims = &tensor.dimensions;
+    let positions = *dims
+        .get(axis)
+        .ok_or_else(|| format!("shape {dims:?} has no axis {axis}"))? as usize;
+    let volume = dims
+        .iter()
+        .try_fold(1usize, |v, &d| v.checked_mul(d as usize))
+        .ok_or_else(|| format!("shape {dims:?} is too large"))?;
+    if positions == 0 || volume == 0 || !tensor.data.len().is_multiple_of(volume) {
+        return Err(format!(
+            "shape {dims:?} with {} bytes has no last position",
+            tensor.data.len()
+        ));
+    }
+    let element = tensor.data.len() / volume;
+    let row = dims[axis + 1..]
+        .iter()
+        .map(|&d| d as usize)
+        .product::<usize>()
+        * element;
+    let outer: usize = dims[..axis].iter().map(|&d| d as usize).product();
+    let mut data = Vec::with_capacity(outer * row);
+    for block in tensor.data.chunks_exact(positions * row) {
+        data.extend_from_slice(&block[(positions - 1) * row..]);
+    }
+    let mut dimensions = tensor.dimensions;
+    dimensions[axis] = 1;
+    Ok(NnTensor {
+        dimensions,
+        ty: tensor.ty,
+        data,
+    })
 }
 
 /// A tensor of integers of type `ty` (i64 or i32), little-endian.

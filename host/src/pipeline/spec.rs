@@ -80,6 +80,7 @@ pub struct ModelSpec {
 /// attention_mask = "attention_mask"  # filled by the host: ones, [batch, past + new]
 /// position_ids = "position_ids"      # filled by the host: past, past + 1, ...
 /// max_context = 2048                 # past + new never exceeds this
+/// last_position = ["logits"]         # the stage gets only the last new position's
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -102,6 +103,10 @@ pub struct CacheSpec {
     pub position_ids: Option<String>,
     /// The most positions (past plus new) one execution context may hold.
     pub max_context: u32,
+    /// Outputs of which the stage receives only the last new position: the
+    /// scores of the next token, without those of every prompt position.
+    #[serde(default)]
+    pub last_position: Vec<String>,
 }
 
 fn default_tokens() -> String {
