@@ -153,7 +153,7 @@ pub(crate) fn http(
 #[derive(Debug)]
 pub(crate) struct Reply {
     pub(crate) status: u16,
-    head: String,
+    pub(crate) head: String,
     pub(crate) body: Vec<u8>,
 }
 
@@ -631,6 +631,124 @@ fn tls_and_tokens() {
     assert_eq!(reply.status, 400);
     assert!(reply.head.contains("application/json"), "{reply:?}");
     assert!(reply.error().contains("HTTPS only"), "{reply:?}");
+}
+
+#[test]
+fn each_api_gets_its_errors_in_its_own_shape() {
+    let p = Publisher::new();
+    let demo = p.demo_bundle("demo", 1, &["a", "b"]);
+    let token = "0123456789abcdef0123456789abcdef";
+    config_file(&p, "token", &format!("{token}\n"));
+    let config = config_file(&p, "outpost.toml", "[listen]\ntoken_file = \"token\"\n");
+    let config = config.display().to_string();
+    let server = Server::start(&serve_args(&p, &[&demo], &["--config", &config]));
+    let bearer = format!("Bearer {token}");
+    let openai_error = |reply: &Reply, status: u16, kind: &str, words: &[&str]| {
+        assert_eq!(reply.status, status, "{reply:?}");
+        let error = &reply.json()["error"];
+        assert_eq!(error["type"], kind, "{reply:?}");
+        let message = error["message"].as_str().unwrap();
+        for w in words {
+            assert!(message.contains(w), "{w:?} not in {message}");
+        }
+    };
+    // OpenAI clients read {"error": {"message", "type", ...}}: a missing or
+    // wrong API key, and an endpoint that does not exist.
+    for auth in [&[][..], &[("authorization", "Bearer not-the-token")]] {
+        let reply = http(&server.http, "GET", "/v1/models", auth, b"");
+        openai_error(&reply, 401, "authentication_error", &["token"]);
+        assert!(reply.head.contains("www-authenticate: Bearer"), "{reply:?}");
+        let reply = http(&server.http, "POST", "/v1/chat/completions", auth, b"{}");
+        openai_error(&reply, 401, "authentication_error", &["token"]);
+    }
+    let reply = http(
+        &server.http,
+        "POST",
+        "/v1/embeddings",
+        &[("authorization", &bearer)],
+        b"{}",
+    );
+    openai_error(
+        &reply,
+        404,
+        "not_found_error",
+        &["/v1/embeddings", "/v1/chat/completions"],
+    );
+    let models = http(
+        &server.http,
+        "GET",
+        "/v1/models",
+        &[("authorization", &bearer)],
+        b"",
+    );
+    assert_eq!(models.status, 200, "{models:?}");
+    // KServe clients read {"error": "..."}.
+    let reply = http(&server.http, "GET", "/v2", &[], b"");
+    assert_eq!(reply.status, 401, "{reply:?}");
+    assert!(reply.error().contains("token"), "{reply:?}");
+    let reply = http(&server.http, "GET", "/v3", &[], b"");
+    assert_eq!(reply.status, 404, "{reply:?}");
+    assert!(reply.error().contains("no endpoint GET /v3"), "{reply:?}");
+}
+
+#[test]
+fn generate_refuses_a_pipeline_whose_names_clash_with_its_reply_fields() {
+    let p = Publisher::new();
+    // The demo with its `labels` output named `model_name`, which a generate
+    // reply uses for the model's name.
+    let demo = outpost_e2e::demo_dir();
+    let plugins = repo().join("target/wasm32-wasip2/plugin");
+    let toml = std::fs::read_to_string(demo.join("intent.toml"))
+        .unwrap()
+        .replace(
+            "../../../target/wasm32-wasip2/plugin",
+            &plugins.display().to_string(),
+        )
+        .replace(
+            "\"intent.onnx\"",
+            &format!("{:?}", demo.join("intent.onnx")),
+        )
+        .replace("\"vocab.txt\"", &format!("{:?}", demo.join("vocab.txt")))
+        .replace("\"labels.txt\"", &format!("{:?}", demo.join("labels.txt")))
+        .replace(
+            "outputs = [\"labels\", \"scores\"]",
+            "outputs = [\"model_name\", \"scores\"]",
+        )
+        .replace(
+            "config = { top_k = 3 }",
+            "config = { top_k = 3 }\noutputs = { labels = \"model_name\", scores = \"scores\" }",
+        )
+        .replace("expect_label = { labels =", "expect_label = { model_name =");
+    let path = p.path("clash.toml");
+    std::fs::write(&path, toml).unwrap();
+    let bundle = p.bundle(&path, "clash", 1, "clash.bundle", &["a", "b"]);
+    let server = Server::start(&serve_args(&p, &[&bundle], &[]));
+    let body = json!({ "text": "stop the conveyor" }).to_string();
+    for endpoint in ["generate", "generate_stream"] {
+        let reply = http(
+            &server.http,
+            "POST",
+            &format!("/v2/models/clash/{endpoint}"),
+            &[],
+            body.as_bytes(),
+        );
+        assert_eq!(reply.status, 400, "{endpoint}: {reply:?}");
+        for w in [
+            "an output named 'model_name'",
+            "id, model_name, model_version",
+            "/infer",
+        ] {
+            assert!(reply.error().contains(w), "{w:?} not in {reply:?}");
+        }
+    }
+    // /infer keeps serving it.
+    let reply = infer_json(
+        &server,
+        "clash",
+        &json!({ "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["stop the conveyor"]}] }),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.text().contains("stop_conveyor"), "{reply:?}");
 }
 
 #[test]

@@ -44,13 +44,20 @@ fn serve(p: &Publisher, bundle: &Path, config: &str) -> Server {
     Server::start(&args)
 }
 
-/// Runs `tests/serve/openai_client.py` (the real `openai` client).
+/// Runs `tests/serve/openai_client.py` (the real `openai` client), which
+/// does not retry.
 fn openai(server: &Server, requests: &Value) -> Value {
+    openai_retrying(server, requests, 0)
+}
+
+/// Runs the `openai` client, letting it retry as often as `retries`.
+fn openai_retrying(server: &Server, requests: &Value, retries: u32) -> Value {
     let scratch = Scratch::new();
     let file = scratch.write("requests.json", requests.to_string());
     let out = std::process::Command::new(python())
         .arg(repo().join("tests/serve/openai_client.py"))
         .args(["--base-url", &format!("http://{}/v1", server.http)])
+        .args(["--max-retries", &retries.to_string()])
         .arg(&file)
         .output()
         .unwrap();
@@ -372,6 +379,23 @@ fn a_generation_stalled_between_tokens_meets_the_token_deadline() {
     let server = serve(&p, &bundle, "[requests]\ntoken_deadline_ms = 1\n");
     let request =
         json!({ "model": "smollm2-chat", "messages": question(FRANCE), "max_tokens": 16 });
+    // The openai client retries a 5xx twice by default; a deadline would
+    // only be met again, so the server tells it not to: one request, one
+    // failure.
+    let out = openai_retrying(
+        &server,
+        &json!([{ "call": "chat", "args": request.clone() }]),
+        2,
+    );
+    assert_eq!(out["results"][0]["status"], 504, "{out}");
+    let metrics = http(&server.http, "GET", "/metrics", &[], b"");
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    let failures: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("outpost_request_failures") && l.contains("TokenDeadline"))
+        .collect();
+    assert_eq!(failures.len(), 1, "{text}");
+    assert!(failures[0].ends_with(" 1"), "retried: {failures:?}");
     let whole = chat_post(&server, &request);
     assert_eq!(
         whole.status,
@@ -388,6 +412,7 @@ fn a_generation_stalled_between_tokens_meets_the_token_deadline() {
         "{e}"
     );
     assert_eq!(whole.json()["error"]["type"], "timeout_error");
+    assert!(whole.head.contains("x-should-retry: false"), "{whole:?}");
     // Streamed: the first token left (so the stream had begun), then the
     // error, as an event.
     let mut streamed = request.clone();

@@ -3,7 +3,7 @@
 Run as:
 
     python tests/serve/openai_client.py --base-url http://HOST:PORT/v1 \
-        [--api-key KEY] REQUESTS.json
+        [--api-key KEY] [--max-retries N] REQUESTS.json
 
 REQUESTS.json is a JSON list; each item is {"call": "chat" | "completions",
 "args": {...}} with the keyword arguments of
@@ -57,11 +57,15 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--base-url", required=True)
     parser.add_argument("--api-key", default="none")
+    # The client's own default is 2; tests pass it where retries matter.
+    parser.add_argument("--max-retries", type=int, default=0)
     parser.add_argument("requests")
     args = parser.parse_args()
     with open(args.requests) as f:
         items = json.load(f)
-    client = openai.OpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=0, timeout=120)
+    client = openai.OpenAI(
+        base_url=args.base_url, api_key=args.api_key, max_retries=args.max_retries, timeout=120
+    )
     models = [m.id for m in client.models.list()]
     results = [run(client, item) for item in items]
     json.dump({"models": models, "results": results}, sys.stdout)

@@ -22,7 +22,7 @@ use super::models::{Entry, Served};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use outpost_host::stage::Sink;
@@ -182,9 +182,20 @@ fn openai_error(e: &ApiError) -> Value {
     json!({ "error": { "message": e.message, "type": kind, "param": null, "code": e.kind } })
 }
 
-fn openai_error_response(e: &ApiError) -> Response {
+pub(super) fn openai_error_response(e: &ApiError) -> Response {
     let status = StatusCode::from_u16(e.class.http()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, axum::Json(openai_error(e))).into_response()
+    let mut response = (status, axum::Json(openai_error(e))).into_response();
+    // OpenAI's clients retry 5xx answers by default. A generation that met
+    // its deadline, or a stage that failed, would only fail again while
+    // holding the device as long: tell them not to (`x-should-retry`, which
+    // they read before their own rule). An overloaded server (503) is left
+    // to their backoff.
+    if matches!(e.class, Class::DeadlineExceeded | Class::Internal) {
+        response
+            .headers_mut()
+            .insert("x-should-retry", HeaderValue::from_static("false"));
+    }
+    response
 }
 
 async fn list_models(State(state): State<Arc<HttpState>>) -> Response {
@@ -807,10 +818,38 @@ async fn kserve_start(
     let (entry, inputs, id) = counted(
         state,
         &served,
-        kserve_request(&served, state, headers, body).await,
+        match reserved_name(&served) {
+            Some(e) => Err(e),
+            None => kserve_request(&served, state, headers, body).await,
+        },
     )?;
     let events = start(state, served.clone(), entry, inputs, partials);
     Ok((served, events, id))
+}
+
+/// Fields a `generate` reply and request use for themselves.
+const RESERVED: [&str; 3] = ["id", "model_name", "model_version"];
+
+/// Why `served` cannot be reached through `generate`: an input or output
+/// named like a field the protocol uses for itself would be lost or would
+/// overwrite that field.
+fn reserved_name(served: &Served) -> Option<ApiError> {
+    let clash = |names: &[(String, Option<outpost_host::TensorSpec>)]| {
+        names
+            .iter()
+            .find(|(n, _)| RESERVED.contains(&n.as_str()))
+            .map(|(n, _)| n.clone())
+    };
+    let (side, name) = match (clash(&served.inputs), clash(&served.outputs)) {
+        (Some(n), _) => ("input", n),
+        (None, Some(n)) => ("output", n),
+        (None, None) => return None,
+    };
+    Some(ApiError::bad_request(format!(
+        "model '{}' has an {side} named '{name}', which generate uses for itself ({}); rename it in the pipeline (e.g. {side}s = {{ {name} = \"{name}_\" }} on its stage), or use /infer",
+        served.name,
+        RESERVED.join(", ")
+    )))
 }
 
 fn kserve_head(served: &Served, id: Option<&Value>) -> Value {

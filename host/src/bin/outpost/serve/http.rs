@@ -73,7 +73,7 @@ async fn authorize(State(state): State<Arc<HttpState>>, request: Request, next: 
     match state.app.authorize(header) {
         Ok(()) => next.run(request).await,
         Err(e) => {
-            let mut response = error(&e);
+            let mut response = error_for(request.uri().path(), &e);
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -82,12 +82,23 @@ async fn authorize(State(state): State<Arc<HttpState>>, request: Request, next: 
     }
 }
 
-async fn not_found(request: Request) -> ApiError {
-    ApiError::not_found(format!(
-        "no endpoint {} {}; this server speaks KServe v2 (GET /v2, /v2/models/NAME, POST /v2/models/NAME/infer, /generate, /generate_stream), OpenAI's POST /v1/chat/completions and /v1/completions, and serves /metrics",
+async fn not_found(request: Request) -> Response {
+    let path = request.uri().path();
+    let e = ApiError::not_found(format!(
+        "no endpoint {} {path}; this server speaks KServe v2 (GET /v2, /v2/models/NAME, POST /v2/models/NAME/infer, /generate, /generate_stream), OpenAI's POST /v1/chat/completions and /v1/completions and GET /v1/models, and serves /metrics",
         request.method(),
-        request.uri().path()
-    ))
+    ));
+    error_for(path, &e)
+}
+
+/// An error in the shape the client at `path` reads: OpenAI's under `/v1/`,
+/// KServe's elsewhere.
+fn error_for(path: &str, e: &ApiError) -> Response {
+    if path == "/v1" || path.starts_with("/v1/") {
+        super::generate::openai_error_response(e)
+    } else {
+        error(e)
+    }
 }
 
 async fn live() -> Response {
