@@ -178,6 +178,14 @@ impl dyn Model {
         self.run_ordered(ordered)
     }
 
+    /// What the outputs of a compute on `inputs` will take, as far as the
+    /// input shapes tell, before anything runs: a stage asking for outputs
+    /// it may not hold is refused before the backend allocates them.
+    pub fn predicted_output_bytes(&self, inputs: &[NamedTensor]) -> usize {
+        let signature = self.signature();
+        output_bytes(&signature.outputs, &bind_symbols(&signature.inputs, inputs))
+    }
+
     /// Checks inputs given in the model's declared order, runs the model,
     /// and names its outputs.
     ///
@@ -212,6 +220,60 @@ impl dyn Model {
             })
             .collect())
     }
+}
+
+/// Bytes the outputs in `specs` will take, from the sizes `symbols` binds:
+/// outputs with a dimension no input fixes (a size only the run decides)
+/// count nothing.
+fn output_bytes(specs: &[TensorSpec], symbols: &HashMap<&str, u32>) -> usize {
+    specs
+        .iter()
+        .filter_map(|spec| {
+            let size = spec.element_type?.size();
+            spec.dims.as_ref()?.iter().try_fold(size, |n, dim| {
+                let d = match dim {
+                    Dim::Fixed(d) => *d as usize,
+                    Dim::Symbol(s) => size_of_dim(s, symbols)?,
+                };
+                Some(n.saturating_mul(d))
+            })
+        })
+        .fold(0, usize::saturating_add)
+}
+
+/// The size of a symbolic dimension: a symbol, or sums and products of
+/// symbols and integers as tract writes them (`seq+past`, `3*seq`); `None`
+/// for anything else.
+fn size_of_dim(dim: &str, symbols: &HashMap<&str, u32>) -> Option<usize> {
+    dim.split('+').try_fold(0usize, |sum, term| {
+        let product = term.split('*').try_fold(1usize, |product, factor| {
+            let factor = factor.trim();
+            let value = match factor.parse::<usize>() {
+                Ok(n) => n,
+                Err(_) => *symbols.get(factor)? as usize,
+            };
+            Some(product.saturating_mul(value))
+        })?;
+        Some(sum.saturating_add(product))
+    })
+}
+
+/// The sizes `inputs` give the symbolic dimensions of `specs`, matched by
+/// name, without checking them (the run checks).
+fn bind_symbols<'a>(specs: &'a [TensorSpec], inputs: &[NamedTensor]) -> HashMap<&'a str, u32> {
+    let mut symbols = HashMap::new();
+    for spec in specs {
+        let (Some(dims), Some(input)) = (&spec.dims, inputs.iter().find(|i| i.name == spec.name))
+        else {
+            continue;
+        };
+        for (dim, &size) in dims.iter().zip(&input.tensor.dimensions) {
+            if let Dim::Symbol(s) = dim {
+                symbols.entry(s.as_str()).or_insert(size);
+            }
+        }
+    }
+    symbols
 }
 
 /// `inputs` in the order of `specs`, matched by name; every one needed, no
@@ -584,6 +646,37 @@ impl BackendExecutionContext for NnContext {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn symbolic_output_sizes_are_read_as_tract_and_onnx_write_them() {
+        let symbols: HashMap<&str, u32> = [("batch", 2), ("seq", 3), ("past", 5)].into();
+        let size = |d: &str| size_of_dim(d, &symbols);
+        assert_eq!(size("seq"), Some(3));
+        assert_eq!(size("seq+past"), Some(8));
+        assert_eq!(size("3*seq"), Some(9));
+        assert_eq!(size("2*seq+past+1"), Some(12));
+        // What it cannot read counts nothing rather than a guess.
+        assert_eq!(size("total"), None);
+        assert_eq!(size("seq-1"), None);
+        assert_eq!(size("(seq+past)/2"), None);
+        let spec = |name: &str, dims: &[&str]| TensorSpec {
+            name: name.into(),
+            element_type: Some(ElementType::F32),
+            dims: Some(
+                dims.iter()
+                    .map(|d| match d.parse() {
+                        Ok(n) => Dim::Fixed(n),
+                        Err(_) => Dim::Symbol((*d).into()),
+                    })
+                    .collect(),
+            ),
+        };
+        let outputs = [
+            spec("present", &["batch", "2", "seq+past", "4"]),
+            spec("unknown", &["batch", "nonzero"]),
+        ];
+        assert_eq!(output_bytes(&outputs, &symbols), 2 * 2 * 8 * 4 * 4);
+    }
 
     /// Time a backend spends waiting for a model another request holds (an
     /// ONNX Runtime session) is not inference: under load it would turn

@@ -104,6 +104,40 @@ impl NnLedger {
         Ok(Charge(weight))
     }
 
+    /// Refuses, before a compute runs, one whose results (`outputs` bytes,
+    /// and a key/value cache of `cache` bytes replacing the `replaced`
+    /// bytes its context holds now), predicted from its input shapes, would
+    /// take the stage over its limit.
+    fn check_room(
+        &mut self,
+        model: &str,
+        outputs: usize,
+        cache: Option<usize>,
+        replaced: usize,
+    ) -> wasmtime::Result<()> {
+        let bytes = outputs.saturating_add(cache.unwrap_or(0));
+        let bytes_after = self.bytes.saturating_sub(replaced).saturating_add(bytes);
+        if bytes_after <= self.max_bytes {
+            return Ok(());
+        }
+        let (made, held) = match cache {
+            Some(cache) => (
+                format!("{outputs} bytes of outputs and a key/value cache of {cache} bytes"),
+                format!(
+                    " ({} of them in key/value caches)",
+                    self.cached.saturating_sub(replaced).saturating_add(cache)
+                ),
+            ),
+            None => (format!("{outputs} bytes of outputs"), String::new()),
+        };
+        let message = format!(
+            "a compute of model '{model}' would make {made} (predicted from its input shapes, before running) and the stage hold {bytes_after} bytes in the host{held}, over its limit of {} MiB (limits.nn_memory_mib); send fewer or shorter sequences",
+            self.max_bytes >> 20
+        );
+        self.exceeded.get_or_insert(message.clone());
+        Err(wasmtime::Error::msg(message))
+    }
+
     /// Key/value caches went from holding `before` bytes to `after` (for
     /// messages: the bytes themselves are charged as their contexts).
     fn note_cache(&mut self, before: usize, after: usize) {
@@ -384,6 +418,17 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
                 cache = KvState::default();
                 entry.call = self.state.call;
             }
+            // The cache after this compute replaces the one charged now.
+            let held = entry.charge.0;
+            let (grown, outputs) = kv.predicted_bytes(&cache, &named);
+            if let Err(e) = self
+                .state
+                .ledger
+                .check_room(model.name(), outputs, Some(grown), held)
+            {
+                entry.kv = cache;
+                return Err(e);
+            }
             let result = diagnostics.timed(|| kv.compute(&mut cache, named));
             // The context weighs what its cache holds now: a cache that
             // outgrows the stage's limits traps it (MemoryLimit), as any
@@ -400,6 +445,12 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             entry.kv = cache;
             return self.computed(result);
         }
+        self.state.ledger.check_room(
+            model.name(),
+            model.predicted_output_bytes(&named),
+            None,
+            0,
+        )?;
         let result = diagnostics.timed(|| model.compute(named));
         self.computed(result)
     }

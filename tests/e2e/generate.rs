@@ -156,6 +156,91 @@ fn last_position_gives_the_stage_only_each_sequences_last_position() {
     );
 }
 
+/// `input_ids` of `batch` sequences of `len` tokens each.
+fn batch_of_ids(scratch: &Scratch, batch: usize, len: usize) -> PathBuf {
+    let ids: Vec<i64> = (0..batch * len).map(|i| (i % 7) as i64).collect();
+    scratch.write(
+        "batch.json",
+        json!({ "input_ids": { "dims": [batch, len], "type": "i64", "data": ids } }).to_string(),
+    )
+}
+
+#[test]
+fn a_batch_whose_cache_would_pass_the_limit_is_refused_before_it_runs() {
+    let scratch = Scratch::new();
+    let pipeline = toy(&scratch, WIRING);
+    let limited = std::fs::read_to_string(&pipeline).unwrap().replace(
+        "config = { model = \"toy\" }",
+        "config = { model = \"toy\" }\nlimits = { nn_memory_mib = 1 }",
+    );
+    std::fs::write(&pipeline, limited).unwrap();
+    // 480 KB of ids (allowed) asking for 20,000 sequences: their cache
+    // would be 3.84 MB. The host says so before the backend makes it.
+    let huge = batch_of_ids(&scratch, 20_000, 3);
+    let ort = onnxruntime();
+    for backend in [vec![], ort.iter().map(String::as_str).collect::<Vec<_>>()] {
+        run(&pipeline, std::slice::from_ref(&huge), &backend).expect_error(&[
+            "stage 'infer' exceeded its memory limit of 1 MiB",
+            "a compute of model 'toy' would make 1200012 bytes of outputs and a key/value cache of 3840000 bytes",
+            "predicted from its input shapes, before running",
+            "limits.nn_memory_mib",
+        ]);
+        // A batch that fits still runs.
+        let small = ids(&scratch, "small.json", &[1, 2, 3]);
+        let out = run(&pipeline, &[small], &backend);
+        assert!(out.ok, "{backend:?}: {}", out.stderr);
+    }
+}
+
+#[test]
+fn a_model_whose_outputs_would_pass_the_limit_is_refused_before_it_runs() {
+    // The toy decoder without a cache table: the stage gives every input,
+    // and a batch of 20,000 asks for 1.68 MB of outputs.
+    let scratch = Scratch::new();
+    let model = scratch.path().join("toy.onnx");
+    reference(&["toy-decoder", &model.display().to_string()], &json!({}));
+    let pipeline = scratch.pipeline(&format!(
+        r#"
+[pipeline]
+name = "plain"
+inputs = ["input_ids", "attention_mask", "position_ids", "past.a", "past.b"]
+[models.toy]
+path = "{}"
+[[stages]]
+name = "infer"
+component = "{{plugins}}/infer.wasm"
+models = ["toy"]
+config = {{ model = "toy" }}
+limits = {{ nn_memory_mib = 1 }}
+"#,
+        model.display()
+    ));
+    let batch = 20_000;
+    let ones = json!({ "dims": [batch, 1], "type": "i64", "data": vec![1; batch] });
+    let empty = json!({ "dims": [batch, 2, 0, 4], "type": "f32", "data": [] });
+    let inputs = scratch.write(
+        "inputs.json",
+        json!({
+            "input_ids": ones,
+            "attention_mask": ones,
+            "position_ids": ones,
+            "past.a": empty,
+            "past.b": empty,
+        })
+        .to_string(),
+    );
+    let ort = onnxruntime();
+    for backend in [vec![], ort.iter().map(String::as_str).collect::<Vec<_>>()] {
+        // tract names the cache outputs' length `seq+past`, ONNX Runtime
+        // `total`, as the file declares: both are read.
+        run(&pipeline, std::slice::from_ref(&inputs), &backend).expect_error(&[
+            "stage 'infer' exceeded its memory limit of 1 MiB",
+            "a compute of model 'toy' would make 1680012 bytes of outputs (predicted",
+            "before running",
+        ]);
+    }
+}
+
 #[test]
 fn a_prompt_past_max_context_is_refused_naming_the_limit() {
     let scratch = Scratch::new();

@@ -12,8 +12,8 @@
 //! execution context is a new sequence.
 
 use super::{
-    Held, Model, ModelFailure, ModelSignature, RunInput, RunOutput, SharedModel, catch_panic,
-    check_input, order_inputs,
+    Held, Model, ModelFailure, ModelSignature, RunInput, RunOutput, SharedModel, bind_symbols,
+    catch_panic, check_input, order_inputs, output_bytes,
 };
 use crate::bindings::{Dim, ElementType, TensorSpec};
 use crate::pipeline::spec::CacheSpec;
@@ -328,6 +328,38 @@ impl KvModel {
     /// The most positions a context may hold.
     pub fn max_context(&self) -> u32 {
         self.wiring.max_context
+    }
+
+    /// What a compute on `inputs` after `state` will make the context hold,
+    /// before anything runs, as far as the input shapes tell: the grown
+    /// cache's bytes and those of the outputs the stage receives.
+    pub fn predicted_bytes(&self, state: &KvState, inputs: &[NamedTensor]) -> (usize, usize) {
+        let visible = &self.signature.inputs;
+        let dims_of = |i: usize| {
+            let name = &visible.get(i)?.name;
+            Some(&inputs.iter().find(|t| &t.name == name)?.tensor.dimensions)
+        };
+        let new = dims_of(self.wiring.tokens)
+            .and_then(|d| d.last().copied())
+            .unwrap_or(0);
+        let total = state.len.saturating_add(new) as usize;
+        let cache = self
+            .wiring
+            .slots
+            .iter()
+            .filter_map(|slot| {
+                slot.dims.iter().try_fold(slot.ty.size(), |n, d| {
+                    let d = match d {
+                        SlotDim::Fixed(d) => *d as usize,
+                        SlotDim::Axis => total,
+                        SlotDim::From { input, dim } => *dims_of(*input)?.get(*dim)? as usize,
+                    };
+                    Some(n.saturating_mul(d))
+                })
+            })
+            .fold(0, usize::saturating_add);
+        let outputs = output_bytes(&self.signature.outputs, &bind_symbols(visible, inputs));
+        (cache, outputs)
     }
 
     /// Runs the model on the stage's `inputs` (new positions only) and the
