@@ -39,19 +39,21 @@ fn next_fold(model: &TypedModel) -> TractResult<Option<TypedModelPatch>> {
         let Some(operand) = model.outlet_fact(node.inputs[0])?.konst.clone() else {
             continue;
         };
-        let Some(mut packed) = node.op.eval_out_of_plan(tvec!(operand.into_tvalue()))? else {
+        // A pack that cannot be made now is left to run time, as tract
+        // would have it.
+        let Ok(Some(mut packed)) = node.op.eval_out_of_plan(tvec!(operand.into_tvalue())) else {
             continue;
         };
         if packed.len() != 1 {
             continue;
         }
         let fact = model.outlet_fact(node.id.into())?.exotic_fact.clone();
+        let Ok(konst) = Const::new_with_opt_exotic_fact(packed.remove(0).into_arc_tensor(), fact)
+        else {
+            continue;
+        };
         let mut patch = TypedModelPatch::default();
-        let wire = patch.wire_node(
-            &node.name,
-            Const::new_with_opt_exotic_fact(packed.remove(0).into_arc_tensor(), fact)?,
-            &[],
-        )?[0];
+        let wire = patch.wire_node(&node.name, konst, &[])?[0];
         patch.shunt_outside(model, node.id.into(), wire)?;
         return Ok(Some(patch));
     }
