@@ -178,12 +178,18 @@ impl dyn Model {
         self.run_ordered(ordered)
     }
 
-    /// What the outputs of a compute on `inputs` will take, as far as the
-    /// input shapes tell, before anything runs: a stage asking for outputs
-    /// it may not hold is refused before the backend allocates them.
-    pub fn predicted_output_bytes(&self, inputs: &[NamedTensor]) -> usize {
+    /// What a compute on `inputs` will make, as far as the input shapes
+    /// tell, before anything runs: a stage asking for outputs it may not
+    /// hold is refused before the backend allocates them. `None` for inputs
+    /// the compute will refuse anyway (it says why).
+    pub fn predicted(&self, inputs: &[NamedTensor]) -> Option<Predicted> {
         let signature = self.signature();
-        output_bytes(&signature.outputs, &bind_symbols(&signature.inputs, inputs))
+        let symbols = check_named(self.name(), &signature.inputs, inputs).ok()?;
+        Some(Predicted {
+            outputs: output_bytes(&signature.outputs, &symbols),
+            tensors: signature.outputs.len(),
+            cache: None,
+        })
     }
 
     /// Checks inputs given in the model's declared order, runs the model,
@@ -222,21 +228,35 @@ impl dyn Model {
     }
 }
 
-/// Bytes the outputs in `specs` will take, from the sizes `symbols` binds:
-/// outputs with a dimension no input fixes (a size only the run decides)
-/// count nothing.
+/// What a compute will make, predicted from its input shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Predicted {
+    /// Bytes of the outputs the stage receives, their shapes included.
+    pub outputs: usize,
+    /// How many outputs.
+    pub tensors: usize,
+    /// Bytes of the key/value cache after the compute, for a model with one.
+    pub cache: Option<usize>,
+}
+
+/// Bytes the outputs in `specs` will take (data and shape), from the sizes
+/// `symbols` binds: outputs with a dimension no input fixes (a size only
+/// the run decides) count only their shape.
 fn output_bytes(specs: &[TensorSpec], symbols: &HashMap<&str, u32>) -> usize {
     specs
         .iter()
-        .filter_map(|spec| {
-            let size = spec.element_type?.size();
-            spec.dims.as_ref()?.iter().try_fold(size, |n, dim| {
-                let d = match dim {
-                    Dim::Fixed(d) => *d as usize,
-                    Dim::Symbol(s) => size_of_dim(s, symbols)?,
-                };
-                Some(n.saturating_mul(d))
-            })
+        .map(|spec| {
+            let rank = spec.dims.as_ref().map_or(0, Vec::len);
+            let data = spec.element_type.and_then(|ty| {
+                spec.dims.as_ref()?.iter().try_fold(ty.size(), |n, dim| {
+                    let d = match dim {
+                        Dim::Fixed(d) => *d as usize,
+                        Dim::Symbol(s) => size_of_dim(s, symbols)?,
+                    };
+                    Some(n.saturating_mul(d))
+                })
+            });
+            data.unwrap_or(0).saturating_add(4 * rank)
         })
         .fold(0, usize::saturating_add)
 }
@@ -258,22 +278,25 @@ fn size_of_dim(dim: &str, symbols: &HashMap<&str, u32>) -> Option<usize> {
     })
 }
 
-/// The sizes `inputs` give the symbolic dimensions of `specs`, matched by
-/// name, without checking them (the run checks).
-fn bind_symbols<'a>(specs: &'a [TensorSpec], inputs: &[NamedTensor]) -> HashMap<&'a str, u32> {
+/// The checks a compute makes on `inputs` (matched to `specs` by name),
+/// without running anything; the sizes they give the symbolic dimensions.
+fn check_named<'a>(
+    model: &str,
+    specs: &'a [TensorSpec],
+    inputs: &[NamedTensor],
+) -> Result<HashMap<&'a str, u32>, String> {
     let mut symbols = HashMap::new();
     for spec in specs {
-        let (Some(dims), Some(input)) = (&spec.dims, inputs.iter().find(|i| i.name == spec.name))
-        else {
-            continue;
-        };
-        for (dim, &size) in dims.iter().zip(&input.tensor.dimensions) {
-            if let Dim::Symbol(s) = dim {
-                symbols.entry(s.as_str()).or_insert(size);
-            }
-        }
+        let input = inputs
+            .iter()
+            .find(|i| i.name == spec.name)
+            .ok_or_else(|| format!("model '{model}' needs input '{}'", spec.name))?;
+        check_input(model, spec, &input.tensor, &mut symbols)?;
     }
-    symbols
+    if inputs.len() != specs.len() {
+        return Err(format!("model '{model}' was given inputs it does not take"));
+    }
+    Ok(symbols)
 }
 
 /// `inputs` in the order of `specs`, matched by name; every one needed, no
@@ -675,7 +698,8 @@ mod tests {
             spec("present", &["batch", "2", "seq+past", "4"]),
             spec("unknown", &["batch", "nonzero"]),
         ];
-        assert_eq!(output_bytes(&outputs, &symbols), 2 * 2 * 8 * 4 * 4);
+        // Data and shapes; the unknown one only its shape.
+        assert_eq!(output_bytes(&outputs, &symbols), 2 * 2 * 8 * 4 * 4 + 16 + 8);
     }
 
     /// Time a backend spends waiting for a model another request holds (an

@@ -16,7 +16,7 @@
 //! (`load-by-name`); `load` of model bytes from a guest is refused.
 
 use crate::backend::kv::KvState;
-use crate::backend::{Diagnostics, SharedModel};
+use crate::backend::{Diagnostics, Predicted, SharedModel};
 use crate::bindings::wasi::nn::{errors, graph, inference, tensor};
 use std::collections::HashMap;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
@@ -104,31 +104,44 @@ impl NnLedger {
         Ok(Charge(weight))
     }
 
-    /// Refuses, before a compute runs, one whose results (`outputs` bytes,
-    /// and a key/value cache of `cache` bytes replacing the `replaced`
-    /// bytes its context holds now), predicted from its input shapes, would
-    /// take the stage over its limit.
+    /// Refuses, before a compute of `model` runs, one whose results
+    /// (`predicted` from its input shapes) would take the stage over its
+    /// limit: its outputs, and a cache that replaces one charged `replaced`
+    /// bytes (`cache_before` of them its cache).
     fn check_room(
         &mut self,
         model: &str,
-        outputs: usize,
-        cache: Option<usize>,
+        predicted: Predicted,
         replaced: usize,
+        cache_before: usize,
     ) -> wasmtime::Result<()> {
+        // As `charge` will weigh them: data, shape and bookkeeping.
+        let outputs = predicted
+            .outputs
+            .saturating_add(predicted.tensors.saturating_mul(ENTRY_OVERHEAD));
+        let cache = predicted.cache.map(|c| c.saturating_add(ENTRY_OVERHEAD));
         let bytes = outputs.saturating_add(cache.unwrap_or(0));
         let bytes_after = self.bytes.saturating_sub(replaced).saturating_add(bytes);
         if bytes_after <= self.max_bytes {
             return Ok(());
         }
-        let (made, held) = match cache {
+        let (made, held) = match predicted.cache {
             Some(cache) => (
-                format!("{outputs} bytes of outputs and a key/value cache of {cache} bytes"),
+                format!(
+                    "{} bytes of outputs and a key/value cache of {cache} bytes",
+                    predicted.outputs
+                ),
                 format!(
                     " ({} of them in key/value caches)",
-                    self.cached.saturating_sub(replaced).saturating_add(cache)
+                    self.cached
+                        .saturating_sub(cache_before)
+                        .saturating_add(cache)
                 ),
             ),
-            None => (format!("{outputs} bytes of outputs"), String::new()),
+            None => (
+                format!("{} bytes of outputs", predicted.outputs),
+                String::new(),
+            ),
         };
         let message = format!(
             "a compute of model '{model}' would make {made} (predicted from its input shapes, before running) and the stage hold {bytes_after} bytes in the host{held}, over its limit of {} MiB (limits.nn_memory_mib); send fewer or shorter sequences",
@@ -419,12 +432,12 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
                 entry.call = self.state.call;
             }
             // The cache after this compute replaces the one charged now.
-            let held = entry.charge.0;
-            let (grown, outputs) = kv.predicted_bytes(&cache, &named);
-            if let Err(e) = self
-                .state
-                .ledger
-                .check_room(model.name(), outputs, Some(grown), held)
+            // Inputs the compute will refuse predict nothing: it says why.
+            if let Some(predicted) = kv.predicted(&cache, &named)
+                && let Err(e) =
+                    self.state
+                        .ledger
+                        .check_room(model.name(), predicted, entry.charge.0, before)
             {
                 entry.kv = cache;
                 return Err(e);
@@ -445,12 +458,11 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             entry.kv = cache;
             return self.computed(result);
         }
-        self.state.ledger.check_room(
-            model.name(),
-            model.predicted_output_bytes(&named),
-            None,
-            0,
-        )?;
+        if let Some(predicted) = model.predicted(&named) {
+            self.state
+                .ledger
+                .check_room(model.name(), predicted, 0, 0)?;
+        }
         let result = diagnostics.timed(|| model.compute(named));
         self.computed(result)
     }
@@ -529,5 +541,43 @@ mod tests {
             .collect();
         let e = ledger.charge("context", 0).unwrap_err().to_string();
         assert!(e.contains("limits.nn_resources"), "{e}");
+    }
+
+    #[test]
+    fn a_predicted_step_replaces_the_cache_its_context_holds() {
+        let mut ledger = NnLedger::new(10_000, 10);
+        let context = ledger.charge("key/value cache", 6_000).unwrap();
+        ledger.note_cache(0, 6_000);
+        // The next step grows the cache to 7,000 bytes and returns 500: it
+        // fits, since the 7,000 replace the 6,000.
+        let step = Predicted {
+            outputs: 500,
+            tensors: 1,
+            cache: Some(7_000),
+        };
+        ledger.check_room("lm", step, context.0, 6_000).unwrap();
+        // Counted on top of the old cache it would not.
+        assert!(ledger.check_room("lm", step, 0, 0).is_err());
+        ledger.clear_exceeded();
+        // 500 + 64 of outputs and 9,400 + 64 of cache pass 10,000 by 28.
+        let big = Predicted {
+            outputs: 500,
+            tensors: 1,
+            cache: Some(9_400),
+        };
+        let e = ledger
+            .check_room("lm", big, context.0, 6_000)
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "model 'lm' would make 500 bytes of outputs and a key/value cache of 9400 bytes",
+            "the stage hold 10028 bytes in the host (9400 of them in key/value caches)",
+            "limits.nn_memory_mib",
+        ] {
+            assert!(e.contains(needle), "{needle:?} not in {e}");
+        }
+        assert!(ledger.exceeded().is_some());
+        // Nothing was charged by predicting.
+        assert_eq!(ledger.bytes(), 6_000 + ENTRY_OVERHEAD);
     }
 }

@@ -181,7 +181,7 @@ fn a_batch_whose_cache_would_pass_the_limit_is_refused_before_it_runs() {
     for backend in [vec![], ort.iter().map(String::as_str).collect::<Vec<_>>()] {
         run(&pipeline, std::slice::from_ref(&huge), &backend).expect_error(&[
             "stage 'infer' exceeded its memory limit of 1 MiB",
-            "a compute of model 'toy' would make 1200012 bytes of outputs and a key/value cache of 3840000 bytes",
+            "a compute of model 'toy' would make 1200032 bytes of outputs and a key/value cache of 3840000 bytes",
             "predicted from its input shapes, before running",
             "limits.nn_memory_mib",
         ]);
@@ -235,7 +235,7 @@ limits = {{ nn_memory_mib = 1 }}
         // `total`, as the file declares: both are read.
         run(&pipeline, std::slice::from_ref(&inputs), &backend).expect_error(&[
             "stage 'infer' exceeded its memory limit of 1 MiB",
-            "a compute of model 'toy' would make 1680012 bytes of outputs (predicted",
+            "a compute of model 'toy' would make 1680064 bytes of outputs (predicted",
             "before running",
         ]);
     }

@@ -12,8 +12,8 @@
 //! execution context is a new sequence.
 
 use super::{
-    Held, Model, ModelFailure, ModelSignature, RunInput, RunOutput, SharedModel, bind_symbols,
-    catch_panic, check_input, order_inputs, output_bytes,
+    Held, Model, ModelFailure, ModelSignature, Predicted, RunInput, RunOutput, SharedModel,
+    catch_panic, check_input, check_named, order_inputs, output_bytes,
 };
 use crate::bindings::{Dim, ElementType, TensorSpec};
 use crate::pipeline::spec::CacheSpec;
@@ -330,36 +330,45 @@ impl KvModel {
         self.wiring.max_context
     }
 
-    /// What a compute on `inputs` after `state` will make the context hold,
-    /// before anything runs, as far as the input shapes tell: the grown
-    /// cache's bytes and those of the outputs the stage receives.
-    pub fn predicted_bytes(&self, state: &KvState, inputs: &[NamedTensor]) -> (usize, usize) {
+    /// What a compute on `inputs` after `state` will make, before anything
+    /// runs, as far as the input shapes tell: the outputs the stage
+    /// receives and the grown cache. `None` for inputs the compute will
+    /// refuse anyway (it says why).
+    pub fn predicted(&self, state: &KvState, inputs: &[NamedTensor]) -> Option<Predicted> {
         let visible = &self.signature.inputs;
+        let symbols = check_named(self.inner.name(), visible, inputs).ok()?;
         let dims_of = |i: usize| {
             let name = &visible.get(i)?.name;
             Some(&inputs.iter().find(|t| &t.name == name)?.tensor.dimensions)
         };
-        let new = dims_of(self.wiring.tokens)
-            .and_then(|d| d.last().copied())
-            .unwrap_or(0);
-        let total = state.len.saturating_add(new) as usize;
+        let new = *dims_of(self.wiring.tokens)?.last()?;
+        let total = state.len.checked_add(new)?;
+        if new == 0 || total > self.wiring.max_context {
+            return None;
+        }
         let cache = self
             .wiring
             .slots
             .iter()
-            .filter_map(|slot| {
-                slot.dims.iter().try_fold(slot.ty.size(), |n, d| {
-                    let d = match d {
-                        SlotDim::Fixed(d) => *d as usize,
-                        SlotDim::Axis => total,
-                        SlotDim::From { input, dim } => *dims_of(*input)?.get(*dim)? as usize,
-                    };
-                    Some(n.saturating_mul(d))
-                })
+            .map(|slot| {
+                slot.dims
+                    .iter()
+                    .try_fold(slot.ty.size(), |n, d| {
+                        let d = match d {
+                            SlotDim::Fixed(d) => *d as usize,
+                            SlotDim::Axis => total as usize,
+                            SlotDim::From { input, dim } => *dims_of(*input)?.get(*dim)? as usize,
+                        };
+                        Some(n.saturating_mul(d))
+                    })
+                    .unwrap_or(0)
             })
             .fold(0, usize::saturating_add);
-        let outputs = output_bytes(&self.signature.outputs, &bind_symbols(visible, inputs));
-        (cache, outputs)
+        Some(Predicted {
+            outputs: output_bytes(&self.signature.outputs, &symbols),
+            tensors: self.signature.outputs.len(),
+            cache: Some(cache),
+        })
     }
 
     /// Runs the model on the stage's `inputs` (new positions only) and the
@@ -567,17 +576,30 @@ fn last_position(tensor: NnTensor, axis: usize) -> Result<NnTensor, String> {
     let positions = *dims
         .get(axis)
         .ok_or_else(|| format!("shape {dims:?} has no axis {axis}"))? as usize;
+    if positions == 0 {
+        return Err(format!("shape {dims:?} has no position along axis {axis}"));
+    }
     let volume = dims
         .iter()
         .try_fold(1usize, |v, &d| v.checked_mul(d as usize))
         .ok_or_else(|| format!("shape {dims:?} is too large"))?;
-    if positions == 0 || volume == 0 || !tensor.data.len().is_multiple_of(volume) {
+    let mut dimensions = tensor.dimensions.clone();
+    dimensions[axis] = 1;
+    // No sequences (a batch of 0): nothing to cut.
+    if volume == 0 {
+        return Ok(NnTensor {
+            dimensions,
+            ty: tensor.ty,
+            data: Vec::new(),
+        });
+    }
+    let element = tensor.data.len() / volume;
+    if element == 0 || !tensor.data.len().is_multiple_of(volume) {
         return Err(format!(
-            "shape {dims:?} with {} bytes has no last position",
+            "shape {dims:?} does not fit the {} bytes it came with",
             tensor.data.len()
         ));
     }
-    let element = tensor.data.len() / volume;
     let row = dims[axis + 1..]
         .iter()
         .map(|&d| d as usize)
@@ -588,8 +610,6 @@ fn last_position(tensor: NnTensor, axis: usize) -> Result<NnTensor, String> {
     for block in tensor.data.chunks_exact(positions * row) {
         data.extend_from_slice(&block[(positions - 1) * row..]);
     }
-    let mut dimensions = tensor.dimensions;
-    dimensions[axis] = 1;
     Ok(NnTensor {
         dimensions,
         ty: tensor.ty,
