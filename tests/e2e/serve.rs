@@ -288,7 +288,7 @@ fn serve_args(p: &Publisher, bundles: &[&Path], extra: &[&str]) -> Vec<String> {
 }
 
 /// A pipeline of the hostile test stage doing `attack`.
-fn hostile_bundle(p: &Publisher, name: &str, config: &str, limits: &str) -> PathBuf {
+pub(crate) fn hostile_bundle(p: &Publisher, name: &str, config: &str, limits: &str) -> PathBuf {
     let toml = format!(
         "[pipeline]\nname = \"{name}\"\ninputs = [\"x\"]\n[[stages]]\nname = \"work\"\ncomponent = \"{}\"\nconfig = {{ {config} }}\nlimits = {{ {limits} }}\n",
         plugin("hostile").display()

@@ -6,7 +6,7 @@
 
 use crate::bundles::Publisher;
 use crate::generate::smollm2_pipeline;
-use crate::serve::{Server, config_file, http};
+use crate::serve::{Server, config_file, hostile_bundle, http};
 use outpost_e2e::{Scratch, onnxruntime_lib, python, repo};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
@@ -430,6 +430,45 @@ fn a_generation_stalled_between_tokens_meets_the_token_deadline() {
     );
     assert!(!events.iter().any(|e| e == "[DONE]"), "{events:?}");
     // The server is still up and answers.
+    let ready = http(&server.http, "GET", "/v2/health/ready", &[], b"");
+    assert_eq!(ready.status, 200);
+}
+
+#[test]
+fn a_stage_cannot_shape_a_generate_stream_with_the_names_it_emits() {
+    let p = Publisher::new();
+    // The stage emits `model_name` again and again, a name the pipeline
+    // does not declare and a generate reply uses for the model's name.
+    let bundle = hostile_bundle(
+        &p,
+        "emitter",
+        "attack = \"emit-as\", name = \"model_name\"",
+        "",
+    );
+    let mut args = vec![bundle.display().to_string()];
+    args.extend(p.trust_args(&["root1.json"]));
+    let server = Server::start(&args);
+    for _ in 0..2 {
+        let reply = http(
+            &server.http,
+            "POST",
+            "/v2/models/emitter/generate_stream",
+            &[],
+            json!({ "x": "go" }).to_string().as_bytes(),
+        );
+        assert_eq!(reply.status, 200, "{reply:?}");
+        // One event, an error, and the stream ends there.
+        let events = events(&reply.body);
+        assert_eq!(events.len(), 1, "{events:?}");
+        let event: Value = serde_json::from_str(&events[0]).unwrap();
+        let e = event["error"].as_str().unwrap_or_default();
+        assert!(
+            e.contains("a stage emitted an output named 'model_name'"),
+            "{event}"
+        );
+        assert!(event.get("model_name").is_none(), "{event}");
+    }
+    // The stage saw nobody listening and stopped: the server still answers.
     let ready = http(&server.http, "GET", "/v2/health/ready", &[], b"");
     assert_eq!(ready.status, 200);
 }

@@ -4,7 +4,8 @@
 //! `loop`, `recurse`, `alloc`, `huge-output`, `huge-emit` and `emit-flood`
 //! (config `bytes`; the second as one partial output, `outpost_guest::emit`,
 //! the third as partial outputs of that size, one after another until
-//! nobody listens), `read-file`,
+//! nobody listens), `emit-as` (small partial outputs named config `name`,
+//! until nobody listens; returns how many went out), `read-file`,
 //! `list-root`, `env`, `socket` (config `address`), `clock`, `unknown-model`,
 //! `none` (behaves), `spin` (not an attack: busy work for config
 //! `iterations`, then returns that count; a slow but sound request).
@@ -27,6 +28,7 @@ struct Hostile {
     bytes: u64,
     address: String,
     model: String,
+    name: String,
     calls: u32,
     iterations: u64,
 }
@@ -38,6 +40,7 @@ impl Stage for Hostile {
             bytes: config.get_or("bytes", 1 << 30)?,
             address: config.get_or("address", "127.0.0.1:9".to_owned())?,
             model: config.get_or("model", "intent".to_owned())?,
+            name: config.get_or("name", "y".to_owned())?,
             calls: 0,
             iterations: config.get_or("iterations", 100_000_000)?,
         })
@@ -115,6 +118,17 @@ impl Stage for Hostile {
                 let mut sent = 0u32;
                 while outpost_guest::emit(std::slice::from_ref(&chunk)) {
                     sent = sent.saturating_add(1);
+                }
+                report(&[sent as f32])
+            }
+            "emit-as" => {
+                // Outputs the pipeline does not declare, under a name the
+                // stage picks: what reaches a client must not be shaped by it.
+                let mut sent = 0u32;
+                while sent < 1_000_000
+                    && outpost_guest::emit(&[Tensor::from_f32(&self.name, vec![1], &[1.0])?])
+                {
+                    sent += 1;
                 }
                 report(&[sent as f32])
             }

@@ -131,7 +131,7 @@ async fn first_event(
 fn event_stream(
     first: Option<Event>,
     events: mpsc::UnboundedReceiver<Event>,
-    format: impl FnMut(Event) -> Vec<String> + Send + 'static,
+    format: impl FnMut(Event) -> Result<Vec<String>, String> + Send + 'static,
     last: Option<&'static str>,
 ) -> Response {
     let start = Some((first, events, format));
@@ -141,16 +141,25 @@ fn event_stream(
             Some(event) => event,
             None => events.recv().await?,
         };
+        // An event `format` refuses ends the stream with its error; the
+        // run, its channel gone, stops at its next emit.
         let (lines, more) = match event {
             Event::Done(result) => {
                 let ok = result.is_ok();
-                let mut lines = format(Event::Done(result));
-                if ok {
-                    lines.extend(last.map(str::to_owned));
+                match format(Event::Done(result)) {
+                    Ok(mut lines) => {
+                        if ok {
+                            lines.extend(last.map(str::to_owned));
+                        }
+                        (lines, false)
+                    }
+                    Err(error) => (vec![error], false),
                 }
-                (lines, false)
             }
-            partial => (format(partial), true),
+            partial => match format(partial) {
+                Ok(lines) => (lines, true),
+                Err(error) => (vec![error], false),
+            },
         };
         let text: String = lines.iter().map(|l| format!("data: {l}\n\n")).collect();
         Some((
@@ -188,9 +197,10 @@ pub(super) fn openai_error_response(e: &ApiError) -> Response {
     // OpenAI's clients retry 5xx answers by default. A generation that met
     // its deadline, or a stage that failed, would only fail again while
     // holding the device as long: tell them not to (`x-should-retry`, which
-    // they read before their own rule). An overloaded server (503) is left
-    // to their backoff.
-    if matches!(e.class, Class::DeadlineExceeded | Class::Internal) {
+    // they read before their own rule). An overloaded server (503), or a
+    // request whose deadline passed in the queue before it ran, is left to
+    // their backoff.
+    if matches!(e.class, Class::DeadlineExceeded | Class::Internal) && e.kind != "QueueTimeout" {
         response
             .headers_mut()
             .insert("x-should-retry", HeaderValue::from_static("false"));
@@ -562,7 +572,7 @@ async fn openai(state: Arc<HttpState>, headers: HeaderMap, body: Body, api: Api)
         return event_stream(
             first,
             events,
-            move |event| reply.chunks(event, include_usage),
+            move |event| Ok(reply.chunks(event, include_usage)),
             Some("[DONE]"),
         );
     }
@@ -776,12 +786,23 @@ async fn generate_stream(
             match event {
                 Event::Partial(outputs) => {
                     for tensor in outputs {
+                        // What a stage emits is named by the stage, not
+                        // checked against the pipeline's outputs.
+                        if RESERVED.contains(&tensor.name.as_str()) {
+                            let e = format!(
+                                "model '{}': a stage emitted an output named '{}', which generate uses for itself ({}); the generation was stopped",
+                                served.name,
+                                tensor.name,
+                                RESERVED.join(", ")
+                            );
+                            return Err(json!({ "error": e }).to_string());
+                        }
                         if !streamed.contains(&tensor.name) {
                             streamed.push(tensor.name.clone());
                         }
                         match field(tensor) {
                             Ok((name, value)) => reply[name] = value,
-                            Err(e) => return vec![json!({ "error": e.message }).to_string()],
+                            Err(e) => return Err(json!({ "error": e.message }).to_string()),
                         }
                     }
                 }
@@ -794,13 +815,13 @@ async fn generate_stream(
                         }
                         match field(tensor) {
                             Ok((name, value)) => reply[name] = value,
-                            Err(e) => return vec![json!({ "error": e.message }).to_string()],
+                            Err(e) => return Err(json!({ "error": e.message }).to_string()),
                         }
                     }
                 }
-                Event::Done(Err(e)) => return vec![json!({ "error": e.message }).to_string()],
+                Event::Done(Err(e)) => return Err(json!({ "error": e.message }).to_string()),
             }
-            vec![reply.to_string()]
+            Ok(vec![reply.to_string()])
         },
         None,
     ))
@@ -827,8 +848,9 @@ async fn kserve_start(
     Ok((served, events, id))
 }
 
-/// Fields a `generate` reply and request use for themselves.
-const RESERVED: [&str; 3] = ["id", "model_name", "model_version"];
+/// Fields a `generate` reply and request use for themselves (`error`: a
+/// stream's error event).
+const RESERVED: [&str; 4] = ["id", "model_name", "model_version", "error"];
 
 /// Why `served` cannot be reached through `generate`: an input or output
 /// named like a field the protocol uses for itself would be lost or would

@@ -315,7 +315,7 @@ impl Served {
             Ok(Err(_)) => Err(closed()),
             Err(_) => Err(ApiError::new(
                 Class::DeadlineExceeded,
-                "DeadlineExceeded",
+                "QueueTimeout",
                 format!(
                     "model '{}': the request's deadline of {} ms passed while it waited in the queue",
                     self.name,
