@@ -157,10 +157,10 @@ fn last_position_gives_the_stage_only_each_sequences_last_position() {
 }
 
 /// `input_ids` of `batch` sequences of `len` tokens each.
-fn batch_of_ids(scratch: &Scratch, batch: usize, len: usize) -> PathBuf {
+fn batch_of_ids(scratch: &Scratch, name: &str, batch: usize, len: usize) -> PathBuf {
     let ids: Vec<i64> = (0..batch * len).map(|i| (i % 7) as i64).collect();
     scratch.write(
-        "batch.json",
+        name,
         json!({ "input_ids": { "dims": [batch, len], "type": "i64", "data": ids } }).to_string(),
     )
 }
@@ -176,7 +176,9 @@ fn a_batch_whose_cache_would_pass_the_limit_is_refused_before_it_runs() {
     std::fs::write(&pipeline, limited).unwrap();
     // 480 KB of ids (allowed) asking for 20,000 sequences: their cache
     // would be 3.84 MB. The host says so before the backend makes it.
-    let huge = batch_of_ids(&scratch, 20_000, 3);
+    let huge = batch_of_ids(&scratch, "huge.json", 20_000, 3);
+    // 840 KB of ids, 7 positions each.
+    let long = batch_of_ids(&scratch, "long.json", 15_000, 7);
     let ort = onnxruntime();
     for backend in [vec![], ort.iter().map(String::as_str).collect::<Vec<_>>()] {
         run(&pipeline, std::slice::from_ref(&huge), &backend).expect_error(&[
@@ -185,6 +187,11 @@ fn a_batch_whose_cache_would_pass_the_limit_is_refused_before_it_runs() {
             "predicted from its input shapes, before running",
             "limits.nn_memory_mib",
         ]);
+        // Past max_context, the same batch is told that, not a memory
+        // limit: inputs are checked before their outputs are predicted.
+        let out = run(&pipeline, std::slice::from_ref(&long), &backend);
+        out.expect_error(&["would hold 7 positions (0 cached + 7 new), over max_context = 6"]);
+        assert!(!out.stderr.contains("memory limit"), "{}", out.stderr);
         // A batch that fits still runs.
         let small = ids(&scratch, "small.json", &[1, 2, 3]);
         let out = run(&pipeline, &[small], &backend);
