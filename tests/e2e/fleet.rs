@@ -6,7 +6,7 @@
 use crate::bundles::{AssertOk, Publisher, top_label};
 use crate::serve::{Server, http, text_request};
 use outpost_e2e::servers::{CuttingRelay, Nginx, Registry, Trickle};
-use outpost_e2e::{Run, Scratch, demo_dir, outpost, target_dir};
+use outpost_e2e::{Run, Scratch, demo_dir, demo_pipeline_text, outpost};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -204,25 +204,10 @@ impl Fleet {
             .unwrap()
             .replace("stop_conveyor", label);
         std::fs::write(work.join("labels.txt"), labels).unwrap();
-        let plugins = target_dir().join("wasm32-wasip2/plugin");
-        let toml = std::fs::read_to_string(demo.join("intent.toml"))
-            .unwrap()
-            .replace(
-                "../../../target/wasm32-wasip2/plugin",
-                &plugins.display().to_string(),
-            )
-            .replace(
-                "\"intent.onnx\"",
-                &format!("\"{}\"", demo.join("intent.onnx").display()),
-            )
-            .replace(
-                "\"vocab.txt\"",
-                &format!("\"{}\"", demo.join("vocab.txt").display()),
-            )
-            .replace(
-                "labels = \"stop_conveyor\"",
-                &format!("labels = \"{checked}\""),
-            );
+        let toml = demo_pipeline_text().replace(
+            "labels = \"stop_conveyor\"",
+            &format!("labels = \"{checked}\""),
+        );
         std::fs::write(work.join("intent.toml"), toml).unwrap();
         self.publisher.bundle(
             &work.join("intent.toml"),

@@ -697,18 +697,7 @@ fn generate_refuses_a_pipeline_whose_names_clash_with_its_reply_fields() {
     // The demo with its `labels` output named `model_name`, which a generate
     // reply uses for the model's name.
     let demo = outpost_e2e::demo_dir();
-    let plugins = repo().join("target/wasm32-wasip2/plugin");
-    let toml = std::fs::read_to_string(demo.join("intent.toml"))
-        .unwrap()
-        .replace(
-            "../../../target/wasm32-wasip2/plugin",
-            &plugins.display().to_string(),
-        )
-        .replace(
-            "\"intent.onnx\"",
-            &format!("{:?}", demo.join("intent.onnx")),
-        )
-        .replace("\"vocab.txt\"", &format!("{:?}", demo.join("vocab.txt")))
+    let toml = outpost_e2e::demo_pipeline_text()
         .replace("\"labels.txt\"", &format!("{:?}", demo.join("labels.txt")))
         .replace(
             "outputs = [\"labels\", \"scores\"]",

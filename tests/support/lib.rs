@@ -69,6 +69,28 @@ pub fn demo_dir() -> PathBuf {
     repo().join("host/pipelines/demo")
 }
 
+/// The demo pipeline's text with its components, model and vocabulary at
+/// absolute paths, so that it can be written anywhere (its labels file
+/// stays relative: `labels.txt` beside where it is written, or edit it).
+pub fn demo_pipeline_text() -> String {
+    let demo = demo_dir();
+    let plugins = target_dir().join("wasm32-wasip2/plugin");
+    std::fs::read_to_string(demo.join("intent.toml"))
+        .unwrap()
+        .replace(
+            "../../../target/wasm32-wasip2/plugin",
+            &plugins.display().to_string(),
+        )
+        .replace(
+            "\"intent.onnx\"",
+            &format!("\"{}\"", demo.join("intent.onnx").display()),
+        )
+        .replace(
+            "\"vocab.txt\"",
+            &format!("\"{}\"", demo.join("vocab.txt").display()),
+        )
+}
+
 /// A file fetched by `host/pipelines/minilm/fetch_models.py`.
 pub fn fetched(name: &str) -> PathBuf {
     must_exist(
