@@ -7,9 +7,11 @@
 #   /usr/share/man/man1/outpost.1.gz
 # ONNX Runtime is not in it: see the README ("Install on a device").
 #
-#   bash host/packaging/build-deb.sh [--arch amd64|arm64] [--binary PATH] [--out DIR]
+#   bash host/packaging/build-deb.sh [--arch amd64|arm64] [--profile dist|dist-small]
+#                                    [--binary PATH] [--out DIR]
 #
-# Without --binary the host is built with the `dist` profile for the
+# Without --binary the host is built with the `dist` profile (or the one
+# --profile names: `dist-small` is about half the size) for the
 # architecture (arm64 cross-builds with Debian's gcc-aarch64-linux-gnu). With
 # --binary a host built elsewhere is packaged (the tests package the debug
 # build they already have). Prints the path of the .deb.
@@ -18,11 +20,13 @@ cd "$(dirname "$0")/../.."
 
 arch=$(dpkg --print-architecture)
 binary=""
+profile=dist
 out=target/deb
 while [ $# -gt 0 ]; do
     case "$1" in
         --arch) arch="$2"; shift 2 ;;
         --binary) binary="$2"; shift 2 ;;
+        --profile) profile="$2"; shift 2 ;;
         --out) out="$2"; shift 2 ;;
         *) echo "build-deb.sh: unknown argument '$1' (see the comment at the top)" >&2; exit 2 ;;
     esac
@@ -41,8 +45,8 @@ for tool in dpkg-deb "$strip" "$objdump" gzip; do
 done
 
 if [ -z "$binary" ]; then
-    cargo build --profile dist --target "$triple" -p outpost-host --bin outpost >&2
-    binary="target/$triple/dist/outpost"
+    cargo build --profile "$profile" --target "$triple" -p outpost-host --bin outpost >&2
+    binary="target/$triple/$profile/outpost"
 fi
 [ -f "$binary" ] || { echo "build-deb.sh: no host binary at $binary" >&2; exit 1; }
 machine=$("$objdump" -f "$binary" | sed -n 's/^architecture: \([^,]*\).*/\1/p')
