@@ -203,6 +203,9 @@ pub struct NnState {
     ledger: NnLedger,
     /// Counts the calls into the stage: a key/value cache lives within one.
     call: u64,
+    /// Execution contexts that filled a cache during this call (their
+    /// table slots), freed when it ends.
+    caching: Vec<u32>,
 }
 
 impl NnState {
@@ -219,6 +222,7 @@ impl NnState {
             diagnostics,
             ledger,
             call: 0,
+            caching: Vec::new(),
         }
     }
 
@@ -229,6 +233,11 @@ impl NnState {
     /// calls starts its next compute on an empty cache.
     pub fn new_call(&mut self) {
         self.call = self.call.wrapping_add(1);
+    }
+
+    /// Bytes its execution contexts hold in key/value caches.
+    pub fn cache_bytes(&self) -> usize {
+        self.ledger.cached
     }
 
     /// What the stage's resources hold.
@@ -252,6 +261,32 @@ impl<'a> NnView<'a> {
     /// A view of one store's resource table and wasi-nn state.
     pub fn new(table: &'a mut ResourceTable, state: &'a mut NnState) -> Self {
         Self { table, state }
+    }
+
+    /// A call into the stage ended: the caches its contexts filled are
+    /// freed now, not when the context next computes, so an idle instance
+    /// kept for later requests holds none.
+    pub fn end_call(&mut self) {
+        for rep in std::mem::take(&mut self.state.caching) {
+            // A context the stage dropped (its slot empty, or reused by
+            // another resource) is gone already.
+            let Ok(entry) = self
+                .table
+                .get_mut(&Resource::<ContextEntry>::new_borrow(rep))
+            else {
+                continue;
+            };
+            let cache = std::mem::take(&mut entry.kv);
+            self.state.ledger.note_cache(cache.bytes(), 0);
+            // The context is charged for itself again. That cannot pass a
+            // limit: the stage holds less than a moment ago.
+            self.state
+                .ledger
+                .release(std::mem::replace(&mut entry.charge, Charge(0)));
+            if let Ok(charge) = self.state.ledger.charge("execution context", 0) {
+                entry.charge = charge;
+            }
+        }
     }
 
     /// A wasi-nn error for the guest, charged like any resource.
@@ -455,6 +490,9 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
                 &format!("key/value cache of {} positions", cache.len()),
                 cache.bytes(),
             )?;
+            if !cache.is_empty() && !self.state.caching.contains(&context.rep()) {
+                self.state.caching.push(context.rep());
+            }
             entry.kv = cache;
             return self.computed(result);
         }

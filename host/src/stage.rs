@@ -401,6 +401,14 @@ impl LoadedStage {
         self.idle.lock().map_or(0, |idle| idle.len())
     }
 
+    /// Bytes the idle instances hold in key/value caches (none once their
+    /// calls have ended).
+    pub fn idle_cache_bytes(&self) -> usize {
+        self.idle.lock().map_or(0, |idle| {
+            idle.iter().map(|i| i.store.data().nn.cache_bytes()).sum()
+        })
+    }
+
     /// Runs one request through the stage. Outputs are checked against what
     /// the stage declared. An instance that trapped or hit a limit is dropped;
     /// the next request gets a fresh one.
@@ -616,7 +624,11 @@ impl LoadedStage {
         }
     }
 
-    fn release(&self, instance: Instance) {
+    fn release(&self, mut instance: Instance) {
+        // What the call filled in key/value caches is not kept while the
+        // instance waits for the next request.
+        let host = instance.store.data_mut();
+        NnView::new(&mut host.table, &mut host.nn).end_call();
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < self.pool_size.load(Ordering::Relaxed)
         {

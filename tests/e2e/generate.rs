@@ -249,6 +249,32 @@ limits = {{ nn_memory_mib = 1 }}
 }
 
 #[test]
+fn an_idle_instance_keeps_no_cache_between_requests() {
+    // `infer` keeps its execution context for the life of its instance;
+    // the cache its request filled is freed when the call ends, not held
+    // by the pooled instance until its next request.
+    let scratch = Scratch::new();
+    let pipeline = toy(&scratch, WIRING);
+    let host = outpost_host::Host::new(&outpost_host::EngineOptions::default()).unwrap();
+    let pipeline = host.load_pipeline(&pipeline).unwrap();
+    let stage = pipeline.stages()[0].stage();
+    let ids = outpost_host::Tensor {
+        name: "input_ids".into(),
+        dims: vec![1, 3],
+        element_type: outpost_host::ElementType::I64,
+        data: [1i64, 2, 3].iter().flat_map(|v| v.to_le_bytes()).collect(),
+    };
+    for _ in 0..2 {
+        let outputs = pipeline.run(vec![ids.clone()]).unwrap();
+        let sum = outputs.iter().find(|t| t.name == "cache_sum").unwrap();
+        // The run had its cache: 3 positions of 2 × 4 values, 1 + 2 + 3.
+        assert_eq!(sum.data, 48f32.to_le_bytes());
+        assert_eq!(stage.idle_instances(), 1);
+        assert_eq!(stage.idle_cache_bytes(), 0);
+    }
+}
+
+#[test]
 fn a_prompt_past_max_context_is_refused_naming_the_limit() {
     let scratch = Scratch::new();
     let pipeline = toy(&scratch, WIRING);
