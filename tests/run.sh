@@ -63,6 +63,9 @@ step "tests"
 export OUTPOST_PYTHON="$PWD/target/py/bin/python"
 export OUTPOST_ONNXRUNTIME_LIB="$PWD/target/onnxruntime/libonnxruntime.so"
 cargo test --workspace --exclude wasi-nn-classic
+step "the guest SDK as it would be published: packaged and built alone, docs without warnings"
+env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS cargo package -p outpost-guest --allow-dirty --quiet
+RUSTDOCFLAGS="-D warnings" cargo doc -p outpost-guest --no-deps --quiet
 step "the benchmark, short (dev profile: checks it runs, measures nothing)"
 cargo bench -p outpost-host --bench outpost --profile dev -- --quick --json target/bench/quick.json
 cargo bench -p outpost-host --bench serve --profile dev -- --quick --json target/bench/serve-quick.json

@@ -1,4 +1,5 @@
-//! Bindings generated from `wit/` for the `streaming-stage` world (the
+//! Bindings generated from the crate's `wit/` (a copy of the repository's, checked
+//! by the tests) for the `streaming-stage` world (the
 //! `stage` world plus `outpost:plugin/partials`; a component that never emits
 //! does not import it). Stage authors use the re-exports at the crate root
 //! instead.
@@ -6,7 +7,7 @@
 
 wit_bindgen::generate!({
     world: "streaming-stage",
-    path: "../wit",
+    path: "wit",
     pub_export_macro: true,
     export_macro_name: "export",
     default_bindings_module: "::outpost_guest::bindings",

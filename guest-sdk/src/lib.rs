@@ -1,43 +1,4 @@
-//! Write Outpost pipeline stages in Rust.
-//!
-//! A stage is a type that implements [`Stage`], exported with [`export_stage!`]
-//! and built for `wasm32-wasip2`. The host creates an instance, calls
-//! [`Stage::init`] once with the stage's configuration from the pipeline, and then
-//! [`Stage::run`] for every request. Everything crossing the boundary is a named
-//! [`Tensor`]; models are reached through [`nn::Model`] (wasi-nn), by the name
-//! the pipeline gives them.
-//!
-//! A complete stage that scales every `f32` element of its input:
-//!
-//! ```
-//! use outpost_guest::{Config, Dim, ElementType, Inputs, Stage, StageError, StageInfo, Tensor, TensorSpec};
-//!
-//! struct Scale {
-//!     factor: f32,
-//! }
-//!
-//! impl Stage for Scale {
-//!     fn init(config: &Config) -> Result<Self, StageError> {
-//!         Ok(Scale { factor: config.get_or("factor", 1.0)? })
-//!     }
-//!
-//!     fn describe(&self) -> StageInfo {
-//!         let any_shape = || TensorSpec::new("x", ElementType::F32).any_shape();
-//!         StageInfo::new("scale", "0.1.0", "multiplies every element by `factor`")
-//!             .input(any_shape())
-//!             .output(any_shape())
-//!     }
-//!
-//!     fn run(&mut self, mut inputs: Inputs) -> Result<Vec<Tensor>, StageError> {
-//!         let x = inputs.take("x")?;
-//!         let scaled: Vec<f32> = x.to_f32()?.iter().map(|v| v * self.factor).collect();
-//!         Ok(vec![Tensor::from_f32("x", x.dims.clone(), &scaled)?])
-//!     }
-//! }
-//!
-//! outpost_guest::export_stage!(Scale);
-//! # fn main() {}
-//! ```
+#![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
 extern crate self as outpost_guest;
