@@ -19,3 +19,4 @@ mod precompiled;
 mod serve;
 mod serve_generate;
 mod stage_errors;
+mod test_stage;

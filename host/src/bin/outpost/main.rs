@@ -14,6 +14,7 @@ mod fleet;
 mod report;
 mod requests;
 mod serve;
+mod test_stage;
 mod trust;
 
 use anyhow::{Context, Result, bail};
@@ -116,6 +117,43 @@ enum Command {
         /// ({"request", "stage", "partial"}), then the report on one line.
         #[arg(long)]
         stream: bool,
+    },
+    /// Run one stage's component alone, without a pipeline: on inputs given
+    /// as text or tensors, with the config, models and files it needs.
+    /// Prints its outputs as JSON, or with --expect compares them and exits
+    /// non-zero, naming each difference, when they are not as expected.
+    ///
+    /// Example: outpost test-stage target/wasm32-wasip2/release/my_stage.wasm
+    /// --input-file input.json --config top_k=3 --file labels=labels.txt
+    /// --expect expected.json
+    TestStage {
+        /// The stage's component (.wasm).
+        component: PathBuf,
+        /// Text for one of the stage's inputs, as NAME=TEXT. Repeat for more inputs.
+        #[arg(short, long, value_name = "NAME=TEXT")]
+        input: Vec<String>,
+        /// Tensors for the stage's inputs, as JSON: {"NAME": {"dims": [..],
+        /// "type": "f32", "data": [..]}, ...} (a string is utf8 text).
+        #[arg(short = 'f', long, value_name = "PATH")]
+        input_file: Vec<PathBuf>,
+        /// One key of the stage's config, as KEY=VALUE (VALUE in TOML: 3,
+        /// 0.5, true, "text", [1, 2]; a bare word is text). Repeat for more.
+        #[arg(short, long, value_name = "KEY=VALUE")]
+        config: Vec<String>,
+        /// A model the stage loads by NAME, from the ONNX file at PATH.
+        #[arg(long, value_name = "NAME=PATH")]
+        model: Vec<String>,
+        /// A file the stage opens by NAME.
+        #[arg(long, value_name = "NAME=PATH")]
+        file: Vec<String>,
+        /// The outputs expected, as tensors in JSON (those named are compared;
+        /// others are ignored).
+        #[arg(long, value_name = "PATH")]
+        expect: Option<PathBuf>,
+        /// How far an f32/f64 output may be from the expected value (relative
+        /// above 1 in magnitude).
+        #[arg(long, default_value_t = 1e-5)]
+        tolerance: f64,
     },
     /// Serve signed bundles as KServe v2 models over HTTP and gRPC, until
     /// SIGTERM or SIGINT (then drain: requests in flight finish).
@@ -512,6 +550,35 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let pipeline = load(&host, &pipeline, &source, true)?;
             requests::run(&pipeline, &input, &input_file, stream)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::TestStage {
+            component,
+            input,
+            input_file,
+            config,
+            model,
+            file,
+            expect,
+            tolerance,
+        } => {
+            let ok = test_stage::run(
+                &host()?,
+                &test_stage::Args {
+                    component: &component,
+                    inputs: &input,
+                    input_files: &input_file,
+                    config: &config,
+                    models: &model,
+                    files: &file,
+                    expect: expect.as_deref(),
+                    tolerance,
+                },
+            )?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Keygen { out } => trust::keygen(&out).map(|()| ExitCode::SUCCESS),
         Command::Root {

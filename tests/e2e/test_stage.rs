@@ -1,0 +1,143 @@
+//! `outpost test-stage`: one stage's component run alone, with its config,
+//! files and models given on the command line, its outputs compared with
+//! what is expected.
+
+use outpost_e2e::{Scratch, demo_dir, outpost, plugin};
+use serde_json::json;
+
+fn classify_args(scratch: &Scratch, expect: Option<&str>) -> Vec<String> {
+    let labels = scratch.write("labels.txt", "stop_conveyor\nfly\nphoto\n");
+    let input = scratch.write(
+        "in.json",
+        json!({ "logits": { "dims": [1, 3], "type": "f32", "data": [0.1, 2.0, 0.5] } }).to_string(),
+    );
+    let mut args: Vec<String> = vec![
+        "test-stage".into(),
+        plugin("classify").display().to_string(),
+        "-f".into(),
+        input.display().to_string(),
+        "--config".into(),
+        "top_k=2".into(),
+        "--file".into(),
+        format!("labels={}", labels.display()),
+    ];
+    if let Some(expected) = expect {
+        let path = scratch.write("expected.json", expected);
+        args.extend(["--expect".into(), path.display().to_string()]);
+    }
+    args
+}
+
+#[test]
+fn a_stage_runs_alone_and_its_outputs_are_compared_with_what_is_expected() {
+    let scratch = Scratch::new();
+    // Without --expect: its outputs.
+    let out = outpost(&classify_args(&scratch, None));
+    assert!(out.ok, "{}", out.stderr);
+    let outputs = &out.json()["outputs"];
+    assert_eq!(outputs["labels"], "fly\tphoto");
+    assert_eq!(outputs["indices"]["data"], json!([1, 2]));
+    // softmax(0.1, 2.0, 0.5) = 0.1227, 0.8204... of top 2: within 1e-5.
+    let expected = json!({
+        "labels": "fly\tphoto",
+        "indices": { "dims": [1, 2], "type": "i64", "data": [1, 2] },
+        "scores": outputs["scores"],
+    });
+    let ok = outpost(&classify_args(&scratch, Some(&expected.to_string())));
+    assert!(ok.ok, "{}", ok.stderr);
+    assert!(
+        ok.stdout.contains("ok: 3 output(s) as expected"),
+        "{}",
+        ok.stdout
+    );
+    // Each difference is named, and the command fails.
+    let wrong = json!({
+        "labels": "photo\tfly",
+        "indices": { "dims": [1, 2], "type": "i32", "data": [1, 2] },
+        "scores": { "dims": [1, 2], "type": "f32", "data": [0.5, 0.1] },
+        "extra": "x",
+    });
+    outpost(&classify_args(&scratch, Some(&wrong.to_string()))).expect_error(&[
+        "does not give what",
+        "no output 'extra'; the stage gave:",
+        "output 'labels' is \"fly\\tphoto\", expected \"photo\\tfly\"",
+        "output 'indices' is i64[1, 2], expected i32[1, 2]",
+        "output 'scores' element 0 is",
+        "(1 more elements differ)",
+    ]);
+}
+
+#[test]
+fn a_stage_with_a_model_runs_alone_and_bad_inputs_get_the_stages_error() {
+    let scratch = Scratch::new();
+    let ids: Vec<i64> = (0..32).map(|i| if i < 4 { 101 + i } else { 0 }).collect();
+    let mask: Vec<i64> = (0..32).map(|i| i64::from(i < 4)).collect();
+    let input = scratch.write(
+        "ids.json",
+        json!({
+            "input_ids": { "dims": [1, 32], "type": "i64", "data": ids },
+            "attention_mask": { "dims": [1, 32], "type": "i64", "data": mask },
+        })
+        .to_string(),
+    );
+    let model = format!("intent={}", demo_dir().join("intent.onnx").display());
+    let infer = plugin("infer").display().to_string();
+    let out = outpost(&[
+        "test-stage",
+        &infer,
+        "-f",
+        &input.display().to_string(),
+        "--model",
+        &model,
+        "--config",
+        "model=intent",
+    ]);
+    assert!(out.ok, "{}", out.stderr);
+    let logits = &out.json()["outputs"]["logits"];
+    assert_eq!(logits["type"], "f32", "{logits}");
+    assert_eq!(logits["dims"][0], 1, "{logits}");
+    // Text where the model wants ids: the stage's own error, named.
+    outpost(&[
+        "test-stage",
+        &infer,
+        "--input",
+        "input_ids=hello",
+        "--model",
+        &model,
+        "--config",
+        "model=intent",
+    ])
+    .expect_error(&[
+        "stage 'infer' takes 'attention_mask'",
+        "give every input the stage takes",
+    ]);
+    // Both inputs, the ids as text: the stage's own typed error.
+    let text_ids = outpost(&[
+        "test-stage",
+        &infer,
+        "--input",
+        "input_ids=hello",
+        "--input",
+        "attention_mask=1",
+        "--model",
+        &model,
+        "--config",
+        "model=intent",
+    ]);
+    text_ids.expect_error(&["stage 'infer'", "input_ids"]);
+    assert!(
+        !text_ids.stderr.contains("pipeline.toml"),
+        "{}",
+        text_ids.stderr
+    );
+    // A model file that is not there is named.
+    outpost(&[
+        "test-stage",
+        &infer,
+        "--input",
+        "x=1",
+        "--model",
+        "intent=/nonexistent/intent.onnx",
+    ])
+    .expect_error(&["--model: no file /nonexistent/intent.onnx"]);
+}
