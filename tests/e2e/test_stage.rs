@@ -141,3 +141,70 @@ fn a_stage_with_a_model_runs_alone_and_bad_inputs_get_the_stages_error() {
     ])
     .expect_error(&["--model: no file /nonexistent/intent.onnx"]);
 }
+
+#[test]
+fn outpost_new_stage_writes_a_stage_that_builds_and_passes_its_own_test() {
+    let scratch = Scratch::new();
+    let dir = scratch.path().join("my-scale");
+    let sdk = outpost_e2e::repo().join("guest-sdk");
+    let new = |name: &str, dir: &std::path::Path, sdk: &std::path::Path| {
+        outpost(&[
+            "new",
+            "stage",
+            name,
+            "--dir",
+            &dir.display().to_string(),
+            "--sdk-path",
+            &sdk.display().to_string(),
+        ])
+    };
+    let out = new("my-scale", &dir, &sdk);
+    assert!(out.ok, "{}", out.stderr);
+    // It builds on its own, outside this workspace, with what cargo has.
+    let build = std::process::Command::new("cargo")
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--offline",
+        ])
+        .current_dir(&dir)
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    // And passes the test it came with.
+    let component = dir.join("target/wasm32-wasip2/release/my_scale.wasm");
+    let test = outpost(&[
+        "test-stage",
+        &component.display().to_string(),
+        "-f",
+        &dir.join("test/input.json").display().to_string(),
+        "--config",
+        "factor=2",
+        "--expect",
+        &dir.join("test/expected.json").display().to_string(),
+    ]);
+    assert!(test.ok, "{}\n{}", test.stdout, test.stderr);
+    // With another factor it does not, and says where.
+    outpost(&[
+        "test-stage",
+        &component.display().to_string(),
+        "-f",
+        &dir.join("test/input.json").display().to_string(),
+        "--config",
+        "factor=3",
+        "--expect",
+        &dir.join("test/expected.json").display().to_string(),
+    ])
+    .expect_error(&["output 'x' element 0 is 3.0, expected 2.0 (3 more elements differ)"]);
+    // Nothing is overwritten; names and SDK paths are checked.
+    new("my-scale", &dir, &sdk).expect_error(&["exists already"]);
+    new("My Scale", &scratch.path().join("b"), &sdk).expect_error(&["stage name 'My Scale'"]);
+    new("ok", &scratch.path().join("c"), scratch.path()).expect_error(&["not the guest SDK"]);
+}

@@ -11,6 +11,7 @@ macro_rules! outln {
 }
 
 mod fleet;
+mod new_stage;
 mod report;
 mod requests;
 mod serve;
@@ -91,6 +92,33 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum New {
+    /// A stage skeleton in its own directory (outside this repository):
+    /// manifest, source, a test input and its expected output, and a README
+    /// with the commands that build it and try it (`outpost test-stage`).
+    ///
+    /// Example: outpost new stage my-filter --sdk-path ~/outpost/guest-sdk
+    Stage {
+        /// The stage's name: lowercase letters, digits, '-' and '_'.
+        name: String,
+        /// The language it is written in.
+        #[arg(long, default_value = "rust", value_parser = ["rust"])]
+        lang: String,
+        /// Where to write it [default: ./NAME]; it must not exist.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Take the guest SDK from this checkout (the Outpost repository's
+        /// `guest-sdk/`) instead of crates.io.
+        #[arg(long, value_name = "DIR", conflicts_with = "sdk_git")]
+        sdk_path: Option<PathBuf>,
+        /// Take the guest SDK from this git repository (the Outpost
+        /// workspace) instead of crates.io.
+        #[arg(long, value_name = "URL")]
+        sdk_git: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run a pipeline on one or more requests and print the results as JSON.
     ///
@@ -117,6 +145,12 @@ enum Command {
         /// ({"request", "stage", "partial"}), then the report on one line.
         #[arg(long)]
         stream: bool,
+    },
+    /// Start something new for a plugin author: `outpost new stage NAME`
+    /// writes a buildable stage skeleton.
+    New {
+        #[command(subcommand)]
+        what: New,
     },
     /// Run one stage's component alone, without a pipeline: on inputs given
     /// as text or tensors, with the config, models and files it needs.
@@ -549,6 +583,25 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let host = cached(host()?, &source)?;
             let pipeline = load(&host, &pipeline, &source, true)?;
             requests::run(&pipeline, &input, &input_file, stream)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::New {
+            what:
+                New::Stage {
+                    name,
+                    lang: _,
+                    dir,
+                    sdk_path,
+                    sdk_git,
+                },
+        } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            let sdk = match (&sdk_path, &sdk_git) {
+                (Some(path), _) => new_stage::Sdk::Path(path),
+                (None, Some(url)) => new_stage::Sdk::Git(url),
+                (None, None) => new_stage::Sdk::Published,
+            };
+            new_stage::rust(&name, &dir, &sdk)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::TestStage {
