@@ -40,7 +40,8 @@ fn the_crates_wit_is_the_repositorys() {
     );
     for file in &files {
         assert!(
-            std::fs::read(repository.join(file)).unwrap() == std::fs::read(copy.join(file)).unwrap(),
+            std::fs::read(repository.join(file)).unwrap()
+                == std::fs::read(copy.join(file)).unwrap(),
             "guest-sdk/wit/{} differs from wit/{}: copy wit/ over guest-sdk/wit/ after changing it",
             file.display(),
             file.display()
