@@ -2,6 +2,8 @@
 //! from crates.io, outside this repository. The copy must be the
 //! repository's `wit/`, byte for byte: the host binds that one.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 
 /// Every `.wit` file under `dir`, relative to it, sorted.
