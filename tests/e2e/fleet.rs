@@ -1587,7 +1587,8 @@ fn a_version_on_probation_that_keeps_killing_the_service_is_rolled_back_at_start
     assert_eq!(status["agent"]["phase"], "probation", "{status}");
     // A clean stop (SIGTERM, drained) does not count against v2.
     server.signal("TERM");
-    assert!(server.wait(Duration::from_secs(30)).success());
+    let st = server.wait(Duration::from_secs(30));
+    assert!(st.success(), "{st:?}\n{}", server.log());
     server = Server::start(&args);
     wait_until("the service serves again", Duration::from_secs(120), || {
         ready(&server)

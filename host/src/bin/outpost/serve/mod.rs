@@ -471,6 +471,7 @@ async fn serve(
             .await
             .with_context(|| format!("cannot listen on {address}"))
     };
+    let mut signals = ShutdownSignals::new()?;
     let http_listener = bind(settings.http).await?;
     let grpc_listener = match settings.grpc {
         Some(address) => Some(bind(address).await?),
@@ -530,7 +531,7 @@ async fn serve(
         models = app.models().len(),
         "listening"
     );
-    let signal = shutdown_signal().await?;
+    let signal = signals.recv().await;
     tracing::info!(
         signal,
         grace_ms = settings.drain_grace.as_millis() as u64,
@@ -563,12 +564,28 @@ async fn serve(
     }
 }
 
-async fn shutdown_signal() -> Result<&'static str> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
+/// SIGTERM and SIGINT, caught from the moment this is made: made before
+/// the listeners accept, so that a stop sent as soon as the service
+/// answers (a supervisor, a test) drains it instead of killing it.
+struct ShutdownSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn new() -> Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+        })
+    }
+
+    /// The first of them to come.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
 }
