@@ -2,6 +2,7 @@
 //! outside this repository: manifest, source, a test input with its
 //! expected output, and a README with the commands that build and try it.
 
+use crate::test_stage::toml_string;
 use anyhow::{Context, Result, bail};
 use std::path::Path;
 
@@ -183,8 +184,3 @@ crates.io, point it at a checkout of the Outpost repository:
 `outpost-guest = { path = "PATH/TO/outpost/guest-sdk" }`, or at a git repository holding it:
 `outpost-guest = { git = "URL", package = "outpost-guest" }`.
 "#;
-
-/// `s` as a TOML basic string.
-fn toml_string(s: &str) -> String {
-    toml::Value::String(s.to_owned()).to_string()
-}

@@ -41,16 +41,15 @@ pub fn run(host: &Host, args: &Args<'_>) -> Result<bool> {
         Ok(p) => p,
         // The pipeline file is this command's own: its path means nothing
         // to the user.
-        Err(e) => bail!(
-            "cannot run stage {}: {}{}",
-            args.component.display(),
-            format!("{e:#}").replace(&format!("{}: ", pipeline.display()), ""),
-            if format!("{e:#}").contains("neither a pipeline input") {
+        Err(e) => {
+            let why = format!("{e:#}").replace(&format!("{}: ", pipeline.display()), "");
+            let hint = if why.contains("neither a pipeline input") {
                 " (give every input the stage takes: --input NAME=TEXT or --input-file)"
             } else {
                 ""
-            }
-        ),
+            };
+            bail!("cannot run stage {}: {why}{hint}", args.component.display())
+        }
     };
     let outputs = pipeline.run(inputs)?;
     let got: Map<String, Value> = outputs
@@ -273,6 +272,6 @@ impl Drop for Scratch {
 }
 
 /// `s` as a TOML basic string.
-fn toml_string(s: &str) -> String {
+pub fn toml_string(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
 }
