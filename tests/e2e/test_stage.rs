@@ -180,29 +180,23 @@ fn outpost_new_stage_writes_a_stage_that_builds_and_passes_its_own_test() {
     );
     // And passes the test it came with.
     let component = dir.join("target/wasm32-wasip2/release/my_scale.wasm");
-    let test = outpost(&[
-        "test-stage",
-        &component.display().to_string(),
-        "-f",
-        &dir.join("test/input.json").display().to_string(),
-        "--config",
-        "factor=2",
-        "--expect",
-        &dir.join("test/expected.json").display().to_string(),
-    ]);
+    let with_factor = |factor: &str| {
+        outpost(&[
+            "test-stage",
+            &component.display().to_string(),
+            "-f",
+            &dir.join("test/input.json").display().to_string(),
+            "--config",
+            &format!("factor={factor}"),
+            "--expect",
+            &dir.join("test/expected.json").display().to_string(),
+        ])
+    };
+    let test = with_factor("2");
     assert!(test.ok, "{}\n{}", test.stdout, test.stderr);
     // With another factor it does not, and says where.
-    outpost(&[
-        "test-stage",
-        &component.display().to_string(),
-        "-f",
-        &dir.join("test/input.json").display().to_string(),
-        "--config",
-        "factor=3",
-        "--expect",
-        &dir.join("test/expected.json").display().to_string(),
-    ])
-    .expect_error(&["output 'x' element 0 is 3.0, expected 2.0 (3 more elements differ)"]);
+    with_factor("3")
+        .expect_error(&["output 'x' element 0 is 3.0, expected 2.0 (3 more elements differ)"]);
     // Nothing is overwritten; names and SDK paths are checked.
     new("my-scale", &dir, &sdk).expect_error(&["exists already"]);
     new("My Scale", &scratch.path().join("b"), &sdk).expect_error(&["stage name 'My Scale'"]);
