@@ -236,6 +236,24 @@ fn simplify(typed: TypedModel) -> TractResult<TypedModel> {
     Ok(model)
 }
 
+/// Applies the patch `next` finds until it finds none; returns how many it
+/// applied. Each patch renumbers nodes, so `next` looks again from the
+/// start every time.
+fn apply_all(
+    model: &mut TypedModel,
+    next: fn(&TypedModel) -> TractResult<Option<TypedModelPatch>>,
+) -> TractResult<usize> {
+    let mut applied = 0;
+    while let Some(patch) = next(model)? {
+        patch.apply(model)?;
+        applied += 1;
+    }
+    if applied > 0 {
+        model.compact()?;
+    }
+    Ok(applied)
+}
+
 /// tract's optimisation, then constant operands packed once (see
 /// `prepack.rs`).
 fn optimised(simplified: TypedModel) -> TractResult<TypedModel> {

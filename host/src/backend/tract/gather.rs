@@ -30,16 +30,7 @@ enum Step {
 /// Rewrites every lookup in `model` (decluttered) that reads a large constant
 /// table through elementwise steps; returns how many it rewrote.
 pub(super) fn gather_before_dequantize(model: &mut TypedModel) -> TractResult<usize> {
-    let mut rewritten = 0;
-    // Each patch changes node ids; look again from the start after each.
-    while let Some(patch) = next_rewrite(model)? {
-        patch.apply(model)?;
-        rewritten += 1;
-    }
-    if rewritten > 0 {
-        model.compact()?;
-    }
-    Ok(rewritten)
+    super::apply_all(model, next_rewrite)
 }
 
 fn next_rewrite(model: &TypedModel) -> TractResult<Option<TypedModelPatch>> {

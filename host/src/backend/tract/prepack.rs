@@ -19,16 +19,7 @@ use tract_onnx::tract_core::ops::matmul::pack::OptMatMulPack;
 /// Replaces every pack of a constant in `model` (optimised) by the packed
 /// constant; returns how many it replaced.
 pub(super) fn pack_constant_operands(model: &mut TypedModel) -> TractResult<usize> {
-    let mut folded = 0;
-    // A patch renumbers nodes: look again from the start after each.
-    while let Some(patch) = next_fold(model)? {
-        patch.apply(model)?;
-        folded += 1;
-    }
-    if folded > 0 {
-        model.compact()?;
-    }
-    Ok(folded)
+    super::apply_all(model, next_fold)
 }
 
 fn next_fold(model: &TypedModel) -> TractResult<Option<TypedModelPatch>> {
