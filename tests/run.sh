@@ -56,6 +56,9 @@ step "plugins, linted"
 cargo plugins
 cargo plugins-wasip1
 
+step "stages in C, Python and JavaScript (clang + wasi-libc, componentize-py, componentize-js)"
+bash plugins/languages.sh
+
 step "build the host, linted"
 cargo build -p outpost-host --bins
 

@@ -12,6 +12,7 @@ mod device_state;
 mod fleet;
 mod generate;
 mod image;
+mod languages;
 mod minilm;
 mod model_inputs;
 mod pipeline_errors;

@@ -4,8 +4,10 @@
 //! correctly, and its resident memory returns to where it was.
 #![allow(clippy::unwrap_used)]
 
-use outpost_e2e::{Scratch, demo_dir, plugin};
+use outpost_e2e::{Scratch, demo_dir, plugin, target_dir};
+use outpost_host::cache::CacheKey;
 use outpost_host::{EngineOptions, Host, Pipeline, RunError, StageError, Tensor};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// A memory figure of this process from /proc/self/status, MiB.
@@ -43,11 +45,32 @@ fn hostile(
     limits: &str,
     grants: &str,
 ) -> Pipeline {
+    hostile_in(
+        &plugin("hostile"),
+        host,
+        scratch,
+        attack,
+        extra_config,
+        limits,
+        grants,
+    )
+}
+
+/// [`hostile`] with the attacking component given.
+fn hostile_in(
+    component: &Path,
+    host: &Host,
+    scratch: &Scratch,
+    attack: &str,
+    extra_config: &str,
+    limits: &str,
+    grants: &str,
+) -> Pipeline {
     // Every attacker may load the demo's model as "intent".
     let toml = format!(
         "[pipeline]\nname = \"{attack}\"\ninputs = [\"x\"]\n[models.intent]\npath = \"{}\"\n[[stages]]\nname = \"attacker\"\ncomponent = \"{}\"\nmodels = [\"intent\"]\nconfig = {{ attack = \"{attack}\"{extra_config} }}\nlimits = {{ {limits} }}\ngrants = {{ {grants} }}\n",
         demo_dir().join("intent.onnx").display(),
-        plugin("hostile").display()
+        component.display()
     );
     let path = scratch.write(&format!("{attack}.toml"), toml);
     host.load_pipeline(&path)
@@ -407,4 +430,109 @@ fn deadlines_hold_after_the_host_is_dropped() {
         .recv_timeout(Duration::from_secs(60))
         .expect("no deadline fired: the looping stage was never interrupted");
     assert!(error.contains("timed out after 100 ms"), "{error}");
+}
+
+/// The attacks a stage written in Python or JavaScript can make
+/// (tests/plugins/py-hostile, tests/plugins/js-hostile): the interpreter
+/// inside the component changes nothing about how they end. JavaScript has
+/// no file, environment or socket API in a component, so those are
+/// Python's alone.
+#[test]
+fn python_and_javascript_stages_fail_typed_too() {
+    let scratch = Scratch::new();
+    // Their components carry their interpreters (12-18 MB): compiled once,
+    // then taken from a cache kept across runs.
+    let cache = target_dir().join("e2e-scratch/language-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let key = CacheKey::load_or_create(&cache.join("cache.key")).unwrap();
+    let host = Host::new(&EngineOptions {
+        fuel: true,
+        ..EngineOptions::default()
+    })
+    .unwrap()
+    .with_component_cache(&cache, key);
+    let demo = host.load_pipeline(&demo_dir().join("intent.toml")).unwrap();
+
+    type Check = fn(&StageError) -> bool;
+    let reported: Check = |e| matches!(e, StageError::Reported { .. });
+    let both: Vec<(&str, &str, Check, &str)> = vec![
+        (
+            "loop",
+            "timeout_ms = 300",
+            |e| matches!(e, StageError::Timeout { limit_ms: 300, .. }),
+            "timed out after 300 ms",
+        ),
+        (
+            "loop",
+            "fuel = 200000000, timeout_ms = 60000",
+            |e| {
+                matches!(
+                    e,
+                    StageError::OutOfFuel {
+                        limit: 200_000_000,
+                        ..
+                    }
+                )
+            },
+            "ran out of fuel",
+        ),
+        (
+            "alloc",
+            "memory_mib = 128",
+            |e| matches!(e, StageError::MemoryLimit { limit_mib: 128, .. }),
+            "memory limit of 128 MiB",
+        ),
+        (
+            "unknown-model",
+            "",
+            reported,
+            "no model 'not-granted' is granted",
+        ),
+    ];
+    let python_only: Vec<(&str, &str, Check, &str)> = vec![
+        ("recurse", "", reported, "RecursionError"),
+        ("read-file", "", reported, "reading /etc/passwd"),
+        ("list-root", "", reported, "listing /"),
+        (
+            "env",
+            "",
+            reported,
+            "reading HOME: environment variable not found",
+        ),
+        (
+            "socket",
+            "",
+            |e| matches!(e, StageError::CapabilityDenied { .. }),
+            "network access denied: the stage has no network grant",
+        ),
+    ];
+    let js_only: Vec<(&str, &str, Check, &str)> =
+        vec![("recurse", "", reported, "too much recursion")];
+    let python = target_dir().join("wasm32-wasip2/plugin/py_hostile.wasm");
+    let js = target_dir().join("wasm32-wasip2/plugin/js_hostile.wasm");
+    for (component, attacks) in [
+        (&python, both.iter().chain(&python_only)),
+        (&js, both.iter().chain(&js_only)),
+    ] {
+        assert!(
+            component.exists(),
+            "{} is missing: build it with `bash plugins/languages.sh`",
+            component.display()
+        );
+        for (attack, limits, is_expected, words) in attacks {
+            let pipeline = hostile_in(component, &host, &scratch, attack, "", limits, "");
+            let (error, _) = stage_error(&pipeline);
+            let which = component.file_name().unwrap().to_string_lossy();
+            assert!(
+                is_expected(&error),
+                "{which}: {attack} ({limits}): {error:?}"
+            );
+            let message = error.to_string();
+            assert!(message.contains(words), "{which}: {attack}: {message}");
+            demo_still_works(&demo);
+        }
+    }
+    // A stage that behaves still answers after all that.
+    let calm = hostile_in(&python, &host, &scratch, "none", "", "", "");
+    assert_eq!(calm.run(x()).unwrap()[0].data, 1f32.to_le_bytes());
 }
