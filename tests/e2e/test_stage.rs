@@ -202,3 +202,83 @@ fn outpost_new_stage_writes_a_stage_that_builds_and_passes_its_own_test() {
     new("My Scale", &scratch.path().join("b"), &sdk).expect_error(&["stage name 'My Scale'"]);
     new("ok", &scratch.path().join("c"), scratch.path()).expect_error(&["not the guest SDK"]);
 }
+
+#[test]
+fn outpost_new_stage_in_python_javascript_and_c_builds_and_passes_its_own_test() {
+    let scratch = Scratch::new();
+    let sdk = outpost_e2e::repo().join("guest-sdk");
+    let target = outpost_e2e::target_dir();
+    // The toolchains `plugins/languages.sh` installed, first on PATH.
+    let path = [
+        target.join("py/bin"),
+        target.join("js-toolchain/node_modules/.bin"),
+        target.join("c-stages"),
+    ]
+    .iter()
+    .map(|p| p.display().to_string())
+    .chain(std::env::var("PATH").ok())
+    .collect::<Vec<_>>()
+    .join(":");
+    for lang in ["python", "js", "c"] {
+        let dir = scratch.path().join(format!("my-{lang}"));
+        let new = outpost(&[
+            "new",
+            "stage",
+            "my-scale",
+            "--lang",
+            lang,
+            "--dir",
+            &dir.display().to_string(),
+            "--sdk-path",
+            &sdk.display().to_string(),
+        ]);
+        assert!(new.ok, "{lang}: {}", new.stderr);
+        if lang == "js" {
+            // What `npm install` would fetch, already here.
+            std::os::unix::fs::symlink(
+                target.join("js-toolchain/node_modules"),
+                dir.join("node_modules"),
+            )
+            .unwrap();
+        }
+        let build = std::process::Command::new(dir.join("build.sh"))
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        assert!(
+            build.status.success(),
+            "{lang}: {}{}",
+            String::from_utf8_lossy(&build.stdout),
+            String::from_utf8_lossy(&build.stderr)
+        );
+        let component = dir.join("my_scale.wasm");
+        let with_factor = |factor: &str| {
+            outpost(&[
+                "test-stage",
+                &component.display().to_string(),
+                "-f",
+                &dir.join("test/input.json").display().to_string(),
+                "--config",
+                &format!("factor={factor}"),
+                "--expect",
+                &dir.join("test/expected.json").display().to_string(),
+            ])
+        };
+        let test = with_factor("2");
+        assert!(test.ok, "{lang}: {}\n{}", test.stdout, test.stderr);
+        with_factor("3").expect_error(&["output 'x' element 0 is 3.0, expected 2.0"]);
+        with_factor("\"two\"").expect_error(&["invalid config", "config key 'factor'"]);
+    }
+    // The other languages' SDKs are not published: without a path or a git
+    // repository, the command says what to give.
+    outpost(&[
+        "new",
+        "stage",
+        "x",
+        "--lang",
+        "python",
+        "--dir",
+        &scratch.path().join("x").display().to_string(),
+    ])
+    .expect_error(&["the Python SDK is not published yet: give --sdk-path"]);
+}

@@ -97,12 +97,12 @@ enum New {
     /// manifest, source, a test input and its expected output, and a README
     /// with the commands that build it and try it (`outpost test-stage`).
     ///
-    /// Example: outpost new stage my-filter --sdk-path ~/outpost/guest-sdk
+    /// Example: outpost new stage my-filter --lang python --sdk-path ~/outpost/guest-sdk
     Stage {
         /// The stage's name: lowercase letters, digits, '-' and '_'.
         name: String,
         /// The language it is written in.
-        #[arg(long, default_value = "rust", value_parser = ["rust"])]
+        #[arg(long, default_value = "rust", value_parser = ["rust", "python", "js", "c"])]
         lang: String,
         /// Where to write it [default: ./NAME]; it must not exist.
         #[arg(long)]
@@ -589,7 +589,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             what:
                 New::Stage {
                     name,
-                    lang: _,
+                    lang,
                     dir,
                     sdk_path,
                     sdk_git,
@@ -601,7 +601,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 (None, Some(url)) => new_stage::Sdk::Git(url),
                 (None, None) => new_stage::Sdk::Published,
             };
-            new_stage::rust(&name, &dir, &sdk)?;
+            new_stage::stage(new_stage::Lang::parse(&lang)?, &name, &dir, &sdk)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::TestStage {
