@@ -15,7 +15,7 @@
 //!
 //! ```text
 //! bash host/benches/run.sh            # fetches what it needs, then:
-//! cargo bench -p outpost-host --bench outpost [-- --quick] [--json PATH]
+//! cargo bench -p outpost-host --bench outpost [-- --quick] [--json PATH] [--only SECTION]
 //! ```
 //!
 //! Variants are measured in rotation, so drift in the machine's speed falls
@@ -37,7 +37,18 @@ use std::time::{Duration, Instant};
 struct Args {
     quick: bool,
     json: PathBuf,
+    /// Run this section alone (its key in the JSON result).
+    only: Option<String>,
 }
+
+const SECTIONS: [&str; 6] = [
+    "minilm",
+    "instantiation",
+    "boundary",
+    "bounds",
+    "cold_start",
+    "languages",
+];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -54,15 +65,23 @@ fn parse_args() -> Result<Args> {
     let mut args = Args {
         quick: false,
         json: target_dir().join("bench/outpost.json"),
+        only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--quick" => args.quick = true,
             "--json" => args.json = it.next().context("--json needs a path")?.into(),
+            "--only" => {
+                let section = it.next().context("--only needs a section")?;
+                if !SECTIONS.contains(&section.as_str()) {
+                    bail!("--only {section}: use one of {}", SECTIONS.join(", "));
+                }
+                args.only = Some(section);
+            }
             // cargo bench passes --bench to every bench binary.
             "--bench" => {}
-            other => bail!("unknown argument {other}; use --quick and/or --json PATH"),
+            other => bail!("unknown argument {other}; use --quick, --json PATH, --only SECTION"),
         }
     }
     Ok(args)
@@ -684,6 +703,108 @@ fn cold_start(args: &Args) -> Result<Vec<Value>> {
     Ok(rows)
 }
 
+/// The same stage (`classify`: softmax, top-k, labels) written in Rust, C,
+/// Python and JavaScript (`plugins/languages.sh`): what each language costs
+/// in size, compilation, start and per call, on the same small tensor.
+fn languages(args: &Args) -> Result<Vec<Value>> {
+    let (starts, calls) = if args.quick { (1, 50) } else { (3, 2000) };
+    let dir = target_dir().join("bench/languages");
+    let cache = dir.join("cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    std::fs::create_dir_all(&dir)?;
+    println!(
+        "\n## One stage in four languages (classify, 8 classes, batch 1): load median of {starts}, calls median of {calls}"
+    );
+    println!(
+        "{:<12} {:>10} {:>12} {:>12} {:>16} {:>10}",
+        "language", "size KB", "compile ms", "cached ms", "instance+init µs", "call µs"
+    );
+    let logits = Tensor {
+        name: "logits".into(),
+        dims: vec![1, 8],
+        element_type: ElementType::F32,
+        data: [0.5f32, -1.0, 2.0, 0.1, 3.0, 1.5, -2.0, 0.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+    };
+    let mut rows = Vec::new();
+    for (language, name) in [
+        ("rust", "classify"),
+        ("c", "c_classify"),
+        ("python", "py_classify"),
+        ("javascript", "js_classify"),
+    ] {
+        let component = target_dir().join(format!("wasm32-wasip2/plugin/{name}.wasm"));
+        if !component.exists() {
+            bail!(
+                "{} is missing: build it with `cargo plugins` and `bash plugins/languages.sh`",
+                component.display()
+            );
+        }
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[pipeline]\nname = \"{name}\"\ninputs = [\"logits\"]\n[[stages]]\nname = \"classify\"\ncomponent = \"{}\"\nconfig = {{ labels = [\"a\", \"b\", \"c\", \"d\", \"e\", \"f\", \"g\", \"h\"], top_k = 3 }}\n",
+                component.display()
+            ),
+        )?;
+        // Load (compile or take from the cache) and answer once, as a
+        // device's first request after a start does.
+        let start = |cached: bool| -> Result<Duration> {
+            time(|| {
+                let mut host = Host::new(&EngineOptions::default())?;
+                if cached {
+                    let key =
+                        outpost_host::cache::CacheKey::load_or_create(&cache.join("cache.key"))?;
+                    host = host.with_component_cache(&cache, key);
+                }
+                let p = host.load_pipeline(&path)?;
+                p.run(vec![logits.clone()])?;
+                Ok(())
+            })
+        };
+        start(true)?; // fills the cache
+        let (mut jit, mut warm) = (Vec::new(), Vec::new());
+        for _ in 0..starts {
+            jit.push(start(false)?);
+            warm.push(start(true)?);
+        }
+        let host = Host::new(&EngineOptions::default())?;
+        let p = host.load_pipeline(&path)?;
+        let stage = p.stages()[0].stage();
+        let fresh = (0..calls.min(200))
+            .map(|_| time(|| Ok(stage.instantiate_fresh()?)))
+            .collect::<Result<Vec<_>>>()?;
+        let mut per_call = Vec::with_capacity(calls);
+        for _ in 0..calls {
+            let input = logits.clone();
+            per_call.push(time(|| Ok(stage.run(vec![input])?))?);
+        }
+        let size = std::fs::metadata(&component)?.len();
+        let (jit, warm, fresh, call) = (median(jit), median(warm), median(fresh), median(per_call));
+        println!(
+            "{language:<12} {:>10.0} {:>12.1} {:>12.1} {:>16.1} {:>10.1}",
+            size as f64 / 1024.0,
+            ms(jit),
+            ms(warm),
+            us(fresh),
+            us(call)
+        );
+        rows.push(json!({
+            "language": language,
+            "component": name,
+            "component_bytes": size,
+            "compile_and_first_request_ms": ms(jit),
+            "cached_start_and_first_request_ms": ms(warm),
+            "fresh_instance_and_init_us": us(fresh),
+            "call_us": us(call),
+        }));
+    }
+    Ok(rows)
+}
+
 fn main() -> Result<()> {
     let args = parse_args()?;
     let library = std::env::var_os("OUTPOST_ONNXRUNTIME_LIB").map_or_else(
@@ -710,15 +831,29 @@ fn main() -> Result<()> {
     });
     println!("# Outpost benchmark ({machine})");
     let started = Instant::now();
-    let result = json!({
-        "machine": machine,
-        "minilm": models(&args, &ort)?,
-        "instantiation": instantiation(&args)?,
-        "boundary": boundary(&args)?,
-        "bounds": bounds(&args)?,
-        "cold_start": cold_start(&args)?,
-        "seconds": started.elapsed().as_secs_f64(),
-    });
+    let mut result = serde_json::Map::new();
+    result.insert("machine".into(), machine);
+    let runs = |section: &str| args.only.as_deref().is_none_or(|only| only == section);
+    if runs("minilm") {
+        result.insert("minilm".into(), json!(models(&args, &ort)?));
+    }
+    if runs("instantiation") {
+        result.insert("instantiation".into(), json!(instantiation(&args)?));
+    }
+    if runs("boundary") {
+        result.insert("boundary".into(), boundary(&args)?);
+    }
+    if runs("bounds") {
+        result.insert("bounds".into(), json!(bounds(&args)?));
+    }
+    if runs("cold_start") {
+        result.insert("cold_start".into(), json!(cold_start(&args)?));
+    }
+    if runs("languages") {
+        result.insert("languages".into(), json!(languages(&args)?));
+    }
+    result.insert("seconds".into(), json!(started.elapsed().as_secs_f64()));
+    let result = Value::Object(result);
     if let Some(dir) = args.json.parent() {
         std::fs::create_dir_all(dir)?;
     }
