@@ -316,3 +316,56 @@ fn gist(error: &str) -> &str {
         .min()
         .map_or(message, |end| &message[..end])
 }
+
+#[test]
+fn python_and_javascript_stages_run_a_model_through_their_sdks() {
+    let scratch = Scratch::new();
+    let host = host();
+    let model = demo_dir().join("intent.onnx").display().to_string();
+    // The Rust `infer` stage on the same ids is the reference.
+    let rust = host
+        .load_pipeline(&scratch.write(
+            "rust.toml",
+            format!(
+                "[pipeline]\nname = \"infer\"\ninputs = [\"input_ids\", \"attention_mask\"]\n[models.intent]\npath = \"{model}\"\n\
+                 [[stages]]\nname = \"infer\"\ncomponent = \"{}\"\nmodels = [\"intent\"]\nconfig = {{ model = \"intent\" }}\n",
+                plugin("infer").display()
+            ),
+        ))
+        .unwrap();
+    let ids = |name: &str, values: [i64; 3]| Tensor {
+        name: name.into(),
+        dims: vec![1, 3],
+        element_type: ElementType::I64,
+        data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    };
+    let expected = rust
+        .run(vec![
+            ids("input_ids", [2, 5, 7]),
+            ids("attention_mask", [1, 1, 1]),
+        ])
+        .unwrap();
+    for name in ["py_hostile", "js_hostile"] {
+        let pipeline = host
+            .load_pipeline(&scratch.write(
+                &format!("{name}.toml"),
+                format!(
+                    "[pipeline]\nname = \"infer\"\ninputs = [\"x\"]\n[models.intent]\npath = \"{model}\"\n\
+                     [[stages]]\nname = \"infer\"\ncomponent = \"{}\"\nmodels = [\"intent\"]\nconfig = {{ attack = \"infer\" }}\n",
+                    component(name)
+                ),
+            ))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let out = pipeline.run(vec![Tensor::text("x", "go")]).unwrap();
+        assert_eq!(out.len(), 1, "{name}: {out:?}");
+        assert_eq!(
+            (&out[0].dims, out[0].element_type, &out[0].data),
+            (
+                &expected[0].dims,
+                expected[0].element_type,
+                &expected[0].data
+            ),
+            "{name}: the model's output through the SDK"
+        );
+    }
+}

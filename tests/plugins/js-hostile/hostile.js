@@ -1,8 +1,9 @@
 // A test stage in JavaScript that attacks its host in the way config
 // `attack` names, as tests/plugins/hostile does in Rust: `none` (behaves),
-// `loop`, `recurse`, `alloc`, `unknown-model`. (JavaScript has no file,
-// environment or socket API here: componentize-js gives none to a stage.)
-// Input `x`, output `y`.
+// `loop`, `recurse`, `alloc`, `unknown-model`; and `infer`, no attack: the
+// model `intent` through the SDK on token ids [2, 5, 7], its first output as
+// `y`. (JavaScript has no file, environment or socket API here:
+// componentize-js gives none to a stage.) Input `x`, output `y`.
 
 import * as og from './outpost-guest.js';
 
@@ -31,6 +32,13 @@ class Hostile {
       case 'alloc': {
         const hoard = [];
         for (;;) hoard.push(new Uint8Array(1 << 20).fill(1));
+      }
+      case 'infer': {
+        const [first] = og.Model.load('intent').compute([
+          og.fromI64('input_ids', [1, 3], [2, 5, 7]),
+          og.fromI64('attention_mask', [1, 3], [1, 1, 1]),
+        ]);
+        return [{ ...first, name: 'y' }];
       }
       case 'unknown-model':
         og.Model.load('not-granted');

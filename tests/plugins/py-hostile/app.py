@@ -1,7 +1,9 @@
 """A test stage in Python that attacks its host in the way config `attack`
 names, as tests/plugins/hostile does in Rust: `none` (behaves), `loop`,
 `recurse`, `alloc`, `read-file`, `list-root`, `env`, `socket` (config
-`address`), `unknown-model`. Input `x`, output `y`."""
+`address`), `unknown-model`; and `infer`, no attack: the model `intent`
+through the SDK on token ids [2, 5, 7], its first output as `y`. Input `x`,
+output `y`."""
 
 import os
 import socket
@@ -60,6 +62,14 @@ class Hostile(og.Stage):
                 return [og.from_f32("y", [1], [1.0])]
             except OSError as e:
                 raise og.StageError.internal(f"connecting to {self.address}: {e}") from None
+        if attack == "infer":
+            model = og.Model.load("intent")
+            outputs = model.compute([
+                og.from_i64("input_ids", [1, 3], [2, 5, 7]),
+                og.from_i64("attention_mask", [1, 3], [1, 1, 1]),
+            ])
+            first = outputs[0]
+            return [og.Tensor("y", first.dims, first.element_type, first.data)]
         if attack == "unknown-model":
             og.Model.load("not-granted")
             return []
