@@ -77,6 +77,11 @@ fn hostile_in(
         .unwrap_or_else(|e| panic!("{attack}: {e}"))
 }
 
+/// Held by the tests that measure this process's memory, and by those that
+/// would move it while they do (loading 12-18 MB components): cargo runs
+/// tests on parallel threads of one process.
+static MEMORY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn x() -> Vec<Tensor> {
     vec![Tensor::text("x", "go")]
 }
@@ -102,6 +107,9 @@ fn demo_still_works(demo: &Pipeline) {
 
 #[test]
 fn hostile_stages_fail_typed_and_the_host_carries_on() {
+    let _alone = MEMORY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let scratch = Scratch::new();
     let host = Host::new(&EngineOptions {
         fuel: true,
@@ -439,6 +447,9 @@ fn deadlines_hold_after_the_host_is_dropped() {
 /// Python's alone.
 #[test]
 fn python_and_javascript_stages_fail_typed_too() {
+    let _alone = MEMORY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let scratch = Scratch::new();
     // Their components carry their interpreters (12-18 MB): compiled once,
     // then taken from a cache kept across runs.
