@@ -662,6 +662,21 @@ fn bounds(args: &Args) -> Result<Vec<Value>> {
     Ok(rows)
 }
 
+/// How long a new host takes to load `pipeline` (compiling its components,
+/// or taking them from `cache`) and answer `input` once.
+fn first_request(pipeline: &Path, cache: Option<&Path>, input: &Tensor) -> Result<Duration> {
+    time(|| {
+        let mut host = Host::new(&EngineOptions::default())?;
+        if let Some(cache) = cache {
+            let key = outpost_host::cache::CacheKey::load_or_create(&cache.join("cache.key"))?;
+            host = host.with_component_cache(cache, key);
+        }
+        let p = host.load_pipeline(pipeline)?;
+        p.run(vec![input.clone()])?;
+        Ok(())
+    })
+}
+
 fn cold_start(args: &Args) -> Result<Vec<Value>> {
     let rounds = if args.quick { 2 } else { 5 };
     let cache = target_dir().join("bench/cache");
@@ -673,18 +688,12 @@ fn cold_start(args: &Args) -> Result<Vec<Value>> {
         "host/pipelines/minilm/minilm-l3.toml",
     ] {
         let path = repo().join(pipeline);
-        let start = |cached: bool| -> Result<Duration> {
-            time(|| {
-                let mut host = Host::new(&EngineOptions::default())?;
-                if cached {
-                    let key =
-                        outpost_host::cache::CacheKey::load_or_create(&cache.join("cache.key"))?;
-                    host = host.with_component_cache(&cache, key);
-                }
-                let p = host.load_pipeline(&path)?;
-                p.run(vec![Tensor::text("text", "stop the conveyor")])?;
-                Ok(())
-            })
+        let start = |cached: bool| {
+            first_request(
+                &path,
+                cached.then_some(cache.as_path()),
+                &Tensor::text("text", "stop the conveyor"),
+            )
         };
         start(true)?; // fills the cache
         let (mut jit, mut warm) = (Vec::new(), Vec::new());
@@ -752,19 +761,7 @@ fn languages(args: &Args) -> Result<Vec<Value>> {
         )?;
         // Load (compile or take from the cache) and answer once, as a
         // device's first request after a start does.
-        let start = |cached: bool| -> Result<Duration> {
-            time(|| {
-                let mut host = Host::new(&EngineOptions::default())?;
-                if cached {
-                    let key =
-                        outpost_host::cache::CacheKey::load_or_create(&cache.join("cache.key"))?;
-                    host = host.with_component_cache(&cache, key);
-                }
-                let p = host.load_pipeline(&path)?;
-                p.run(vec![logits.clone()])?;
-                Ok(())
-            })
-        };
+        let start = |cached: bool| first_request(&path, cached.then_some(cache.as_path()), &logits);
         start(true)?; // fills the cache
         let (mut jit, mut warm) = (Vec::new(), Vec::new());
         for _ in 0..starts {

@@ -142,6 +142,21 @@ fn a_stage_with_a_model_runs_alone_and_bad_inputs_get_the_stages_error() {
     .expect_error(&["--model: no file /nonexistent/intent.onnx"]);
 }
 
+/// `outpost test-stage` on a skeleton's component with its own test files,
+/// with `factor` as its config.
+fn own_test(component: &std::path::Path, dir: &std::path::Path, factor: &str) -> outpost_e2e::Run {
+    outpost(&[
+        "test-stage",
+        &component.display().to_string(),
+        "-f",
+        &dir.join("test/input.json").display().to_string(),
+        "--config",
+        &format!("factor={factor}"),
+        "--expect",
+        &dir.join("test/expected.json").display().to_string(),
+    ])
+}
+
 #[test]
 fn outpost_new_stage_writes_a_stage_that_builds_and_passes_its_own_test() {
     let scratch = Scratch::new();
@@ -180,18 +195,7 @@ fn outpost_new_stage_writes_a_stage_that_builds_and_passes_its_own_test() {
     );
     // And passes the test it came with.
     let component = dir.join("target/wasm32-wasip2/release/my_scale.wasm");
-    let with_factor = |factor: &str| {
-        outpost(&[
-            "test-stage",
-            &component.display().to_string(),
-            "-f",
-            &dir.join("test/input.json").display().to_string(),
-            "--config",
-            &format!("factor={factor}"),
-            "--expect",
-            &dir.join("test/expected.json").display().to_string(),
-        ])
-    };
+    let with_factor = |factor: &str| own_test(&component, &dir, factor);
     let test = with_factor("2");
     assert!(test.ok, "{}\n{}", test.stdout, test.stderr);
     // With another factor it does not, and says where.
@@ -252,18 +256,7 @@ fn outpost_new_stage_in_python_javascript_and_c_builds_and_passes_its_own_test()
             String::from_utf8_lossy(&build.stderr)
         );
         let component = dir.join("my_scale.wasm");
-        let with_factor = |factor: &str| {
-            outpost(&[
-                "test-stage",
-                &component.display().to_string(),
-                "-f",
-                &dir.join("test/input.json").display().to_string(),
-                "--config",
-                &format!("factor={factor}"),
-                "--expect",
-                &dir.join("test/expected.json").display().to_string(),
-            ])
-        };
+        let with_factor = |factor: &str| own_test(&component, &dir, factor);
         let test = with_factor("2");
         assert!(test.ok, "{lang}: {}\n{}", test.stdout, test.stderr);
         with_factor("3").expect_error(&["output 'x' element 0 is 3.0, expected 2.0"]);

@@ -137,6 +137,13 @@ fn rust(name: &str, sdk_dir: Option<&Path>, sdk: &Sdk<'_>) -> Skeleton {
         (
             "README.md",
             README
+                .replace(
+                    "{test_and_use}",
+                    &TEST_AND_USE.replace(
+                        "{component}",
+                        &format!("target/wasm32-wasip2/release/{crate_name}.wasm"),
+                    ),
+                )
                 .replace("{name}", name)
                 .replace("{crate}", &crate_name)
                 .replace("{dependency}", &dependency),
@@ -203,6 +210,10 @@ fn scripted(lang: Lang, name: &str, sdk_dir: Option<&Path>, sdk: &Sdk<'_>) -> Re
         "#!/usr/bin/env bash\n# Builds {module}.wasm, the stage '{name}' in {language} ({toolchain}; see README.md).\nset -euo pipefail\ncd \"$(dirname \"$0\")\"\n{find_sdk}{build}\n"
     );
     let readme = SCRIPTED_README
+        .replace(
+            "{test_and_use}",
+            &TEST_AND_USE.replace("{component}", &format!("{module}.wasm")),
+        )
         .replace("{name}", name)
         .replace("{module}", &module)
         .replace("{language}", language)
@@ -317,18 +328,7 @@ An Outpost pipeline stage, written with the Rust guest SDK (`outpost-guest`).
     outpost test-stage target/wasm32-wasip2/release/{crate}.wasm \
         -f test/input.json --config factor=2 --expect test/expected.json
 
-`test/input.json` holds the stage's inputs and `test/expected.json` the outputs it
-must give, as tensors in JSON (`{"NAME": {"dims": [..], "type": "f32", "data": [..]}}`).
-`outpost test-stage` also takes `--file NAME=PATH` and `--model NAME=PATH` for stages
-that open files or call models.
-
-In a pipeline:
-
-    [[stages]]
-    name = "{name}"
-    component = "target/wasm32-wasip2/release/{crate}.wasm"
-    config = { factor = 2.0 }
-
+{test_and_use}
 The SDK comes from: `{dependency}` (Cargo.toml). Until `outpost-guest` is on
 crates.io, point it at a checkout of the Outpost repository:
 `outpost-guest = { path = "PATH/TO/outpost/guest-sdk" }`, or at a git repository holding it:
@@ -447,15 +447,8 @@ bool exports_stage_run(stage_list_tensor_t *inputs, stage_list_tensor_t *ret,
 
 const C_SETUP: &str = "    sudo apt-get install clang lld wasi-libc libclang-rt-14-dev-wasm32   # Debian 12\n    cargo install --path PATH/TO/outpost/guest-sdk/c    # outpost-guest-c (or --git URL outpost-guest-c)\n    ./build.sh";
 
-const SCRIPTED_README: &str = r#"# {name}
-
-An Outpost pipeline stage, written in {language} with the Outpost guest SDK
-(`{source}`; `build.sh` makes `{module}.wasm`, a WebAssembly component).
-
-{setup}
-    outpost test-stage {module}.wasm -f test/input.json --config factor=2 --expect test/expected.json
-
-`test/input.json` holds the stage's inputs and `test/expected.json` the outputs it
+/// The part of every skeleton's README on its test and on using it.
+const TEST_AND_USE: &str = r#"`test/input.json` holds the stage's inputs and `test/expected.json` the outputs it
 must give, as tensors in JSON (`{"NAME": {"dims": [..], "type": "f32", "data": [..]}}`).
 `outpost test-stage` also takes `--file NAME=PATH` and `--model NAME=PATH` for stages
 that open files or call models.
@@ -464,8 +457,18 @@ In a pipeline:
 
     [[stages]]
     name = "{name}"
-    component = "{module}.wasm"
+    component = "{component}"
     config = { factor = 2.0 }
+"#;
 
+const SCRIPTED_README: &str = r#"# {name}
+
+An Outpost pipeline stage, written in {language} with the Outpost guest SDK
+(`{source}`; `build.sh` makes `{module}.wasm`, a WebAssembly component).
+
+{setup}
+    outpost test-stage {module}.wasm -f test/input.json --config factor=2 --expect test/expected.json
+
+{test_and_use}
 {sdk_note}
 "#;
