@@ -50,14 +50,16 @@ pub trait Model: Send + Sync {
     fn run(&self, inputs: Vec<NnTensor>) -> Result<Vec<NnTensor>, String>;
 
     /// Runs the model with some inputs given as values the backend keeps in
-    /// its own form ([`Held`], e.g. a key/value cache) and returns the
-    /// outputs marked in `hold` (by declared position) in that form, never
-    /// copied to bytes. Inputs come in declared order; the caller checked
-    /// the ones given as bytes. Backends that cannot keep values refuse.
+    /// its own form ([`Held`], e.g. a key/value cache) and returns each
+    /// output as `wants` asks (by declared position; missing entries are
+    /// [`Want::Bytes`]): held outputs are never copied to bytes, and of a
+    /// [`Want::Last`] output only the last position is. Inputs come in
+    /// declared order; the caller checked the ones given as bytes. Backends
+    /// that cannot keep values refuse.
     fn run_held(
         &self,
         _inputs: Vec<RunInput<'_>>,
-        _hold: &[bool],
+        _wants: &[Want],
     ) -> Result<Vec<RunOutput>, String> {
         Err(format!(
             "model '{}': {} cannot keep tensors between computes",
@@ -89,6 +91,55 @@ pub enum RunInput<'a> {
     Bytes(NnTensor),
     /// A value the same backend returned earlier.
     Held(&'a dyn Held),
+}
+
+/// How [`Model::run_held`] hands back one output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Want {
+    /// As bytes, whole.
+    Bytes,
+    /// As bytes, only the last position along this axis, which becomes 1
+    /// (`last_position`): the other positions are never copied out.
+    Last(usize),
+    /// Kept in the backend's form, as [`RunOutput::Held`].
+    Held,
+}
+
+/// Where the last position along `axis` lies in a row-major tensor of
+/// shape `dims` holding `len` elements: the element ranges that make it,
+/// in order (one per index of the axes before `axis`), and the shape they
+/// make (`axis` becomes 1).
+pub fn last_position(
+    dims: &[u32],
+    axis: usize,
+    len: usize,
+) -> Result<(Vec<u32>, Vec<std::ops::Range<usize>>), String> {
+    let positions = *dims
+        .get(axis)
+        .ok_or_else(|| format!("shape {dims:?} has no axis {axis}"))? as usize;
+    if positions == 0 {
+        return Err(format!("shape {dims:?} has no position along axis {axis}"));
+    }
+    let volume = dims
+        .iter()
+        .try_fold(1usize, |v, &d| v.checked_mul(d as usize))
+        .ok_or_else(|| format!("shape {dims:?} is too large"))?;
+    if volume != len {
+        return Err(format!(
+            "shape {dims:?} does not fit the {len} elements it came with"
+        ));
+    }
+    let mut cut = dims.to_vec();
+    cut[axis] = 1;
+    // A batch of 0 has nothing to cut.
+    let row: usize = dims[axis + 1..].iter().map(|&d| d as usize).product();
+    let runs = (0..volume / (positions * row).max(1))
+        .map(|outer| {
+            let start = (outer * positions + positions - 1) * row;
+            start..start + row
+        })
+        .collect();
+    Ok((cut, runs))
 }
 
 /// An output of [`Model::run_held`].
@@ -408,6 +459,7 @@ struct NnState {
     last_error: Option<String>,
     panicked: Option<(String, String)>,
     inference_time: Duration,
+    runtime_time: Duration,
     inference_limit: Option<Duration>,
     inference_timed_out: bool,
 }
@@ -479,8 +531,11 @@ impl Diagnostics {
     /// how it failed, if it did.
     pub fn timed<T>(&self, f: impl FnOnce() -> Result<T, ModelFailure>) -> Result<T, String> {
         WAITED.with(|w| w.set(Duration::ZERO));
+        IN_RUNTIME.with(|r| r.set(Duration::ZERO));
         let started = Instant::now();
         let result = f();
+        let in_runtime = IN_RUNTIME.with(std::cell::Cell::get);
+        self.with(|s| s.runtime_time += in_runtime);
         // Waiting for a model another request is using is not inference:
         // under load it would otherwise turn into InferenceTimeout.
         let computing = started
@@ -501,6 +556,13 @@ impl Diagnostics {
         self.with(|s| s.inference_time)
     }
 
+    /// Of [`inference_time`](Self::inference_time), the time inside the
+    /// runtimes themselves (tract's plans, ONNX Runtime's sessions): the
+    /// rest went to the host's conversions and checks around them.
+    pub fn runtime_time(&self) -> Duration {
+        self.with(|s| s.runtime_time)
+    }
+
     /// Whether the current call went over its inference limit.
     pub fn inference_timed_out(&self) -> bool {
         self.with(|s| s.inference_timed_out)
@@ -512,6 +574,7 @@ impl Diagnostics {
             s.last_error = None;
             s.panicked = None;
             s.inference_time = Duration::ZERO;
+            s.runtime_time = Duration::ZERO;
             s.inference_timed_out = false;
         });
     }
@@ -521,6 +584,21 @@ thread_local! {
     /// Time the current model call spent waiting for a shared backend
     /// resource (an ONNX Runtime session another request holds).
     static WAITED: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
+}
+
+thread_local! {
+    /// Time the current model call spent inside the runtime itself.
+    static IN_RUNTIME: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
+}
+
+/// Runs `f`, the runtime's own work (a plan or a session run), counting its
+/// time apart from the host's conversions around it.
+pub(crate) fn in_runtime<T>(f: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let result = f();
+    let took = started.elapsed();
+    IN_RUNTIME.with(|r| r.set(r.get() + took));
+    result
 }
 
 /// Called by a backend on the thread running a model: `waited` of the call
@@ -722,5 +800,55 @@ mod tests {
             Ok(())
         });
         assert!(e.unwrap_err().contains("over its limit of 40 ms"));
+    }
+
+    #[test]
+    fn time_inside_the_runtime_is_counted_apart_from_the_hosts_work() {
+        let d = Diagnostics::default();
+        d.timed(|| {
+            std::thread::sleep(Duration::from_millis(20));
+            in_runtime(|| std::thread::sleep(Duration::from_millis(30)));
+            Ok(())
+        })
+        .unwrap();
+        assert!(d.runtime_time() >= Duration::from_millis(30));
+        assert!(d.inference_time() >= d.runtime_time() + Duration::from_millis(20));
+        // A second model call in the same stage call adds to both.
+        d.timed(|| {
+            in_runtime(|| std::thread::sleep(Duration::from_millis(10)));
+            Ok(())
+        })
+        .unwrap();
+        assert!(d.runtime_time() >= Duration::from_millis(40));
+        // Time in the runtime outside a model call counts nowhere.
+        in_runtime(|| std::thread::sleep(Duration::from_millis(10)));
+        let before = d.runtime_time();
+        d.timed(|| Ok(())).unwrap();
+        assert_eq!(d.runtime_time(), before);
+        d.reset();
+        assert_eq!(d.runtime_time(), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_last_position_is_found_per_sequence_and_shapes_are_checked() {
+        // [2 sequences, 3 positions, 2 values]: rows 2 and 5 are the last.
+        let (dims, runs) = last_position(&[2, 3, 2], 1, 12).unwrap();
+        assert_eq!(dims, [2, 1, 2]);
+        assert_eq!(runs, [4..6, 10..12]);
+        // The last axis: one element per sequence.
+        let (dims, runs) = last_position(&[2, 3], 1, 6).unwrap();
+        assert_eq!((dims, runs), (vec![2, 1], vec![2..3, 5..6]));
+        // The first axis: one run of everything after it.
+        let (dims, runs) = last_position(&[3, 2], 0, 6).unwrap();
+        assert_eq!(dims, [1, 2]);
+        assert_eq!(runs, std::iter::once(4..6).collect::<Vec<_>>());
+        // A batch of 0 cuts to nothing.
+        let (dims, runs) = last_position(&[0, 3, 2], 1, 0).unwrap();
+        assert_eq!((dims, runs), (vec![0, 1, 2], vec![]));
+        let wrong = |dims: &[u32], axis, len| last_position(dims, axis, len).unwrap_err();
+        assert!(wrong(&[2, 3], 2, 6).contains("has no axis 2"));
+        assert!(wrong(&[2, 0, 4], 1, 0).contains("no position along axis 1"));
+        assert!(wrong(&[2, 3, 2], 1, 11).contains("does not fit the 11 elements"));
+        assert!(wrong(&[u32::MAX, u32::MAX, u32::MAX], 1, 1).contains("too large"));
     }
 }

@@ -63,8 +63,13 @@ pub struct StageTiming {
     /// Wall-clock time of the call, from taking an instance to checked
     /// outputs (including a fresh instance's `init` when none was idle).
     pub elapsed: Duration,
-    /// Of which, time inside models.
+    /// Of which, time inside models: the runtime's work and the host's
+    /// conversions and checks around it.
     pub inference: Duration,
+    /// Of `inference`, time inside the runtimes themselves (tract's plans,
+    /// ONNX Runtime's sessions). `elapsed - runtime` is what the sandbox
+    /// and the host add to the model's own work.
+    pub runtime: Duration,
 }
 
 /// The state of one stage instance's store.
@@ -462,6 +467,7 @@ impl LoadedStage {
         let timing = StageTiming {
             elapsed: started.elapsed(),
             inference: instance.store.data().diagnostics.inference_time(),
+            runtime: instance.store.data().diagnostics.runtime_time(),
         };
         match result {
             Ok(Ok(outputs)) => {

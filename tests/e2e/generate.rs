@@ -274,6 +274,53 @@ fn an_idle_instance_keeps_no_cache_between_requests() {
     }
 }
 
+/// Each stage call reports the time inside the runtime apart from the
+/// rest: the benchmark's measure of what the sandbox and the host add.
+#[test]
+fn a_calls_timing_separates_the_runtimes_own_work_on_both_backends() {
+    use outpost_host::backend::{BackendName, BackendOptions};
+    let scratch = Scratch::new();
+    let toy = toy(&scratch, WIRING);
+    let ort = BackendOptions {
+        force: Some(BackendName::Onnxruntime),
+        onnxruntime_library: Some(onnxruntime_lib()),
+        onnxruntime_threads: Some(1),
+    };
+    let ids = outpost_host::Tensor {
+        name: "input_ids".into(),
+        dims: vec![1, 3],
+        element_type: outpost_host::ElementType::I64,
+        data: [1i64, 2, 3].iter().flat_map(|v| v.to_le_bytes()).collect(),
+    };
+    for options in [BackendOptions::default(), ort] {
+        let host = outpost_host::Host::new(&outpost_host::EngineOptions::default())
+            .unwrap()
+            .with_backend_options(options.clone());
+        let pipeline = host.load_pipeline(&toy).unwrap();
+        let mut timings = Vec::new();
+        pipeline
+            .run_with(vec![ids.clone()], None, &mut timings)
+            .unwrap();
+        let [t] = timings[..] else {
+            panic!("{timings:?}")
+        };
+        assert!(t.runtime > std::time::Duration::ZERO, "{options:?}: {t:?}");
+        assert!(t.runtime <= t.inference, "{options:?}: {t:?}");
+        assert!(t.inference <= t.elapsed, "{options:?}: {t:?}");
+    }
+    // A stage that runs no model spends no time in a runtime.
+    let host = outpost_host::Host::new(&outpost_host::EngineOptions::default()).unwrap();
+    let demo = host
+        .load_pipeline(&outpost_e2e::demo_dir().join("intent.toml"))
+        .unwrap();
+    let text = outpost_host::Tensor::text("text", "turn on the lights");
+    let mut timings = Vec::new();
+    demo.run_with(vec![text], None, &mut timings).unwrap();
+    assert_eq!(timings.len(), 3, "{timings:?}");
+    assert_eq!(timings[0].runtime, std::time::Duration::ZERO, "tokenizer");
+    assert!(timings[1].runtime > std::time::Duration::ZERO, "infer");
+}
+
 #[test]
 fn a_prompt_past_max_context_is_refused_naming_the_limit() {
     let scratch = Scratch::new();

@@ -12,7 +12,7 @@
 //! execution context is a new sequence.
 
 use super::{
-    Held, Model, ModelFailure, ModelSignature, Predicted, RunInput, RunOutput, SharedModel,
+    Held, Model, ModelFailure, ModelSignature, Predicted, RunInput, RunOutput, SharedModel, Want,
     catch_panic, check_input, check_named, order_inputs, output_bytes,
 };
 use crate::bindings::{Dim, ElementType, TensorSpec};
@@ -36,9 +36,9 @@ struct Wiring {
     /// For each output of the inner model: the cache slot it refills, or
     /// `None` for an output the stage receives.
     outputs: Vec<Option<usize>>,
-    /// For each output the stage receives: the axis of which it gets only
-    /// the last position (`last_position`), if any.
-    last: Vec<Option<usize>>,
+    /// For each output of the inner model, how the backend hands it back:
+    /// held (the cache), only its last position (`last_position`), or whole.
+    wants: Vec<Want>,
     slots: Vec<Slot>,
     axis: usize,
     /// Which of the stage's inputs counts the new positions.
@@ -306,6 +306,14 @@ impl KvModel {
             &mut visible_outputs,
         )
         .map_err(wrong)?;
+        let mut cut = last.into_iter();
+        let wants = outputs
+            .iter()
+            .map(|slot| match slot {
+                Some(_) => Want::Held,
+                None => cut.next().flatten().map_or(Want::Bytes, Want::Last),
+            })
+            .collect();
         Ok(Self {
             signature: ModelSignature {
                 inputs: visible_inputs,
@@ -314,7 +322,7 @@ impl KvModel {
             wiring: Wiring {
                 sources,
                 outputs,
-                last,
+                wants,
                 slots,
                 axis: spec.axis,
                 tokens,
@@ -428,8 +436,7 @@ impl KvModel {
                 },
             });
         }
-        let hold: Vec<bool> = w.outputs.iter().map(Option::is_some).collect();
-        let outputs = catch_panic(name, "computing", || self.inner.run_held(values, &hold))?;
+        let outputs = catch_panic(name, "computing", || self.inner.run_held(values, &w.wants))?;
         if outputs.len() != w.outputs.len() {
             return Err(format!(
                 "model '{name}' returned {} outputs but declares {}",
@@ -458,15 +465,6 @@ impl KvModel {
                     let spec = specs.next().ok_or_else(|| {
                         ModelFailure::from(format!("model '{name}' returned too many outputs"))
                     })?;
-                    let tensor = match w.last.get(visible.len()).copied().flatten() {
-                        Some(axis) => last_position(tensor, axis).map_err(|why| {
-                            format!(
-                                "model '{name}' output '{}': {why} (last_position in {})",
-                                spec.name, w.table
-                            )
-                        })?,
-                        None => tensor,
-                    };
                     visible.push(NamedTensor {
                         name: spec.name.clone(),
                         tensor,
@@ -568,53 +566,6 @@ fn last_positions(
         last[i] = Some(axis);
     }
     Ok(last)
-}
-
-/// `tensor` cut to the last position along `axis`.
-fn last_position(tensor: NnTensor, axis: usize) -> Result<NnTensor, String> {
-    let dims = &tensor.dimensions;
-    let positions = *dims
-        .get(axis)
-        .ok_or_else(|| format!("shape {dims:?} has no axis {axis}"))? as usize;
-    if positions == 0 {
-        return Err(format!("shape {dims:?} has no position along axis {axis}"));
-    }
-    let volume = dims
-        .iter()
-        .try_fold(1usize, |v, &d| v.checked_mul(d as usize))
-        .ok_or_else(|| format!("shape {dims:?} is too large"))?;
-    let mut dimensions = tensor.dimensions.clone();
-    dimensions[axis] = 1;
-    // No sequences (a batch of 0): nothing to cut.
-    if volume == 0 {
-        return Ok(NnTensor {
-            dimensions,
-            ty: tensor.ty,
-            data: Vec::new(),
-        });
-    }
-    let element = tensor.data.len() / volume;
-    if element == 0 || !tensor.data.len().is_multiple_of(volume) {
-        return Err(format!(
-            "shape {dims:?} does not fit the {} bytes it came with",
-            tensor.data.len()
-        ));
-    }
-    let row = dims[axis + 1..]
-        .iter()
-        .map(|&d| d as usize)
-        .product::<usize>()
-        * element;
-    let outer: usize = dims[..axis].iter().map(|&d| d as usize).product();
-    let mut data = Vec::with_capacity(outer * row);
-    for block in tensor.data.chunks_exact(positions * row) {
-        data.extend_from_slice(&block[(positions - 1) * row..]);
-    }
-    Ok(NnTensor {
-        dimensions,
-        ty: tensor.ty,
-        data,
-    })
 }
 
 /// A tensor of integers of type `ty` (i64 or i32), little-endian.

@@ -9,13 +9,17 @@
 //! registers TensorRT and CUDA, each when the library has it, and fails when
 //! neither can be registered.
 
-use super::{BackendOptions, ExecutionTarget, Held, Model, ModelSignature, RunInput, RunOutput};
+use super::{
+    BackendOptions, ExecutionTarget, Held, Model, ModelSignature, RunInput, RunOutput, Want,
+    last_position,
+};
 use crate::bindings::{Dim, ElementType, TensorSpec};
 use ort::environment::Environment;
 use ort::ep::{self, ExecutionProvider};
 use ort::session::builder::SessionBuilder;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, PrimitiveTensorElementType, Tensor, TensorElementType, ValueType};
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use wasmtime_wasi_nn::wit::Tensor as NnTensor;
@@ -222,7 +226,11 @@ impl Model for OrtModel {
             .collect()
     }
 
-    fn run_held(&self, inputs: Vec<RunInput<'_>>, hold: &[bool]) -> Result<Vec<RunOutput>, String> {
+    fn run_held(
+        &self,
+        inputs: Vec<RunInput<'_>>,
+        wants: &[Want],
+    ) -> Result<Vec<RunOutput>, String> {
         // Inputs given as bytes are converted and dropped before the run;
         // held ones are lent to it.
         let values = self
@@ -248,24 +256,22 @@ impl Model for OrtModel {
         let waiting = std::time::Instant::now();
         let mut session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
         super::note_wait(waiting.elapsed());
-        let mut outputs = session
-            .run(values.as_slice())
+        let mut outputs = super::in_runtime(|| session.run(values.as_slice()))
             .map_err(|e| format!("model '{}' failed while computing: {e}", self.name))?;
         self.signature
             .outputs
             .iter()
-            .zip(hold.iter().chain(std::iter::repeat(&false)))
-            .map(|(spec, &keep)| {
+            .zip(wants.iter().chain(std::iter::repeat(&Want::Bytes)))
+            .map(|(spec, &want)| {
                 let value = outputs.remove(&spec.name).ok_or_else(|| {
                     format!("model '{}' returned no output '{}'", self.name, spec.name)
                 })?;
-                if keep {
-                    Ok(RunOutput::Held(Box::new(OrtHeld(value))))
-                } else {
-                    from_ort(&value)
-                        .map(RunOutput::Bytes)
-                        .map_err(|e| format!("model '{}' output '{}': {e}", self.name, spec.name))
+                match want {
+                    Want::Held => Ok(RunOutput::Held(Box::new(OrtHeld(value)))),
+                    Want::Bytes => from_ort(&value, None),
+                    Want::Last(axis) => from_ort(&value, Some(axis)),
                 }
+                .map_err(|e| format!("model '{}' output '{}': {e}", self.name, spec.name))
             })
             .collect()
     }
@@ -349,7 +355,8 @@ fn element_type(ty: TensorElementType) -> Option<ElementType> {
 trait Element: PrimitiveTensorElementType + Copy + std::fmt::Debug + 'static {
     const SIZE: usize;
     fn read(bytes: &[u8]) -> Self;
-    fn write(self, out: &mut Vec<u8>);
+    /// Writes its bytes into `out`, which is `SIZE` long.
+    fn write(self, out: &mut [u8]);
 }
 
 macro_rules! element {
@@ -361,8 +368,8 @@ macro_rules! element {
                 raw.copy_from_slice(bytes);
                 $read(raw)
             }
-            fn write(self, out: &mut Vec<u8>) {
-                out.extend_from_slice(&$write(self));
+            fn write(self, out: &mut [u8]) {
+                out.copy_from_slice(&$write(self));
             }
         }
     )*};
@@ -399,41 +406,72 @@ fn to_ort(tensor: &NnTensor) -> Result<SessionInputValue<'static>, String> {
     }
 }
 
-fn bytes_of<T: Element>(value: &DynValue) -> Result<Vec<u8>, String> {
+/// The bytes of `value`'s elements, or of those in `runs` only.
+fn bytes_of<T: Element>(
+    value: &DynValue,
+    runs: Option<&[Range<usize>]>,
+) -> Result<Vec<u8>, String> {
     let (_, data) = value.try_extract_tensor::<T>().map_err(|e| e.to_string())?;
-    let mut out = Vec::with_capacity(data.len() * T::SIZE);
-    for &x in data {
-        x.write(&mut out);
+    let whole = std::iter::once(0..data.len()).collect::<Vec<_>>();
+    let runs = runs.unwrap_or(&whole);
+    let mut out = vec![0u8; runs.iter().map(ExactSizeIterator::len).sum::<usize>() * T::SIZE];
+    let mut at = out.chunks_exact_mut(T::SIZE);
+    for run in runs {
+        let elements = data
+            .get(run.clone())
+            .ok_or_else(|| format!("elements {run:?} are past its {} elements", data.len()))?;
+        // Elements first: a zip advances its first iterator before it
+        // finds the second one empty.
+        for (&x, bytes) in elements.iter().zip(at.by_ref()) {
+            x.write(bytes);
+        }
     }
     Ok(out)
 }
 
-fn from_ort(value: &DynValue) -> Result<NnTensor, String> {
+/// `value` as bytes, whole or (`last`) only its last position along
+/// that axis.
+fn from_ort(value: &DynValue, last: Option<usize>) -> Result<RunOutput, String> {
     let ValueType::Tensor { ty, shape, .. } = value.dtype() else {
         return Err(format!("{} is not a tensor", value.dtype()));
     };
     let element =
         element_type(*ty).ok_or_else(|| format!("element type {ty} cannot cross wasi-nn"))?;
-    let data = match element {
-        ElementType::U8 => bytes_of::<u8>(value),
-        ElementType::I32 => bytes_of::<i32>(value),
-        ElementType::I64 => bytes_of::<i64>(value),
-        ElementType::F32 => bytes_of::<f32>(value),
-        ElementType::F64 => bytes_of::<f64>(value),
-        ElementType::F16 => bytes_of::<half::f16>(value),
-        ElementType::Bf16 => bytes_of::<half::bf16>(value),
-        ElementType::Utf8 => Err("string outputs cannot cross wasi-nn".into()),
-    }?;
-    let dimensions = shape
+    let mut dimensions: Vec<u32> = shape
         .iter()
         .map(|&d| u32::try_from(d).map_err(|_| format!("dimension {d} does not fit wasi-nn")))
         .collect::<Result<_, _>>()?;
+    let runs = match last {
+        Some(axis) => {
+            // An overflowing shape is refused by `last_position`.
+            let len = dimensions
+                .iter()
+                .try_fold(1usize, |n, &d| n.checked_mul(d as usize))
+                .unwrap_or(0);
+            let (cut, runs) = last_position(&dimensions, axis, len)
+                .map_err(|why| format!("last_position: {why}"))?;
+            dimensions = cut;
+            Some(runs)
+        }
+        None => None,
+    };
+    let runs = runs.as_deref();
+    let data = match element {
+        ElementType::U8 => bytes_of::<u8>(value, runs),
+        ElementType::I32 => bytes_of::<i32>(value, runs),
+        ElementType::I64 => bytes_of::<i64>(value, runs),
+        ElementType::F32 => bytes_of::<f32>(value, runs),
+        ElementType::F64 => bytes_of::<f64>(value, runs),
+        ElementType::F16 => bytes_of::<half::f16>(value, runs),
+        ElementType::Bf16 => bytes_of::<half::bf16>(value, runs),
+        ElementType::Utf8 => Err("string outputs cannot cross wasi-nn".into()),
+    }?;
     let ty = element
         .to_nn()
         .ok_or_else(|| format!("element type {element} cannot cross wasi-nn"))?;
-    Ok(NnTensor {
+    Ok(RunOutput::Bytes(NnTensor {
         dimensions,
         ty,
         data,
-    })
+    }))
 }

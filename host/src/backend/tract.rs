@@ -10,13 +10,13 @@ mod bounds;
 mod gather;
 mod prepack;
 
-use super::{Held, Model, ModelSignature, RunInput, RunOutput};
+use super::{Held, Model, ModelSignature, RunInput, RunOutput, Want, last_position};
 use crate::bindings::{Dim, ElementType, TensorSpec};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::model::TypedSimpleState;
-use wasmtime_wasi_nn::wit::Tensor as NnTensor;
+use wasmtime_wasi_nn::wit::{Tensor as NnTensor, TensorType};
 
 /// Idle execution states kept per model: as many as requests ran at once,
 /// up to this many.
@@ -62,8 +62,7 @@ impl Runner {
                 .map_err(|e| format!("model '{model}': cannot prepare a run: {e:#}"))?,
         };
         // A state whose run failed is dropped, not reused.
-        let outputs = state
-            .run(values)
+        let outputs = super::in_runtime(|| state.run(values))
             .map_err(|e| format!("model '{model}' failed while computing: {e:#}"))?;
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < MAX_IDLE_STATES {
@@ -297,23 +296,26 @@ impl Model for TractGraph {
             .collect()
     }
 
-    fn run_held(&self, inputs: Vec<RunInput<'_>>, hold: &[bool]) -> Result<Vec<RunOutput>, String> {
+    fn run_held(
+        &self,
+        inputs: Vec<RunInput<'_>>,
+        wants: &[Want],
+    ) -> Result<Vec<RunOutput>, String> {
         // A cache grows by every run, so no shape repeats: the general plan.
         let outputs = self.run_values(inputs, false)?;
         outputs
             .into_iter()
             .zip(&self.signature.outputs)
-            .zip(hold.iter().chain(std::iter::repeat(&false)))
-            .map(|((value, spec), &keep)| {
-                if keep {
-                    Ok(RunOutput::Held(Box::new(TractHeld(
+            .zip(wants.iter().chain(std::iter::repeat(&Want::Bytes)))
+            .map(|((value, spec), &want)| {
+                match want {
+                    Want::Held => Ok(RunOutput::Held(Box::new(TractHeld(
                         value.into_arc_tensor(),
-                    ))))
-                } else {
-                    from_tract(&value)
-                        .map(RunOutput::Bytes)
-                        .map_err(|e| format!("model '{}' output '{}': {e}", self.name, spec.name))
+                    )))),
+                    Want::Bytes => from_tract(&value).map(RunOutput::Bytes),
+                    Want::Last(axis) => last_of(&value, axis).map(RunOutput::Bytes),
                 }
+                .map_err(|e| format!("model '{}' output '{}': {e}", self.name, spec.name))
             })
             .collect()
     }
@@ -468,6 +470,38 @@ fn to_tract(tensor: &NnTensor) -> Result<Tensor, String> {
 }
 
 fn from_tract(value: &TValue) -> Result<NnTensor, String> {
+    let (ty, dimensions) = nn_type_and_shape(value)?;
+    Ok(NnTensor {
+        dimensions,
+        ty,
+        data: value.as_bytes().to_vec(),
+    })
+}
+
+/// Only the last position of `value` along `axis`, as bytes: the rest is
+/// never copied (`last_position`).
+fn last_of(value: &TValue, axis: usize) -> Result<NnTensor, String> {
+    let (ty, dims) = nn_type_and_shape(value)?;
+    let (dimensions, runs) =
+        last_position(&dims, axis, value.len()).map_err(|why| format!("last_position: {why}"))?;
+    let size = value.datum_type().size_of();
+    let bytes = value.as_bytes();
+    let mut data =
+        Vec::with_capacity(runs.iter().map(ExactSizeIterator::len).sum::<usize>() * size);
+    for run in runs {
+        let part = bytes
+            .get(run.start * size..run.end * size)
+            .ok_or_else(|| format!("elements {run:?} are past its {} elements", value.len()))?;
+        data.extend_from_slice(part);
+    }
+    Ok(NnTensor {
+        dimensions,
+        ty,
+        data,
+    })
+}
+
+fn nn_type_and_shape(value: &TValue) -> Result<(TensorType, Vec<u32>), String> {
     let ty = element_type(value.datum_type())
         .and_then(ElementType::to_nn)
         .ok_or_else(|| format!("element type {:?} cannot cross wasi-nn", value.datum_type()))?;
@@ -476,11 +510,7 @@ fn from_tract(value: &TValue) -> Result<NnTensor, String> {
         .iter()
         .map(|&d| u32::try_from(d).map_err(|_| format!("dimension {d} exceeds u32")))
         .collect::<Result<_, _>>()?;
-    Ok(NnTensor {
-        dimensions,
-        ty,
-        data: value.as_bytes().to_vec(),
-    })
+    Ok((ty, dimensions))
 }
 
 #[cfg(test)]
