@@ -6,15 +6,28 @@
 //!   by the host, on tract and on ONNX Runtime;
 //! - the same ONNX file run directly by ONNX Runtime (`ort`, the library
 //!   Outpost loads) and by tract, in the same loop: prefill, argmax, then one
-//!   token per step with the cache fed back as values.
+//!   token per step with the cache fed back as values;
+//! - Outpost on ONNX Runtime again, sampling (temperature 0.7, top-p 0.9):
+//!   what drawing from the distribution costs in the stage beside argmax.
 //!
 //! ```text
 //! target/py/bin/python host/pipelines/smollm2/convert.py
-//! cargo bench -p outpost-host --bench generate [-- --quick] [--json PATH]
+//! cargo bench -p outpost-host --bench generate [-- --quick] [--rounds N] [--only ort] [--control] [--json PATH]
 //! ```
 //!
+//! `--only ort` leaves tract out (its int8 run takes minutes), for the
+//! ONNX Runtime rows alone. `--control` adds the direct loop on a second
+//! session of the same file: how far two identical runs land apart.
+//!
 //! Ratios are against ONNX Runtime direct, measured in the same run; the
-//! variants take turns, and each number is a median.
+//! variants take turns, and each number is a median. Outpost's cost over
+//! ONNX Runtime direct is also given as the median of per-round
+//! differences, and, measured inside Outpost's own run, as the time its call
+//! spent outside the runtime per token ("outside": `StageTiming::elapsed`
+//! less `runtime`): the stage's WebAssembly, the host's wasi-nn glue and
+//! tensor conversions, and emitting each token. Unlike the comparison
+//! between two sessions, it does not move with where each session's weights
+//! lie in memory.
 //!
 //! With a Python that has `llama_cpp` (`host/benches/llama_cpp_env.sh` makes
 //! target/llama-py; or `OUTPOST_LLAMA_PYTHON`), a last row: llama.cpp on the
@@ -52,6 +65,10 @@ fn target_dir() -> PathBuf {
 struct Timing {
     first: Duration,
     per_token: Duration,
+    /// Outpost only: the time its call spent outside the runtime (the
+    /// stage's WebAssembly, the host's wasi-nn glue and tensor conversions,
+    /// emitting), per token.
+    outside: Option<Duration>,
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {
@@ -66,8 +83,17 @@ fn prompt() -> Vec<i64> {
         .collect()
 }
 
-/// A pipeline of the `generate` stage alone on `model`, input `input_ids`.
-fn pipeline(host: &Host, dir: &Path, model: &str) -> Result<Pipeline> {
+/// How the sampled row draws its tokens (the other rows are greedy).
+const SAMPLED: &str = "temperature = 0.7, top_p = 0.9, seed = 1";
+
+/// A pipeline of the `generate` stage alone on `model`, input `input_ids`,
+/// with `sampling` (stage config entries) added.
+fn pipeline(host: &Host, dir: &Path, model: &str, sampling: &str) -> Result<Pipeline> {
+    let sampling = if sampling.is_empty() {
+        String::new()
+    } else {
+        format!(", {sampling}")
+    };
     let toml = format!(
         r#"
 [pipeline]
@@ -87,7 +113,7 @@ last_position = ["logits"]
 name = "generate"
 component = "{plugins}/generate.wasm"
 models = ["lm"]
-config = {{ model = "lm", max_new_tokens = {NEW}, stop = [] }}
+config = {{ model = "lm", max_new_tokens = {NEW}, stop = []{sampling} }}
 "#,
         model = dir.join(model).display(),
         plugins = target_dir().join("wasm32-wasip2/plugin").display(),
@@ -113,7 +139,13 @@ fn outpost_once(pipeline: &Pipeline) -> Result<(Timing, Vec<i64>)> {
         data: ids.iter().flat_map(|v| v.to_le_bytes()).collect(),
     };
     let start = Instant::now();
-    let outputs = pipeline.run_streaming(vec![input], None, &mut Vec::new(), Some(sink))?;
+    let mut timings = Vec::new();
+    let outputs = pipeline.run_streaming(vec![input], None, &mut timings, Some(sink))?;
+    let outside = timings
+        .iter()
+        .map(|t| t.elapsed.saturating_sub(t.runtime))
+        .sum::<Duration>()
+        / NEW as u32;
     let stamps = stamps.lock().unwrap().clone();
     if stamps.len() != NEW {
         bail!("generated {} tokens, not {NEW}", stamps.len());
@@ -130,6 +162,7 @@ fn outpost_once(pipeline: &Pipeline) -> Result<(Timing, Vec<i64>)> {
         Timing {
             first: stamps[0] - start,
             per_token: (stamps[NEW - 1] - stamps[0]) / (NEW as u32 - 1),
+            outside: Some(outside),
         },
         tokens,
     ))
@@ -169,6 +202,7 @@ fn greedy(mut step: impl FnMut(&[i64], usize) -> Result<i64>) -> Result<(Timing,
         Timing {
             first: first_at - start,
             per_token: (Instant::now() - first_at) / (NEW as u32 - 1),
+            outside: None,
         },
         tokens,
     ))
@@ -343,15 +377,31 @@ fn llama_cpp(
 }
 
 fn main() -> Result<()> {
-    let mut quick = false;
+    let mut rounds = 5;
+    let mut with_tract = true;
+    let mut control = false;
     let mut json_path = target_dir().join("bench/generate.json");
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--quick" => quick = true,
+            "--quick" => rounds = 1,
+            "--rounds" => {
+                rounds = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|&n| n > 0)
+                    .context("--rounds needs a count of at least 1")?;
+            }
+            "--only" => match args.next().as_deref() {
+                Some("ort") => with_tract = false,
+                other => bail!("--only takes `ort`, not {other:?}"),
+            },
+            "--control" => control = true,
             "--json" => json_path = args.next().context("--json needs a path")?.into(),
             "--bench" => {}
-            other => bail!("unknown argument {other}; use --quick and/or --json PATH"),
+            other => bail!(
+                "unknown argument {other}; use --quick, --rounds N, --only ort, --control and/or --json PATH"
+            ),
         }
     }
     let dir = target_dir().join("models/smollm2");
@@ -374,73 +424,112 @@ fn main() -> Result<()> {
         force: Some(BackendName::Tract),
         ..BackendOptions::default()
     };
-    let rounds = if quick { 1 } else { 5 };
     let mut rows = Vec::new();
     println!(
         "# SmolLM2-135M: {PROMPT}-token prompt, {NEW} new tokens, greedy, 1 thread, median of {rounds}"
     );
     println!(
-        "{:<6} {:<26} {:>10} {:>9} {:>9} {:>11}",
-        "model", "runtime", "TTFT ms", "ms/token", "tokens/s", "vs ORT tok/s"
+        "{:<6} {:<26} {:>10} {:>9} {:>9} {:>11} {:>14}",
+        "model", "runtime", "TTFT ms", "ms/token", "tokens/s", "vs ORT tok/s", "outside µs/tok"
     );
     let mut fp32_ort_rate = None;
     for model in ["model.onnx", "model-int8.onnx"] {
         let host = |options: &BackendOptions| -> Result<Host> {
             Ok(Host::new(&EngineOptions::default())?.with_backend_options(options.clone()))
         };
-        let on_tract = pipeline(&host(&tract_options)?, &dir, model)?;
-        let on_ort = pipeline(&host(&ort_options)?, &dir, model)?;
+        let on_tract = with_tract
+            .then(|| pipeline(&host(&tract_options)?, &dir, model, ""))
+            .transpose()?;
+        let ort_host = host(&ort_options)?;
+        let on_ort = pipeline(&ort_host, &dir, model, "")?;
+        let on_ort_sampled = pipeline(&ort_host, &dir, model, SAMPLED)?;
         let bytes = std::fs::read(dir.join(model))?;
-        let mut session = session_builder(&ort_options)
-            .map_err(anyhow::Error::msg)?
-            .with_intra_threads(1)
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .commit_from_memory(&bytes)?;
-        let plan = {
+        let direct = || -> Result<ort::session::Session> {
+            Ok(session_builder(&ort_options)
+                .map_err(anyhow::Error::msg)?
+                .with_intra_threads(1)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .commit_from_memory(&bytes)?)
+        };
+        let mut session = direct()?;
+        // The control: the same direct loop on a second session of the same
+        // file. How far apart two identical sessions land (where their
+        // weights lie in memory) bounds what the comparison can resolve.
+        let mut second = control.then(direct).transpose()?;
+        let plan = if with_tract {
             use tract_onnx::prelude::*;
-            tract_onnx::onnx()
-                .model_for_read(&mut std::io::Cursor::new(&bytes))?
-                .into_optimized()?
-                .into_runnable()?
+            Some(
+                tract_onnx::onnx()
+                    .model_for_read(&mut std::io::Cursor::new(&bytes))?
+                    .into_optimized()?
+                    .into_runnable()?,
+            )
+        } else {
+            None
         };
         let names = [
             "Outpost (tract)",
             "Outpost (ONNX Runtime)",
             "ONNX Runtime direct",
             "tract direct",
+            "Outpost (ORT), sampled",
+            "ORT direct, 2nd session",
         ];
         let mut samples: Vec<Vec<Timing>> = vec![Vec::new(); names.len()];
         let mut tokens: Vec<Vec<i64>> = vec![Vec::new(); names.len()];
         for _ in 0..rounds {
             for (v, slot) in samples.iter_mut().enumerate() {
-                let (timing, generated) = match v {
-                    0 => outpost_once(&on_tract)?,
-                    1 => outpost_once(&on_ort)?,
-                    2 => ort_once(&mut session)?,
-                    _ => tract_once(&plan)?,
+                let (timing, generated) = match (v, &on_tract, &plan) {
+                    (0, Some(on_tract), _) => outpost_once(on_tract)?,
+                    (1, ..) => outpost_once(&on_ort)?,
+                    (2, ..) => ort_once(&mut session)?,
+                    (3, _, Some(plan)) => tract_once(plan)?,
+                    (4, ..) => outpost_once(&on_ort_sampled)?,
+                    (5, ..) => match second.as_mut() {
+                        Some(second) => ort_once(second)?,
+                        None => continue,
+                    },
+                    _ => continue,
                 };
                 slot.push(timing);
                 tokens[v] = generated;
             }
         }
-        let summary: Vec<(Duration, Duration)> = samples
+        let summary: Vec<Option<Timing>> = samples
             .iter()
             .map(|s| {
-                (
-                    median(s.iter().map(|t| t.first).collect()),
-                    median(s.iter().map(|t| t.per_token).collect()),
-                )
+                (!s.is_empty()).then(|| Timing {
+                    first: median(s.iter().map(|t| t.first).collect()),
+                    per_token: median(s.iter().map(|t| t.per_token).collect()),
+                    outside: s
+                        .iter()
+                        .map(|t| t.outside)
+                        .collect::<Option<Vec<_>>>()
+                        .map(median),
+                })
             })
             .collect();
-        let ort_rate = 1.0 / summary[2].1.as_secs_f64();
+        let ort_rate = 1.0
+            / summary[2]
+                .context("ONNX Runtime direct ran")?
+                .per_token
+                .as_secs_f64();
         if model == "model.onnx" {
             fp32_ort_rate = Some((ort_rate, tokens[2].clone()));
         }
         for (v, name) in names.iter().enumerate() {
-            let (first, per_token) = summary[v];
+            let Some(Timing {
+                first,
+                per_token,
+                outside,
+            }) = summary[v]
+            else {
+                continue;
+            };
             let rate = 1.0 / per_token.as_secs_f64();
+            let outside_us = outside.map(|d| d.as_secs_f64() * 1e6);
             println!(
-                "{:<6} {:<26} {:>10.1} {:>9.1} {:>9.2} {:>11.3}",
+                "{:<6} {:<26} {:>10.1} {:>9.1} {:>9.2} {:>11.3} {:>14}",
                 if model.contains("int8") {
                     "int8"
                 } else {
@@ -450,7 +539,11 @@ fn main() -> Result<()> {
                 first.as_secs_f64() * 1e3,
                 per_token.as_secs_f64() * 1e3,
                 rate,
-                rate / ort_rate
+                rate / ort_rate,
+                outside_us.map_or_else(String::new, |us| format!(
+                    "{us:.0} ({:.1} %)",
+                    us / 1e4 * rate
+                ))
             );
             rows.push(json!({
                 "model": model,
@@ -459,9 +552,38 @@ fn main() -> Result<()> {
                 "ms_per_token": per_token.as_secs_f64() * 1e3,
                 "tokens_per_s": rate,
                 "vs_ort_direct": rate / ort_rate,
+                "outside_models_us_per_token": outside_us,
+                "sampling": if v == 4 { SAMPLED } else { "greedy" },
                 "same_tokens_as_ort_direct": tokens[v] == tokens[2],
             }));
         }
+        // Outpost's cost over ONNX Runtime direct, round by round: the two
+        // ran back to back, so drift between rounds cancels out.
+        // Seconds, signed: in a noisy round Outpost may come out ahead.
+        let paired = |of: fn(&Timing) -> Duration| {
+            let mut differences: Vec<f64> = samples[1]
+                .iter()
+                .zip(&samples[2])
+                .map(|(outpost, direct)| of(outpost).as_secs_f64() - of(direct).as_secs_f64())
+                .collect();
+            differences.sort_by(f64::total_cmp);
+            differences[differences.len() / 2]
+        };
+        let (per_token, first) = (paired(|t| t.per_token), paired(|t| t.first));
+        let share = per_token * ort_rate;
+        println!(
+            "{:<6} Outpost's cost over ONNX Runtime direct (median of paired rounds): {:.3} ms/token ({:.1} %), {:.1} ms to the first token",
+            "",
+            per_token * 1e3,
+            share * 1e2,
+            first * 1e3
+        );
+        rows.push(json!({
+            "model": model,
+            "boundary_ms_per_token": per_token * 1e3,
+            "boundary_share": share,
+            "boundary_ttft_ms": first * 1e3,
+        }));
     }
     if let Some((ort_rate, ort_tokens)) = fp32_ort_rate {
         rows.extend(llama_cpp(&dir, rounds, ort_rate, &ort_tokens)?);
