@@ -3,8 +3,7 @@
 //! Rust `classify` does, in the demo pipeline and alone on hostile inputs and
 //! configs, and every failure is a typed error the host reports.
 
-use outpost_e2e::{Scratch, demo_dir, demo_pipeline_text, plugin, target_dir};
-use outpost_host::cache::CacheKey;
+use outpost_e2e::{Scratch, demo_dir, demo_pipeline_text, host_with_component_cache, plugin};
 use outpost_host::{ElementType, EngineOptions, Host, Pipeline, RunError, Tensor};
 
 /// The stage in each language, as `plugins/languages.sh` names it.
@@ -14,22 +13,11 @@ const LANGUAGES: [&str; 3] = ["c_classify", "py_classify", "js_classify"];
 /// Python and JavaScript components carry their interpreters (12-18 MB), which
 /// take seconds to compile.
 fn host() -> Host {
-    let cache = target_dir().join("e2e-scratch/language-cache");
-    std::fs::create_dir_all(&cache).unwrap();
-    let key = CacheKey::load_or_create(&cache.join("cache.key")).unwrap();
-    Host::new(&EngineOptions::default())
-        .unwrap()
-        .with_component_cache(&cache, key)
+    host_with_component_cache(&EngineOptions::default())
 }
 
 fn component(name: &str) -> String {
-    let path = target_dir().join(format!("wasm32-wasip2/plugin/{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: build it with `bash plugins/languages.sh`",
-        path.display()
-    );
-    path.display().to_string()
+    plugin(name).display().to_string()
 }
 
 /// Whether two f32 values are the same up to two units in the last place:

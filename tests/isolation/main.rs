@@ -4,8 +4,7 @@
 //! correctly, and its resident memory returns to where it was.
 #![allow(clippy::unwrap_used)]
 
-use outpost_e2e::{Scratch, demo_dir, plugin, target_dir};
-use outpost_host::cache::CacheKey;
+use outpost_e2e::{Scratch, demo_dir, host_with_component_cache, plugin, target_dir};
 use outpost_host::{EngineOptions, Host, Pipeline, RunError, StageError, Tensor};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -453,15 +452,10 @@ fn python_and_javascript_stages_fail_typed_too() {
     let scratch = Scratch::new();
     // Their components carry their interpreters (12-18 MB): compiled once,
     // then taken from a cache kept across runs.
-    let cache = target_dir().join("e2e-scratch/language-cache");
-    std::fs::create_dir_all(&cache).unwrap();
-    let key = CacheKey::load_or_create(&cache.join("cache.key")).unwrap();
-    let host = Host::new(&EngineOptions {
+    let host = host_with_component_cache(&EngineOptions {
         fuel: true,
         ..EngineOptions::default()
-    })
-    .unwrap()
-    .with_component_cache(&cache, key);
+    });
     let demo = host.load_pipeline(&demo_dir().join("intent.toml")).unwrap();
 
     type Check = fn(&StageError) -> bool;

@@ -46,14 +46,27 @@ pub fn outpost_bin() -> PathBuf {
     )
 }
 
-/// A stage component built by `cargo plugins`, e.g. `plugin("mean_pool")`.
+/// A stage component built by `cargo plugins`, e.g. `plugin("mean_pool")`,
+/// or by `plugins/languages.sh` (`c_classify`, `py_classify`, ...).
 pub fn plugin(name: &str) -> PathBuf {
     must_exist(
         target_dir()
             .join("wasm32-wasip2/plugin")
             .join(format!("{name}.wasm")),
-        "build the plugins with `cargo plugins`",
+        "build the plugins with `cargo plugins`, and the C, Python and JavaScript ones with `bash plugins/languages.sh`",
     )
+}
+
+/// A host with `options` that keeps compiled components across runs in
+/// `target/e2e-scratch/language-cache`: the Python and JavaScript stages
+/// carry their interpreters (12-19 MB), which take seconds to compile.
+pub fn host_with_component_cache(options: &outpost_host::EngineOptions) -> outpost_host::Host {
+    let cache = target_dir().join("e2e-scratch/language-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let key = outpost_host::cache::CacheKey::load_or_create(&cache.join("cache.key")).unwrap();
+    outpost_host::Host::new(options)
+        .unwrap()
+        .with_component_cache(&cache, key)
 }
 
 /// The wasm32-wasip1 program built by `cargo plugins-wasip1`.
