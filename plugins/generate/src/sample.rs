@@ -66,11 +66,12 @@ impl Sampler {
         let weight = |i: usize| f64::from((logits[i] - max) / temperature).exp();
         let total: f64 = ranked.order.iter().map(|&i| weight(i)).sum();
         // top-p: the smallest prefix whose probability reaches p.
-        let mut keep = ranked.order.len();
+        let candidates = ranked.order.len();
+        let mut keep = candidates;
         let mut kept = total;
         if self.sampling.top_p < 1.0 {
             let (mut share, mut mass) = (0.0, 0.0);
-            for n in 0..keep {
+            for n in 0..candidates {
                 let w = weight(ranked.nth(n));
                 share += w / total;
                 mass += w;
