@@ -552,7 +552,7 @@ fn main() -> Result<()> {
                 "ms_per_token": per_token.as_secs_f64() * 1e3,
                 "tokens_per_s": rate,
                 "vs_ort_direct": rate / ort_rate,
-                "outside_models_us_per_token": outside_us,
+                "outside_runtime_us_per_token": outside_us,
                 "sampling": if v == 4 { SAMPLED } else { "greedy" },
                 "same_tokens_as_ort_direct": tokens[v] == tokens[2],
             }));

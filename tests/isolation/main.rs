@@ -4,7 +4,7 @@
 //! correctly, and its resident memory returns to where it was.
 #![allow(clippy::unwrap_used)]
 
-use outpost_e2e::{Scratch, demo_dir, host_with_component_cache, plugin, target_dir};
+use outpost_e2e::{Scratch, demo_dir, host_with_component_cache, plugin};
 use outpost_host::{EngineOptions, Host, Pipeline, RunError, StageError, Tensor};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -513,17 +513,12 @@ fn python_and_javascript_stages_fail_typed_too() {
     ];
     let js_only: Vec<(&str, &str, Check, &str)> =
         vec![("recurse", "", reported, "too much recursion")];
-    let python = target_dir().join("wasm32-wasip2/plugin/py_hostile.wasm");
-    let js = target_dir().join("wasm32-wasip2/plugin/js_hostile.wasm");
+    let python = plugin("py_hostile");
+    let js = plugin("js_hostile");
     for (component, attacks) in [
         (&python, both.iter().chain(&python_only)),
         (&js, both.iter().chain(&js_only)),
     ] {
-        assert!(
-            component.exists(),
-            "{} is missing: build it with `bash plugins/languages.sh`",
-            component.display()
-        );
         for (attack, limits, is_expected, words) in attacks {
             let pipeline = hostile_in(component, &host, &scratch, attack, "", limits, "");
             let (error, _) = stage_error(&pipeline);

@@ -412,8 +412,8 @@ fn bytes_of<T: Element>(
     runs: Option<&[Range<usize>]>,
 ) -> Result<Vec<u8>, String> {
     let (_, data) = value.try_extract_tensor::<T>().map_err(|e| e.to_string())?;
-    let whole = std::iter::once(0..data.len()).collect::<Vec<_>>();
-    let runs = runs.unwrap_or(&whole);
+    let whole = 0..data.len();
+    let runs = runs.unwrap_or(std::slice::from_ref(&whole));
     let mut out = vec![0u8; runs.iter().map(ExactSizeIterator::len).sum::<usize>() * T::SIZE];
     let mut at = out.chunks_exact_mut(T::SIZE);
     for run in runs {
